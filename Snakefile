@@ -1,0 +1,33 @@
+# peftlab: PEFT experiment matrices as a Snakemake workflow.
+#
+#   snakemake --cores 2                                   # the embedded default, config/config.yaml
+#   snakemake --cores 2 --configfile config/test.yaml     # another matrix (replaces the default, never mixes)
+#   snakemake -n                                          # the plan; --dag | dot -Tsvg > dag.svg to draw it
+#   snakemake --cores 2 results/runs/<run_id>/eval.json   # exactly one experiment
+#   snakemake --cores 1 tables                            # tables from finished runs, no training
+#
+# Rules only wire files to `python -m peftlab.<stage>`; the logic is in src/peftlab.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/merge.smk"
+include: "workflow/rules/tables.smk"
+
+
+rule all:
+    input:
+        expand("results/runs/{run_id}/eval.json", run_id=RUNS),
+        expand("results/runs/{run_id}/merge_check.json", run_id=RUNS),
+        "results/tables/summary.md",
+    default_target: True

@@ -1,0 +1,103 @@
+"""Files that look finished only when they are: atomic JSON and folder writes, provenance."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PACKAGES = ("torch", "transformers", "peft", "datasets", "accelerate", "trl", "bitsandbytes", "tokenizers", "peftlab")
+
+
+def write_json(path: str | Path, obj) -> None:
+    """Write JSON via a temporary file and rename, so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def write_json_if_changed(path: str | Path, obj) -> bool:
+    """Rewrite only when the content differs, so unchanged specs keep their mtime."""
+    path = Path(path)
+    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
+    if path.exists() and path.read_text() == text:
+        return False
+    write_json(path, obj)
+    return True
+
+
+def read_json(path: str | Path):
+    with open(path) as f:
+        return json.load(f)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path):
+    """Yield a temporary sibling folder; it becomes `path` only if the block succeeds."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in PACKAGES:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            out[pkg] = importlib.metadata.version(pkg)
+    return out
+
+
+def git_commit() -> str:
+    """The commit of the peftlab checkout (with -dirty for local edits), or 'unknown'."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def peak_memory_mb() -> dict[str, float]:
+    out = {"cpu_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        out["gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+class Provenance:
+    """Times a step; `record()` gives what every output JSON carries."""
+
+    def __init__(self, spec: dict):
+        self.spec = spec
+        self.start = time.time()
+
+    def record(self) -> dict:
+        return {
+            "spec": self.spec,
+            "versions": versions(),
+            "git_commit": git_commit(),
+            "host": platform.node(),
+            "wall_time_s": round(time.time() - self.start, 3),
+            "peak_memory": peak_memory_mb(),
+        }

@@ -1,0 +1,276 @@
+"""Config -> validated config -> experiment table (one resolved spec per run).
+
+Two matrix forms expand to the same table:
+
+  sweep:                          # form 1: every combination of the axes
+    - {task: sst, model: minilm, method: [lora, dora], rank: [8, 16], seed: [1, 2]}
+
+  base: {task: countdown, model: r1-1.5b, peft: {type: lora, r: 16}}
+  experiments:                    # form 2 (PeRL): named runs overriding `base`
+    - {name: dora_s42, peft: {type: dora}, common: {seed: 42}}
+
+`load_config` validates (schema, then names against the method registry and the
+config's own `tasks:`/`models:`) and `expand_matrix` is the pure expansion. Every
+problem is a `ConfigError` whose message starts with the key path.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from peftlab import methods
+
+SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+RESULTS = "results"
+
+# sweep axis -> where its value goes in a run
+AXES = {
+    "task": ("task",),
+    "model": ("model",),
+    "method": ("peft", "type"),
+    "rank": ("peft", "r"),
+    "seed": ("training", "seed"),
+    "lr": ("training", "learning_rate"),
+    "train_size": ("training", "train_size"),
+}
+
+
+class ConfigError(ValueError):
+    """A config problem, found before any job starts."""
+
+
+def _with_defaults(validator_class):
+    """jsonschema validator that also fills in `default:` values."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if "default" in sub and key not in instance:
+                    instance[key] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_Validator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def key_path(parts) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "<top level>"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    where = key_path(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        return f"{where}: unknown key(s) {', '.join(map(repr, extra))}; allowed: {', '.join(allowed)}"
+    if error.validator == "oneOf":
+        choices = [" + ".join(s.get("required", [])) for s in error.validator_value]
+        if all(choices):
+            return f"{where}: set exactly one of: {'; '.join(choices)}"
+    if error.validator == "pattern":
+        return f"{where}: {error.instance!r} is not path-safe; use letters, digits, '.', '_', '+', '-' (no '/', no leading '.')"
+    return f"{where}: {error.message}"
+
+
+def load_yaml(path: str | Path) -> dict:
+    with open(path) as f:
+        return yaml.safe_load(f) or {}
+
+
+def load_config(raw: dict, check_files: bool = True) -> dict:
+    """Validate a raw config dict; return a copy with every default filled in."""
+    cfg = copy.deepcopy(raw)
+    schema = load_yaml(SCHEMA_PATH)
+    errors = sorted(_Validator(schema).iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(dict.fromkeys(map(_describe, errors))))
+    _check_names(cfg, check_files)
+    return cfg
+
+
+def _check_names(cfg: dict, check_files: bool) -> None:
+    """Cross-references that a schema cannot express."""
+    problems = []
+    for name, task in cfg["tasks"].items():
+        gen = task["data"].get("generator")
+        if gen is not None:
+            from peftlab.data import GENERATORS
+
+            if gen not in GENERATORS:
+                problems.append(f"tasks.{name}.data.generator: unknown generator {gen!r}; allowed: {', '.join(sorted(GENERATORS))}")
+        for split, file in task["data"].get("files", {}).items():
+            if check_files and not Path(file).exists():
+                problems.append(f"tasks.{name}.data.files.{split}: file {file!r} does not exist")
+    for name, model in cfg["models"].items():
+        corpus = model.get("build", {}).get("corpus_task")
+        if corpus is not None and "generator" not in cfg["tasks"].get(corpus, {}).get("data", {}):
+            problems.append(f"models.{name}.build.corpus_task: {corpus!r} must name a task with a data.generator; tasks with one: {', '.join(t for t, v in cfg['tasks'].items() if 'generator' in v['data']) or 'none'}")
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "options" else copy.deepcopy(v)
+    return out
+
+
+def _as_list(v) -> list:
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+def _cells(cfg: dict):
+    """Yield (where, cell, id_parts) for every run of either matrix form."""
+    defaults = {"peft": cfg["peft"], "training": cfg["training"]}
+    for i, block in enumerate(cfg.get("sweep", [])):
+        axes = {a: _as_list(block[a]) for a in AXES if a in block}
+        fixed = _deep_merge(defaults, {k: block[k] for k in ("peft", "training") if k in block})
+        for values in itertools.product(*axes.values()):
+            cell = copy.deepcopy(fixed)
+            for axis, value in zip(axes, values):
+                *parents, leaf = AXES[axis]
+                target = cell
+                for p in parents:
+                    target = target[p]
+                target[leaf] = value
+            yield f"sweep[{i}]", cell, [a for a in ("lr", "train_size") if a in axes]
+    base = _deep_merge(defaults, cfg.get("base", {}))
+    for i, exp in enumerate(cfg.get("experiments", [])):
+        cell = _deep_merge(base, exp)
+        common = cell.pop("common", {})
+        if "seed" in common:
+            cell["training"]["seed"] = common["seed"]
+        yield f"experiments[{i}]", cell, None
+
+
+def _run_id(cell: dict, method: methods.Method, shown_axes) -> str:
+    if shown_axes is None:  # named experiment
+        return f"{cell['task']}/{cell['model']}/{cell['name']}"
+    parts = [f"r{cell['peft']['r']}"] if method.uses_rank else []
+    parts.append(f"s{cell['training']['seed']}")
+    if "lr" in shown_axes:
+        parts.append(f"lr{cell['training']['learning_rate']:g}")
+    if "train_size" in shown_axes:
+        parts.append(f"n{cell['training']['train_size']}")
+    return f"{cell['task']}/{cell['model']}/{method.name}/{'-'.join(parts)}"
+
+
+def _check_cell(where: str, cell: dict, cfg: dict) -> None:
+    for key, section in (("task", "tasks"), ("model", "models")):
+        if key not in cell:
+            raise ConfigError(f"{where}.{key}: required; set it here or in base")
+        value = cell[key]
+        if not isinstance(value, str) or value not in cfg[section]:
+            raise ConfigError(f"{where}.{key}: unknown {key} {value!r}; defined in {section}: {', '.join(sorted(cfg[section]))}")
+    mtype = cell["peft"]["type"]
+    if mtype not in methods.METHODS:
+        raise ConfigError(f"{where}.peft.type: unknown method {mtype!r}; allowed: {', '.join(sorted(methods.METHODS))}")
+    for axis, path in AXES.items():
+        value = cell
+        for p in path:
+            value = value[p]
+        if axis in ("rank", "seed", "train_size") and value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise ConfigError(f"{where}.{axis}: {value!r} is not an integer")
+        if axis == "lr" and (not isinstance(value, (int, float)) or value <= 0):
+            raise ConfigError(f"{where}.lr: {value!r} is not a positive number")
+    for part in cell.get("name", "x"), cell["task"], cell["model"]:
+        if not SAFE_NAME.match(part):
+            raise ConfigError(f"{where}: name {part!r} is not path-safe")
+
+
+def expand_matrix(cfg: dict, root: str = RESULTS) -> dict[str, dict]:
+    """Validated config -> {run_id: resolved run spec}. Pure: touches no file."""
+    runs: dict[str, dict] = {}
+    for where, cell, shown_axes in _cells(cfg):
+        _check_cell(where, cell, cfg)
+        method = methods.METHODS[cell["peft"]["type"]]
+        if not method.uses_rank:
+            cell["peft"]["r"] = None
+        run_id = _run_id(cell, method, shown_axes)
+        if ".." in run_id.split("/") or not all(SAFE_NAME.match(p) for p in run_id.split("/")):
+            raise ConfigError(f"{where}: run id {run_id!r} is not path-safe")
+        task, model = cell["task"], cell["model"]
+        spec = {
+            "run_id": run_id,
+            "task": {"name": task, **cfg["tasks"][task]},
+            "model": model_spec(cfg, model, root),
+            "peft": cell["peft"],
+            "training": cell["training"],
+            "resources": cfg["resources"],
+            "wandb": {**cfg["wandb"], "dir": root},  # wandb writes to <dir>/wandb
+            "data_dir": data_dir(task, model, root),
+        }
+        if run_id in runs and runs[run_id] != spec:
+            raise ConfigError(f"{where}: run id {run_id!r} appears twice with different settings; add the differing value as a sweep axis (lr, train_size) or split it into a named experiment")
+        runs[run_id] = spec
+    return runs
+
+
+def model_spec(cfg: dict, name: str, root: str = RESULTS) -> dict:
+    model = cfg["models"][name]
+    if "build" in model:
+        return {"name": name, "path": f"{root}/models/{name}", "build": model["build"]}
+    return {"name": name, "path": model["path"]}
+
+
+def data_dir(task: str, model: str, root: str = RESULTS) -> str:
+    return f"{root}/data/{task}/{model}"
+
+
+def step_specs(cfg: dict, runs: dict[str, dict], root: str = RESULTS) -> dict[str, dict]:
+    """Every spec file the workflow writes, by path under results/specs/ (no .json)."""
+    specs: dict[str, dict] = {}
+    used_tasks = {r["task"]["name"] for r in runs.values()}
+    used_models = {r["model"]["name"] for r in runs.values()}
+    for name, model in cfg["models"].items():
+        if name in used_models and "build" in model:
+            used_tasks.add(model["build"]["corpus_task"])
+            corpus = cfg["tasks"][model["build"]["corpus_task"]]
+            sft = corpus["type"] == "sft"
+            specs[f"models/{name}"] = {
+                **model_spec(cfg, name, root),
+                "corpus": raw_files(model["build"]["corpus_task"], root)["train"],
+                "tokenizer_fields": [corpus["prompt_field"], corpus["response_field"]] if sft else corpus["text_fields"],
+                "pretrain_fields": [corpus["response_field"]] if sft else corpus["text_fields"],
+            }
+    for name in used_tasks:
+        if "generator" in cfg["tasks"][name]["data"]:
+            specs[f"raw/{name}"] = {"name": name, **cfg["tasks"][name]}
+    for run in runs.values():
+        task, model = run["task"]["name"], run["model"]["name"]
+        specs[f"data/{task}/{model}"] = {"task": task_files(run["task"], root), "model": run["model"]}
+        specs[f"runs/{run['run_id']}"] = run
+    return specs
+
+
+def raw_files(task: str, root: str = RESULTS) -> dict[str, str]:
+    return {split: f"{root}/raw/{task}/{split}.jsonl" for split in ("train", "eval")}
+
+
+def task_files(task: dict, root: str = RESULTS) -> dict:
+    """The task with generated data replaced by the files the generate rule writes."""
+    if "generator" not in task["data"]:
+        return task
+    return {**task, "data": {"files": raw_files(task["name"], root)}}
+
+
+def plan(raw: dict, root: str = RESULTS) -> tuple[dict, dict[str, dict], dict[str, dict]]:
+    """raw config -> (validated config, runs, every step's spec)."""
+    cfg = load_config(raw)
+    runs = expand_matrix(cfg, root)
+    return cfg, runs, step_specs(cfg, runs, root)

@@ -1,0 +1,115 @@
+"""Evaluate a trained run with its task's metric, on the held-out split.
+
+    python -m peftlab.evaluate --spec results/specs/runs/<run_id>.json \
+        --adapter results/runs/<run_id>/adapter --out results/runs/<run_id>/eval.json
+
+The adapter is loaded onto an untouched base model, as a user would load it.
+Classification: accuracy and macro-F1. SFT: eval loss and perplexity on the
+response tokens, and exact match of the extracted final answer from batched,
+greedy, left-padded generation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+
+import datasets
+import torch
+from peft import PeftModel
+from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
+
+from peftlab import artifacts, metrics
+from peftlab.models import load_model, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def load_trained(spec: dict, adapter: str, padding_side: str = "right"):
+    tokenizer = load_tokenizer(spec["model"], padding_side)
+    model = PeftModel.from_pretrained(load_model(spec["model"], spec["task"], tokenizer), adapter)
+    return model.eval(), tokenizer
+
+
+def batches(ds: datasets.Dataset, size: int):
+    for start in range(0, len(ds), size):
+        yield ds.select(range(start, min(start + size, len(ds))))
+
+
+@torch.no_grad()
+def evaluate_classification(model, tokenizer, ds, batch_size: int) -> dict:
+    pad = DataCollatorWithPadding(tokenizer)
+    predictions, labels = [], []
+    for rows in batches(ds.select_columns(["input_ids", "attention_mask", "labels"]), batch_size):
+        batch = pad(rows.to_list())
+        labels += batch.pop("labels").tolist()
+        predictions += model(**batch).logits.argmax(-1).tolist()
+    return metrics.classification(labels, predictions)
+
+
+@torch.no_grad()
+def eval_loss(model, tokenizer, ds, batch_size: int) -> float:
+    """Mean cross-entropy over response tokens (prompt tokens are labelled -100)."""
+    pad = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
+    total, count = 0.0, 0
+    for rows in batches(ds.select_columns(["input_ids", "attention_mask", "labels"]), batch_size):
+        batch = pad(rows.to_list())
+        n = int((batch["labels"][:, 1:] != -100).sum())
+        total += model(**batch).loss.item() * n
+        count += n
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int, batch_size: int) -> list[str]:
+    """Greedy continuations of each prompt, batched with left padding."""
+    assert tokenizer.padding_side == "left"
+    outputs = []
+    for start in range(0, len(prompt_ids), batch_size):
+        chunk = prompt_ids[start : start + batch_size]
+        batch = tokenizer.pad({"input_ids": chunk}, return_tensors="pt")
+        generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                   pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        outputs += tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+    return outputs
+
+
+def evaluate(spec: dict, adapter: str) -> dict:
+    prov = artifacts.Provenance(spec)
+    task = spec["task"]
+    ds = datasets.load_from_disk(spec["data_dir"])["eval"]
+    bs = task["eval_batch_size"]
+    if task["type"] == "classification":
+        model, tokenizer = load_trained(spec, adapter)
+        result = evaluate_classification(model, tokenizer, ds, bs)
+    else:
+        model, tokenizer = load_trained(spec, adapter, padding_side="left")
+        loss = eval_loss(model, tokenizer, ds, bs)
+        texts = generate(model, tokenizer, ds["prompt_ids"], task["max_new_tokens"], bs)
+        result = {
+            "eval_loss": loss,
+            "perplexity": math.exp(min(loss, 50)),
+            "exact_match": metrics.exact_match(texts, ds["response"], task["answer_format"]),
+            "samples": [{"reference": r, "generated": g} for r, g in zip(ds["response"][:5], texts[:5])],
+        }
+    return {"run_id": spec["run_id"], "task_type": task["type"], "examples": len(ds), "metrics": result, **prov.record()}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--spec", required=True, help="resolved run spec (JSON)")
+    p.add_argument("--adapter", required=True, help="trained adapter folder")
+    p.add_argument("--out", required=True, help="eval.json to write")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    record = evaluate(artifacts.read_json(args.spec), args.adapter)
+    artifacts.write_json(args.out, record)
+    log.info("%s: %s", record["run_id"], {k: v for k, v in record["metrics"].items() if k != "samples"})
+
+
+if __name__ == "__main__":
+    main()

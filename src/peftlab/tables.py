@@ -1,0 +1,170 @@
+"""Summary tables and plots, from the runs' JSON files only.
+
+    python -m peftlab.tables --out results/tables results/runs/<run_id> [...]
+
+Writes summary.{csv,md,tex}: one row per run, then (in summary_grouped.csv and a
+second section of the .md and .tex) one row per task, model and setting with
+mean ± std over seeds. Plots: metrics.png (each task's main metric by method)
+and loss.png (training loss curves). Runs whose train.json or eval.json is
+missing are skipped with a warning, so the tables can be rebuilt mid-matrix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from peftlab import artifacts  # noqa: E402
+
+log = logging.getLogger(__name__)
+METRICS = ["accuracy", "macro_f1", "exact_match", "eval_loss", "perplexity"]
+MAIN_METRIC = {"classification": "accuracy", "sft": "exact_match"}
+SETTING = ["task", "model", "method", "r", "lr", "train_size"]
+
+
+def run_row(run_dir: Path) -> dict | None:
+    """One table row from a run folder's JSON files, or None if the run has not finished."""
+    if not (run_dir / "train.json").exists() or not (run_dir / "eval.json").exists():
+        return None
+    tr, ev = artifacts.read_json(run_dir / "train.json"), artifacts.read_json(run_dir / "eval.json")
+    spec = tr["spec"]
+    row = {
+        "run_id": tr["run_id"],
+        "task": spec["task"]["name"],
+        "task_type": spec["task"]["type"],
+        "model": spec["model"]["name"],
+        "method": spec["peft"]["type"],
+        "r": spec["peft"]["r"],
+        "seed": spec["training"]["seed"],
+        "lr": spec["training"]["learning_rate"],
+        "train_size": tr["examples"],
+        **{m: ev["metrics"].get(m) for m in METRICS},
+        "trainable_params": tr["trainable_params"],
+        "trainable_pct": 100 * tr["trainable_share"],
+        "first_loss": tr["first_loss"],
+        "final_loss": tr["final_loss"],
+        "tokens_per_s": round(tr["tokens_per_s"]),
+        "train_time_s": round(tr["wall_time_s"], 1),
+    }
+    check = run_dir / "merge_check.json"
+    if check.exists():
+        mc = artifacts.read_json(check)
+        row["merge_diff"] = mc.get("max_abs_logit_diff") if mc["mergeable"] else "cannot merge"
+    return row
+
+
+def collect(run_dirs: list[Path]) -> pd.DataFrame:
+    rows, missing = [], []
+    for d in run_dirs:
+        row = run_row(Path(d))
+        (missing.append(str(d)) if row is None else rows.append(row))
+    if missing:
+        log.warning("skipped %d unfinished run(s): %s", len(missing), ", ".join(missing))
+    if not rows:
+        raise SystemExit("no finished runs to tabulate")
+    return pd.DataFrame(rows).sort_values(["task", "model", "method", "r", "seed"], na_position="first").reset_index(drop=True)
+
+
+def grouped(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over seeds for every setting; std is 0 for a single seed."""
+    metrics = [m for m in METRICS if runs[m].notna().any()]
+    keys = [k for k in SETTING if k in runs]
+    g = runs.fillna({"r": -1}).groupby(keys, dropna=False)
+    out = g.agg(seeds=("seed", "nunique"), trainable_pct=("trainable_pct", "mean"), **{
+        f"{m}_{stat}": (m, stat) for m in metrics for stat in ("mean", "std")
+    }).reset_index()  # fmt: skip
+    out["r"] = out["r"].where(out["r"] != -1, None)
+    for m in metrics:
+        out[f"{m}_std"] = out[f"{m}_std"].fillna(0.0)
+    return out
+
+
+def _pm(df: pd.DataFrame) -> pd.DataFrame:
+    """mean/std column pairs -> one 'mean ± std' text column each, for md and tex."""
+    out = df.copy()
+    for col in [c for c in df if c.endswith("_mean")]:
+        m = col.removesuffix("_mean")
+        out[m] = [f"{a:.4f} ± {b:.4f}" if pd.notna(a) else "" for a, b in zip(df[col], df[f"{m}_std"])]
+        out = out.drop(columns=[col, f"{m}_std"])
+    return out
+
+
+def _plot_metrics(runs: pd.DataFrame, path: Path) -> None:
+    tasks = sorted(runs["task"].unique())
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        part = runs[runs["task"] == task]
+        metric = MAIN_METRIC[part["task_type"].iloc[0]]
+        stats = part.groupby("method")[metric].agg(["mean", "std"]).fillna(0.0)
+        ax.bar(stats.index, stats["mean"], yerr=stats["std"], capsize=4, color="tab:blue")
+        ax.scatter(part["method"], part[metric], color="black", s=10, zorder=3, label="runs")
+        ax.set_title(f"{task} ({part['model'].iloc[0]})")
+        ax.set_ylabel(metric)
+        ax.set_ylim(0, 1.05)
+        ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_losses(run_dirs: list[Path], runs: pd.DataFrame, path: Path) -> None:
+    tasks = sorted(runs["task"].unique())
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), squeeze=False)
+    ax_of = dict(zip(tasks, axes[0]))
+    for d in run_dirs:
+        if not (Path(d) / "eval.json").exists() or not (Path(d) / "train.json").exists():
+            continue
+        tr = artifacts.read_json(Path(d) / "train.json")
+        ax = ax_of[tr["spec"]["task"]["name"]]
+        ax.plot([x["step"] for x in tr["losses"]], [x["loss"] for x in tr["losses"]], lw=1, label=tr["run_id"].split("/", 2)[2])
+    for task, ax in ax_of.items():
+        ax.set_title(task)
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def build(run_dirs: list[Path], out: Path) -> pd.DataFrame:
+    runs = collect(run_dirs)
+    groups = grouped(runs)
+    out.mkdir(parents=True, exist_ok=True)
+    runs.to_csv(out / "summary.csv", index=False)
+    groups.to_csv(out / "summary_grouped.csv", index=False)
+    shown = runs.drop(columns=["task_type"]).dropna(axis=1, how="all")
+    blank = lambda df: df.astype(object).where(df.notna(), None)  # noqa: E731  (tabulate prints None as missingval)
+    md = [
+        f"# Results: {len(runs)} runs\n",
+        "## Every run\n", blank(shown).to_markdown(index=False, floatfmt=".4g", missingval=""),
+        "\n## Mean ± std over seeds\n", blank(_pm(groups)).to_markdown(index=False, floatfmt=".4g", missingval=""), "",
+    ]  # fmt: skip
+    (out / "summary.md").write_text("\n".join(md))
+    tex = shown.to_latex(index=False, float_format="%.4g", na_rep="", caption="Every run", label="tab:runs")
+    tex += "\n" + _pm(groups).to_latex(index=False, float_format="%.4g", na_rep="", caption="Mean $\\pm$ std over seeds", label="tab:grouped")
+    (out / "summary.tex").write_text(tex.replace("±", "$\\pm$"))
+    _plot_metrics(runs, out / "metrics.png")
+    _plot_losses(run_dirs, runs, out / "loss.png")
+    return runs
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", type=Path, help="run folders (results/runs/<run_id>)")
+    p.add_argument("--out", required=True, type=Path, help="folder for the tables and plots")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    runs = build(args.runs, args.out)
+    log.info("tabulated %d runs into %s", len(runs), args.out)
+
+
+if __name__ == "__main__":
+    main()

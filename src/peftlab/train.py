@@ -1,0 +1,248 @@
+"""Train one run: a plain function of its resolved spec.
+
+    python -m peftlab.train --spec results/specs/runs/<run_id>.json \
+        --adapter results/runs/<run_id>/adapter --record results/runs/<run_id>/train.json \
+        --checkpoints results/checkpoints/<run_id>
+
+Reads top to bottom: set up (data, model, adapter), train with the transformers
+Trainer (dynamic padding, length-grouped batches in a seeded order, checkpoints
+every `save_steps`), save the adapter in peft's format, check that it reloads onto
+an untouched base with the same logits, write train.json, drop the checkpoints.
+
+A run started again after being killed resumes from its last complete checkpoint.
+Checkpoints live outside the run's declared outputs (Snakemake deletes those
+before it reruns a failed job).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import datasets
+import safetensors.torch
+import torch
+import transformers
+from peft import PeftModel, get_peft_model, get_peft_model_state_dict
+from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, TrainingArguments
+from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+
+from peftlab import artifacts, methods
+from peftlab.models import load_model, load_tokenizer, peft_task_type
+
+log = logging.getLogger(__name__)
+RELOAD_TOLERANCE = 1e-5
+
+
+class SeededLengthGroupedSampler(LengthGroupedSampler):
+    """Length-grouped order drawn from `seed + epoch`, so a resumed run sees exactly the same batches."""
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        super().__init__(batch_size, lengths=lengths)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=g))
+
+
+class Trainer(transformers.Trainer):
+    def __init__(self, *args, lengths: list[int], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lengths = lengths
+
+    def _get_train_sampler(self, train_dataset=None):
+        mega_batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        return SeededLengthGroupedSampler(mega_batch, self.lengths, self.args.data_seed)
+
+
+def train_subset(ds: datasets.Dataset, size: int | None, seed: int) -> datasets.Dataset:
+    """The first `size` examples of a seeded shuffle (all, in file order, when size is None)."""
+    if size is None:
+        return ds
+    if size > len(ds):
+        raise ValueError(f"training.train_size={size} but the training split has only {len(ds)} examples")
+    return ds.shuffle(seed=seed).select(range(size))
+
+
+def collator(task: dict, tokenizer):
+    if task["type"] == "classification":
+        return DataCollatorWithPadding(tokenizer)
+    return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
+
+
+def last_checkpoint(folder: Path) -> str | None:
+    """Newest checkpoint-N whose trainer_state.json (written last) exists."""
+    done = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
+    return str(max(done, key=lambda p: int(p.name.split("-")[1]))) if done else None
+
+
+def probe_batch(task: dict, ds: datasets.Dataset, tokenizer, n: int = 8) -> dict[str, torch.Tensor]:
+    """A fixed padded batch (the first n eval examples) for logit comparisons."""
+    rows = ds.select(range(min(n, len(ds))))
+    batch = tokenizer.pad({"input_ids": rows["input_ids"], "attention_mask": rows["attention_mask"]}, return_tensors="pt")
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+
+@torch.no_grad()
+def logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    model.eval()
+    return model(**batch).logits.float()
+
+
+def save_adapter(model: PeftModel, folder: Path, initial: Path | None = None) -> None:
+    """Save in peft's format; with `initial`, convert so the adapter applies to the untouched base.
+
+    Methods that change the base weights at init (PiSSA, OLoRA) save Delta = BA - B0A0
+    as a plain LoRA adapter of rank 2r. peft 0.21 drops every non-LoRA tensor in that
+    conversion (modules_to_save, e.g. a classification head), so they are put back.
+    """
+    if initial is None:
+        model.save_pretrained(folder)
+        return
+    model.save_pretrained(folder, path_initial_model_for_weight_conversion=str(initial))
+    weights = folder / "adapter_model.safetensors"
+    converted = safetensors.torch.load_file(weights)
+    for key, value in get_peft_model_state_dict(model).items():
+        if key not in converted and "lora_" not in key:
+            converted[key] = value.detach().cpu().contiguous()
+    safetensors.torch.save_file(converted, weights, metadata={"format": "pt"})
+
+
+def configure_wandb(spec: dict) -> list[str]:
+    w = spec["wandb"]
+    if w["mode"] == "disabled":
+        return []
+    os.environ["WANDB_MODE"] = w["mode"]
+    os.environ["WANDB_PROJECT"] = w["project"]
+    os.environ["WANDB_DIR"] = str(Path(w["dir"]).resolve())
+    Path(w["dir"]).mkdir(parents=True, exist_ok=True)
+    if w["entity"]:
+        os.environ["WANDB_ENTITY"] = w["entity"]
+    return ["wandb"]
+
+
+def train(spec: dict, adapter: Path, record_path: Path, checkpoints: Path) -> dict:
+    """Train the run described by `spec`; write the adapter folder, then the record JSON."""
+    prov = artifacts.Provenance(spec)
+    task, t, p = spec["task"], spec["training"], spec["peft"]
+    method = methods.get(p["type"])
+    transformers.set_seed(t["seed"])
+
+    # --- set up: data, model, adapter
+    data = datasets.load_from_disk(spec["data_dir"])
+    train_ds = train_subset(data["train"], t["train_size"], t["seed"])
+    tokenizer = load_tokenizer(spec["model"])
+    columns = ["input_ids", "attention_mask", "labels"]
+    base = load_model(spec["model"], task, tokenizer)
+    total_params = sum(x.numel() for x in base.parameters())
+    model = get_peft_model(base, method.build(p, peft_task_type(task)))
+    trainable = sum(x.numel() for x in model.parameters() if x.requires_grad)
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    initial = checkpoints / "initial_adapter"
+    if method.init_changes_base and not (initial / "adapter_config.json").exists():
+        with artifacts.atomic_dir(initial) as tmp:
+            model.save_pretrained(tmp)
+
+    # --- train
+    args = TrainingArguments(
+        output_dir=str(checkpoints),
+        seed=t["seed"],
+        data_seed=t["seed"],
+        learning_rate=t["learning_rate"],
+        num_train_epochs=t["epochs"],
+        max_steps=t["max_steps"] or -1,
+        per_device_train_batch_size=t["batch_size"],
+        gradient_accumulation_steps=t["grad_accum"],
+        warmup_steps=t["warmup_ratio"],
+        weight_decay=t["weight_decay"],
+        lr_scheduler_type=t["lr_scheduler"],
+        max_grad_norm=t["max_grad_norm"],
+        logging_steps=t["logging_steps"],
+        save_strategy="steps",
+        save_steps=t["save_steps"],
+        save_total_limit=2,
+        report_to=configure_wandb(spec),
+        run_name=spec["run_id"],
+        include_num_input_tokens_seen="non_padding",
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds.select_columns(columns),
+        data_collator=collator(task, tokenizer),
+        processing_class=tokenizer,
+        lengths=train_ds["length"],
+    )
+    resume = last_checkpoint(checkpoints)
+    if resume:
+        log.info("resuming from %s", resume)
+    result = trainer.train(resume_from_checkpoint=resume)
+    state = trainer.state
+
+    # --- save, then check the saved adapter against the model in memory
+    probe = probe_batch(task, data["eval"], tokenizer)
+    trained_logits = logits(model, probe)
+    with artifacts.atomic_dir(adapter) as tmp:
+        save_adapter(model, tmp, initial if method.init_changes_base else None)
+        tokenizer.save_pretrained(tmp)
+    reload_diff = None
+    if t["check_reload"]:
+        reloaded = PeftModel.from_pretrained(load_model(spec["model"], task, tokenizer), adapter)
+        reload_diff = (logits(reloaded, probe) - trained_logits).abs().max().item()
+        if reload_diff > RELOAD_TOLERANCE:
+            shutil.rmtree(adapter)
+            raise RuntimeError(f"{spec['run_id']}: adapter reloaded onto the untouched base differs by {reload_diff:.3g} > {RELOAD_TOLERANCE}")
+
+    losses = [{"step": e["step"], "loss": e["loss"]} for e in state.log_history if "loss" in e]
+    session_tokens = state.num_input_tokens_seen - trainer._initial_num_input_tokens_seen
+    record = {
+        "run_id": spec["run_id"],
+        "losses": losses,
+        "first_loss": losses[0]["loss"] if losses else None,
+        "final_loss": losses[-1]["loss"] if losses else None,
+        "train_loss": result.training_loss,
+        "steps": state.global_step,
+        "epochs": state.epoch,
+        "examples": len(train_ds),
+        "tokens_seen": state.num_input_tokens_seen,
+        "tokens_per_s": session_tokens / max(result.metrics["train_runtime"], 1e-9),
+        "trainable_params": trainable,
+        "total_params": total_params,
+        "trainable_share": trainable / total_params,
+        "resumed_from": resume,
+        "reload_max_abs_diff": reload_diff,
+        "world_size": args.world_size,
+        **prov.record(),
+    }
+    artifacts.write_json(record_path, record)
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    return record
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--spec", required=True, help="resolved run spec (JSON)")
+    p.add_argument("--adapter", required=True, type=Path, help="adapter folder to write (peft format)")
+    p.add_argument("--record", required=True, type=Path, help="train.json to write")
+    p.add_argument("--checkpoints", required=True, type=Path, help="checkpoint folder, outside every declared output")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    record = train(artifacts.read_json(args.spec), args.adapter, args.record, args.checkpoints)
+    log.info("%s: loss %s -> %s, %.0f tokens/s", record["run_id"], record["first_loss"], record["final_loss"], record["tokens_per_s"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Shared fixtures: a tiny Llama and tokenised data, built with the package's own functions."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from peftlab import artifacts, data
+from peftlab.config import plan
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def load_test_config() -> dict:
+    with open(ROOT / "config" / "test.yaml") as f:
+        return yaml.safe_load(f)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """Build the test config's tiny Llama and tokenise its arith task under a temp `results/`.
+
+    Returns (workdir, runs) where runs are the resolved specs of config/test.yaml,
+    whose relative paths resolve inside workdir.
+    """
+    from peftlab.models import build_tiny_llama, load_tokenizer
+
+    work = tmp_path_factory.mktemp("tiny")
+    cwd = os.getcwd()
+    os.chdir(work)
+    try:
+        raw = load_test_config()
+        raw["tasks"]["arith"]["data"]["num_train"] = 600
+        raw["models"]["tiny-llama"]["build"]["pretrain_steps"] = 60
+        _, runs, specs = plan(raw)
+        Path("results/raw/arith").mkdir(parents=True)
+        data.generate(specs["raw/arith"], Path("results/raw/arith"))
+        model_spec = specs["models/tiny-llama"]
+        Path(model_spec["path"]).mkdir(parents=True)
+        build_tiny_llama(model_spec, Path(model_spec["path"]))
+        dspec = specs["data/arith/tiny-llama"]
+        tok = load_tokenizer(dspec["model"])
+        data.tokenize(dspec["task"], tok, data.load_raw(dspec["task"])).save_to_disk("results/data/arith/tiny-llama")
+        artifacts.write_json("results/data/arith/tiny-llama/meta.json", {})
+    finally:
+        os.chdir(cwd)
+    return work, runs
+
+
+@pytest.fixture
+def in_tiny(tiny, monkeypatch):
+    """Run the test inside the tiny workdir; yields a function giving a fresh copy of a run's spec."""
+    work, runs = tiny
+    monkeypatch.chdir(work)
+
+    def spec(method: str = "lora", **training) -> dict:
+        base = next(r for r in runs.values() if r["task"]["name"] == "arith" and r["peft"]["type"] in ("lora",))
+        s = copy.deepcopy(base)
+        s["peft"]["type"] = method
+        s["run_id"] = f"arith/tiny-llama/{method}/test"
+        s["training"].update(training)
+        return s
+
+    return spec

@@ -1,0 +1,143 @@
+"""Config validation and matrix expansion: pure functions, no Snakemake, no training."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import ROOT, load_test_config
+from peftlab.config import ConfigError, expand_matrix, load_config, plan
+
+TASKS = {"t": {"type": "classification", "data": {"generator": "sentiment"}}}
+MODELS = {"m": {"path": "some/hub-id"}}
+
+
+def cfg(**extra) -> dict:
+    return {"tasks": copy.deepcopy(TASKS), "models": copy.deepcopy(MODELS), **extra}
+
+
+def runs(raw: dict) -> dict:
+    return expand_matrix(load_config(raw))
+
+
+def test_default_config_expands_to_16_runs_with_readable_ids():
+    with open(ROOT / "config" / "config.yaml") as f:
+        _, table, specs = plan(yaml.safe_load(f))
+    assert len(table) == 16
+    assert "sentiment/minilm/lora/r8-s1" in table and "arith/tiny-llama/ia3/s2" in table
+    assert table["sentiment/minilm/pissa/r8-s2"]["peft"]["type"] == "pissa"
+    assert table["sentiment/minilm/pissa/r8-s2"]["training"]["seed"] == 2
+    # tokenised once per (task, model): 2 datasets for 16 runs
+    assert sorted(k for k in specs if k.startswith("data/")) == ["data/arith/tiny-llama", "data/sentiment/minilm"]
+
+
+def test_sweep_is_the_product_of_its_axes_and_fills_defaults():
+    table = runs(cfg(sweep=[{"task": "t", "model": "m", "method": ["lora", "dora"], "rank": [4, 16], "seed": [1, 2, 3], "lr": [1e-4, 3e-4]}]))
+    assert len(table) == 2 * 2 * 3 * 2
+    run = table["t/m/dora/r16-s3-lr0.0003"]
+    assert run["peft"] == {"type": "dora", "r": 16, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": None, "options": {}}
+    assert run["training"]["learning_rate"] == 3e-4 and run["training"]["seed"] == 3
+    assert run["training"]["batch_size"] == 16  # schema default
+
+
+def test_rank_axis_collapses_for_methods_without_rank():
+    table = runs(cfg(sweep=[{"task": "t", "model": "m", "method": ["lora", "ia3"], "rank": [4, 8], "seed": 1}]))
+    assert sorted(table) == ["t/m/ia3/s1", "t/m/lora/r4-s1", "t/m/lora/r8-s1"]
+
+
+def test_train_size_axis_appears_in_the_id():
+    table = runs(cfg(sweep=[{"task": "t", "model": "m", "train_size": [100, 200]}]))
+    assert sorted(table) == ["t/m/lora/r8-s0-n100", "t/m/lora/r8-s0-n200"]
+    assert table["t/m/lora/r8-s0-n100"]["training"]["train_size"] == 100
+
+
+def test_experiments_form_overrides_base_perl_style():
+    raw = cfg(
+        base={"task": "t", "model": "m", "peft": {"type": "lora", "r": 16, "lora_alpha": 32}, "training": {"learning_rate": 1e-5}},
+        experiments=[
+            {"name": "lora_s42", "common": {"seed": 42}},
+            {"name": "dora_s123", "peft": {"type": "dora"}, "common": {"seed": 123}},
+            {"name": "lora_r64", "peft": {"r": 64}, "training": {"learning_rate": 1e-4}},
+        ],
+    )
+    table = runs(raw)
+    assert sorted(table) == ["t/m/dora_s123", "t/m/lora_r64", "t/m/lora_s42"]
+    assert table["t/m/lora_s42"]["training"]["seed"] == 42
+    assert table["t/m/dora_s123"]["peft"] | {} == {**table["t/m/lora_s42"]["peft"], "type": "dora"}
+    assert table["t/m/lora_r64"]["peft"]["r"] == 64 and table["t/m/lora_r64"]["peft"]["lora_alpha"] == 32
+    assert table["t/m/lora_r64"]["training"]["learning_rate"] == 1e-4
+    assert table["t/m/lora_s42"]["training"]["learning_rate"] == 1e-5
+
+
+def test_both_forms_give_the_same_runs():
+    sweep = runs(cfg(sweep=[{"task": "t", "model": "m", "method": ["lora", "dora"], "seed": [1, 2]}]))
+    named = runs(cfg(experiments=[{"name": f"{m}-{s}", "task": "t", "model": "m", "peft": {"type": m}, "common": {"seed": s}} for m in ("lora", "dora") for s in (1, 2)]))
+    strip = lambda table: sorted((yaml.safe_dump({k: v for k, v in r.items() if k != "run_id"}) for r in table.values()))  # noqa: E731
+    assert strip(sweep) == strip(named)
+
+
+def test_expansion_is_stable_and_pure():
+    raw = cfg(sweep=[{"task": "t", "model": "m", "method": ["dora", "lora"], "seed": [2, 1]}])
+    before = copy.deepcopy(raw)
+    assert list(runs(raw)) == list(runs(raw))
+    assert raw == before
+
+
+def test_duplicate_run_id_with_different_settings_is_an_error():
+    raw = cfg(sweep=[{"task": "t", "model": "m", "training": {"learning_rate": 1e-3}}, {"task": "t", "model": "m", "training": {"learning_rate": 1e-4}}])
+    with pytest.raises(ConfigError, match=r"sweep\[1\]: run id 't/m/lora/r8-s0' appears twice"):
+        runs(raw)
+
+
+def test_test_config_is_valid():
+    assert len(plan(load_test_config())[1]) == 9
+
+
+BAD = [
+    ("unknown top-level key", lambda c: c.update(sweeps=[]), r"<top level>: unknown key\(s\) 'sweeps'; allowed: base, experiments"),
+    ("unknown training key", lambda c: c.update(training={"lr": 1}), r"training: unknown key\(s\) 'lr'; allowed: .*learning_rate"),
+    ("wrong type", lambda c: c.update(training={"batch_size": "16"}), r"training.batch_size: '16' is not of type 'integer'"),
+    ("unknown method", lambda c: c["sweep"][0].update(method=["lora", "lroa"]), r"sweep\[0\].peft.type: unknown method 'lroa'; allowed: .*dora.*lora"),
+    ("unknown task", lambda c: c["sweep"][0].update(task="sst2"), r"sweep\[0\].task: unknown task 'sst2'; defined in tasks: t"),
+    ("unknown model", lambda c: c["sweep"][0].update(model="llama"), r"sweep\[0\].model: unknown model 'llama'; defined in models: m"),
+    ("missing required tasks", lambda c: c.pop("tasks"), r"<top level>: 'tasks' is a required property"),
+    ("missing task type", lambda c: c["tasks"]["t"].pop("type"), r"tasks.t: 'type' is a required property"),
+    ("bad task type", lambda c: c["tasks"]["t"].update(type="regression"), r"tasks.t.type: 'regression' is not one of \['classification', 'sft'\]"),
+    ("two data sources", lambda c: c["tasks"]["t"]["data"].update(hub={"id": "glue"}), r"tasks.t.data: set exactly one of: generator; files; hub"),
+    ("no matrix", lambda c: c.pop("sweep"), r"<top level>: set exactly one of: sweep; experiments"),
+    ("rank below 1", lambda c: c.update(peft={"r": 0}), r"peft.r: 0 is less than the minimum of 1"),
+    ("rank axis not integer", lambda c: c["sweep"][0].update(rank=["8"]), r"sweep\[0\].rank: '8' is not an integer"),
+    ("unsafe task name", lambda c: c["tasks"].update({"../x": c["tasks"]["t"]}), r"tasks: '../x' is not path-safe"),
+    ("slash in experiment name", lambda c: (c.pop("sweep"), c.update(experiments=[{"name": "a/b", "task": "t", "model": "m"}])), r"experiments\[0\].name: 'a/b' is not path-safe"),
+    ("dot-dot experiment name", lambda c: (c.pop("sweep"), c.update(experiments=[{"name": "..", "task": "t", "model": "m"}])), r"experiments\[0\].name: '..' is not path-safe"),
+    ("missing data file", lambda c: c["tasks"]["t"].update(data={"files": {"train": "nope.csv", "eval": "nope.csv"}}), r"tasks.t.data.files.train: file 'nope.csv' does not exist"),
+    ("unknown generator", lambda c: c["tasks"]["t"]["data"].update(generator="imdb"), r"tasks.t.data.generator: unknown generator 'imdb'; allowed: gsm8k_arith, sentiment"),
+    ("wandb mode", lambda c: c.update(wandb={"mode": "cloud"}), r"wandb.mode: 'cloud' is not one of \['offline', 'online', 'disabled'\]"),
+    ("experiment without task", lambda c: (c.pop("sweep"), c.update(experiments=[{"name": "x", "model": "m"}])), r"experiments\[0\].task: required; set it here or in base"),
+]
+
+
+@pytest.mark.parametrize("mutate,message", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_config_is_rejected_naming_the_key(mutate, message):
+    raw = cfg(sweep=[{"task": "t", "model": "m"}])
+    mutate(raw)
+    with pytest.raises(ConfigError, match=message):
+        plan(raw)
+
+
+def test_snakemake_rejects_a_bad_config_at_parse_time(tmp_path):
+    """The same message comes from `snakemake -n`, before any job, and nothing is written."""
+    bad = load_test_config()
+    bad["sweep"][0]["method"] = ["lora", "lroa"]
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--configfile", str(tmp_path / "bad.yaml")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "sweep[0].peft.type: unknown method 'lroa'; allowed:" in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()

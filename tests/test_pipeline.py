@@ -1,0 +1,151 @@
+"""The whole DAG on config/test.yaml, through Snakemake, in a temporary directory.
+
+One module-scoped run (about two minutes on 2 cores); each test reads its outputs.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import pandas as pd
+import pytest
+import torch
+import yaml
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+from conftest import ROOT, load_test_config
+from peftlab import artifacts
+from peftlab.config import plan
+from peftlab.models import load_model, load_tokenizer
+from peftlab.train import logits, probe_batch
+
+pytestmark = pytest.mark.slow
+RUNS = plan(load_test_config())[1]
+
+
+def snakemake(workdir: Path, *args: str, config: Path | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(config or ROOT / "config" / "test.yaml"), *args]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+
+
+def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
+    """The 'Job stats' table of a dry run: {rule: count}."""
+    lines = proc.stdout.split("Job stats:")[1].splitlines()
+    return {r: int(c) for r, c in (line.split() for line in lines[3:] if len(line.split()) == 2) if r != "total"}
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory):
+    work = tmp_path_factory.mktemp("pipeline")
+    plan_ = snakemake(work, "-n")
+    assert plan_.returncode == 0, plan_.stdout + plan_.stderr
+    proc = snakemake(work, "--cores", "2")
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
+    return work, planned_jobs(plan_)
+
+
+def test_plan_tokenises_once_per_task_and_model(done):
+    _, jobs = done
+    assert jobs["train_run"] == len(RUNS) == 9
+    assert jobs["data_tokenize"] == 2 < jobs["train_run"]
+    assert jobs["evaluate_run"] == jobs["merge_run"] == 9 and jobs["model_build"] == 1
+
+
+@pytest.mark.parametrize("run_id", sorted(RUNS))
+def test_run(done, run_id):
+    work, _ = done
+    run = work / "results/runs" / run_id
+    train, ev = artifacts.read_json(run / "train.json"), artifacts.read_json(run / "eval.json")
+    spec = artifacts.read_json(work / "results/specs/runs" / f"{run_id}.json")
+    assert train["spec"] == spec == ev["spec"]
+    assert train["git_commit"] and train["versions"]["peft"] and train["peak_memory"]["cpu_rss_mb"] > 0
+
+    # learning: the loss falls
+    losses = [x["loss"] for x in train["losses"]]
+    assert len(losses) >= 4 and sum(losses[-2:]) / 2 < losses[0] * 0.9, losses
+
+    # metrics in range
+    m = ev["metrics"]
+    if spec["task"]["type"] == "classification":
+        assert 0.5 < m["accuracy"] <= 1 and 0 <= m["macro_f1"] <= 1
+    else:
+        assert 0 <= m["exact_match"] <= 1 and m["perplexity"] == pytest.approx(2.718281828 ** m["eval_loss"], rel=1e-6)
+        assert m["eval_loss"] < train["losses"][0]["loss"]
+
+    # the trainer's own reload check, onto an untouched base
+    assert train["reload_max_abs_diff"] <= 1e-5
+
+    # independently: adapter on an untouched base == merged model
+    check = artifacts.read_json(run / "merge_check.json")
+    if spec["peft"]["type"] == "prompt_tuning":
+        assert check["mergeable"] is False and "virtual tokens" in check["reason"]
+        assert (run / "merged/NOT_MERGED.txt").exists()
+        return
+    assert check["max_abs_logit_diff"] <= 1e-4
+    local = {**spec["model"], "path": str(work / spec["model"]["path"])} if "build" in spec["model"] else spec["model"]
+    tok = load_tokenizer(local)
+    probe = probe_batch(spec["task"], datasets.load_from_disk(work / spec["data_dir"])["eval"], tok)
+    adapter_model = PeftModel.from_pretrained(load_model(local, spec["task"], tok), run / "adapter")
+    auto = AutoModelForSequenceClassification if spec["task"]["type"] == "classification" else AutoModelForCausalLM
+    merged = auto.from_pretrained(run / "merged", dtype=torch.float32)
+    assert (logits(adapter_model, probe) - logits(merged, probe)).abs().max().item() <= 1e-4
+
+
+def test_tables_list_every_run(done):
+    work, _ = done
+    tables = work / "results/tables"
+    summary = pd.read_csv(tables / "summary.csv")
+    assert sorted(summary["run_id"]) == sorted(RUNS)
+    md = (tables / "summary.md").read_text()
+    assert all(run_id in md for run_id in RUNS)
+    grouped = pd.read_csv(tables / "summary_grouped.csv")
+    lora = grouped[(grouped["task"] == "arith") & (grouped["method"] == "lora")].iloc[0]
+    assert lora["seeds"] == 2 and lora["exact_match_std"] >= 0 and 0 < lora["trainable_pct"] < 100
+    assert "\\begin{tabular}" in (tables / "summary.tex").read_text()
+    for png in ("metrics.png", "loss.png"):
+        assert (tables / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_nothing_left_to_do_and_no_checkpoints_left(done):
+    work, _ = done
+    proc = snakemake(work, "-n")
+    assert proc.returncode == 0 and "Nothing to be done" in proc.stdout + proc.stderr
+    assert not any((work / "results/checkpoints").rglob("checkpoint-*"))
+
+
+def test_tables_target_trains_nothing(done):
+    work, _ = done
+    (work / "results/tables/summary.md").unlink()
+    proc = snakemake(work, "--cores", "1", "tables")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert planned_jobs(proc) == {"tables": 1}
+    assert all(run_id in (work / "results/tables/summary.md").read_text() for run_id in RUNS)
+
+
+def test_one_run_target_reruns_exactly_that_run(done):
+    work, _ = done
+    target = "results/runs/arith/tiny-llama/lora/r8-s2/eval.json"
+    proc = snakemake(work, "-n", "--forcerun", "train_run", "--", target)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert planned_jobs(proc) == {"train_run": 1, "evaluate_run": 1}
+    assert "wildcards: run_id=arith/tiny-llama/lora/r8-s2" in proc.stdout
+
+
+def test_editing_one_run_reruns_only_that_run(done, tmp_path):
+    work, _ = done
+    raw = load_test_config()
+    raw["sweep"][1]["method"] = ["dora", "prompt_tuning"]
+    raw["sweep"].append({"task": "arith", "model": "tiny-llama", "method": "ia3", "seed": 1, "training": {"max_steps": 60, "learning_rate": 0.01}})
+    (tmp_path / "edited.yaml").write_text(yaml.safe_dump(raw))
+    proc = snakemake(work, "-n", config=tmp_path / "edited.yaml")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = planned_jobs(proc)
+    assert jobs["train_run"] == 1 and jobs["evaluate_run"] == 1 and jobs["merge_run"] == 1, jobs
+    assert "wildcards: run_id=arith/tiny-llama/ia3/s1" in proc.stdout
+    # put the spec back so later dry runs see the original matrix
+    assert snakemake(work, "-n").returncode == 0

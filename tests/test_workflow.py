@@ -1,0 +1,35 @@
+"""Static checks of the workflow files: lint, format, and that every config says how to run it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from peftlab.config import plan
+
+
+def test_snakemake_lint_reports_nothing(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--lint", "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
+                           "--configfile", str(ROOT / "config/test.yaml")], capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Congratulations, your workflow is in a good condition!" in proc.stdout + proc.stderr
+
+
+def test_snakefmt_check_passes():
+    files = [ROOT / "Snakefile", *sorted((ROOT / "workflow/rules").glob("*.smk"))]
+    proc = subprocess.run(["snakefmt", "--check", *map(str, files)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "config").rglob("*.yaml")), ids=lambda p: p.name)
+def test_every_config_opens_with_its_command_and_validates(path):
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# Run:") and "snakemake" in first
+    if path.name != "config.yaml":
+        assert f"--configfile config/{path.relative_to(ROOT / 'config')}" in first
+    with open(path) as f:
+        assert plan(yaml.safe_load(f))[1]

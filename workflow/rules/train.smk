@@ -1,0 +1,21 @@
+rule train_run:
+    input:
+        spec="results/specs/runs/{run_id}.json",
+        data=lambda wc: RUNS[wc.run_id]["data_dir"],
+        model=lambda wc: built_model(RUNS[wc.run_id]["model"]["name"]),
+    output:
+        adapter=directory("results/runs/{run_id}/adapter"),
+        record="results/runs/{run_id}/train.json",
+    params:
+        # outside every declared output: Snakemake deletes those before a rerun
+        checkpoints="results/checkpoints/{run_id}",
+    threads: THREADS
+    log:
+        "results/logs/train_run/{run_id}.log",
+    benchmark:
+        "results/benchmarks/train_run/{run_id}.tsv"
+    conda:
+        ENV
+    shell:
+        "python -m peftlab.train --spec {input.spec} --adapter {output.adapter} --record {output.record}"
+        " --checkpoints {params.checkpoints} --threads {threads} > {log} 2>&1"
