@@ -26,8 +26,8 @@ include: "workflow/rules/tables.smk"
 
 
 rule all:
+    default_target: True
     input:
         expand("results/runs/{run_id}/eval.json", run_id=RUNS),
         expand("results/runs/{run_id}/merge_check.json", run_id=RUNS),
         "results/tables/summary.md",
-    default_target: True

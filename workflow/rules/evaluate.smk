@@ -4,13 +4,13 @@ rule evaluate_run:
         adapter="results/runs/{run_id}/adapter",
     output:
         "results/runs/{run_id}/eval.json",
-    threads: THREADS
     log:
         "results/logs/evaluate_run/{run_id}.log",
     benchmark:
         "results/benchmarks/evaluate_run/{run_id}.tsv"
     conda:
         ENV
+    threads: THREADS
     shell:
         "python -m peftlab.evaluate --spec {input.spec} --adapter {input.adapter} --out {output}"
         " --threads {threads} > {log} 2>&1"

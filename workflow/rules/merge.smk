@@ -5,13 +5,13 @@ rule merge_run:
     output:
         merged=directory("results/runs/{run_id}/merged"),
         check="results/runs/{run_id}/merge_check.json",
-    threads: THREADS
     log:
         "results/logs/merge_run/{run_id}.log",
     benchmark:
         "results/benchmarks/merge_run/{run_id}.tsv"
     conda:
         ENV
+    threads: THREADS
     shell:
         "python -m peftlab.merge --spec {input.spec} --adapter {input.adapter} --merged {output.merged}"
         " --check {output.check} --threads {threads} > {log} 2>&1"

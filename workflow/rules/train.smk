@@ -6,16 +6,16 @@ rule train_run:
     output:
         adapter=directory("results/runs/{run_id}/adapter"),
         record="results/runs/{run_id}/train.json",
-    params:
-        # outside every declared output: Snakemake deletes those before a rerun
-        checkpoints="results/checkpoints/{run_id}",
-    threads: THREADS
     log:
         "results/logs/train_run/{run_id}.log",
     benchmark:
         "results/benchmarks/train_run/{run_id}.tsv"
     conda:
         ENV
+    threads: THREADS
+    params:
+        # outside every declared output: Snakemake deletes those before a rerun
+        checkpoints="results/checkpoints/{run_id}",
     shell:
         "python -m peftlab.train --spec {input.spec} --adapter {output.adapter} --record {output.record}"
         " --checkpoints {params.checkpoints} --threads {threads} > {log} 2>&1"
