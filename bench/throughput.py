@@ -1,6 +1,6 @@
 """Real-token training throughput: peftlab's trainer vs a plain pad-to-max-length Trainer.
 
-    python bench/throughput.py [--steps 40] [--threads 2]
+    python bench/throughput.py [--steps 30] [--rounds 2] [--threads 2]
 
 Same model (a small Llama, LoRA r=16 on every linear layer), same variable-length
 data (16 to 256 tokens, uniform), same batch size and step count, in one process.
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import random
 import tempfile
-import time
 from pathlib import Path
 
 import datasets
@@ -32,9 +31,21 @@ MAX_LEN, VOCAB = 256, 1024
 
 def make_model_and_data(root: Path, n: int, hidden: int, layers: int) -> None:
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{f"t{i}": i + 3 for i in range(VOCAB - 3)}}
-    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<pad>")), pad_token="<pad>", bos_token="<s>", eos_token="</s>")
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers, num_attention_heads=4,
-                         num_key_value_heads=4, max_position_embeddings=MAX_LEN, pad_token_id=0, bos_token_id=1, eos_token_id=2)  # fmt: skip
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<pad>")), pad_token="<pad>", bos_token="<s>", eos_token="</s>"
+    )
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=MAX_LEN,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(root / "model")
     tok.save_pretrained(root / "model")
@@ -53,9 +64,22 @@ def spec_for(root: Path, steps: int, batch: int) -> dict:
         "task": {"name": "bench", "type": "sft"},
         "model": {"name": "bench", "path": str(root / "model")},
         "peft": {"type": "lora", "r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear", "options": {}},
-        "training": {"seed": 0, "learning_rate": 1e-4, "epochs": 1, "max_steps": steps, "batch_size": batch, "grad_accum": 1,
-                     "warmup_ratio": 0.0, "weight_decay": 0.0, "lr_scheduler": "constant", "max_grad_norm": 1.0, "train_size": None,
-                     "save_steps": 10_000, "logging_steps": 10, "check_reload": False},  # fmt: skip
+        "training": {
+            "seed": 0,
+            "learning_rate": 1e-4,
+            "epochs": 1,
+            "max_steps": steps,
+            "batch_size": batch,
+            "grad_accum": 1,
+            "warmup_ratio": 0.0,
+            "weight_decay": 0.0,
+            "lr_scheduler": "constant",
+            "max_grad_norm": 1.0,
+            "train_size": None,
+            "save_steps": 10_000,
+            "logging_steps": 10,
+            "check_reload": False,
+        },
         "resources": {"threads": 1},
         "wandb": {"mode": "disabled", "project": "x", "entity": None, "dir": str(root)},
         "data_dir": str(root / "data"),
@@ -65,7 +89,10 @@ def spec_for(root: Path, steps: int, batch: int) -> dict:
 def pad_to_max_baseline(spec: dict, root: Path) -> float:
     """A plain Trainer: every example padded to MAX_LEN, random order. Returns real tokens/s."""
     tok = transformers.AutoTokenizer.from_pretrained(spec["model"]["path"])
-    model = get_peft_model(LlamaForCausalLM.from_pretrained(spec["model"]["path"]), LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        LlamaForCausalLM.from_pretrained(spec["model"]["path"]),
+        LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"),
+    )
     ds = datasets.load_from_disk(spec["data_dir"])["train"]
 
     def pad(rows):
@@ -73,25 +100,47 @@ def pad_to_max_baseline(spec: dict, root: Path) -> float:
         out["labels"] = torch.full((len(rows), MAX_LEN), -100)
         for i, r in enumerate(rows):
             n = len(r["input_ids"])
-            out["input_ids"][i, :n], out["attention_mask"][i, :n], out["labels"][i, :n] = torch.tensor(r["input_ids"]), 1, torch.tensor(r["labels"])
+            out["input_ids"][i, :n], out["attention_mask"][i, :n], out["labels"][i, :n] = (
+                torch.tensor(r["input_ids"]),
+                1,
+                torch.tensor(r["labels"]),
+            )
         return out
 
     t = spec["training"]
-    args = TrainingArguments(output_dir=str(root / "baseline"), max_steps=t["max_steps"], per_device_train_batch_size=t["batch_size"], learning_rate=1e-4,
-                             lr_scheduler_type="constant", save_strategy="no", report_to=[], use_cpu=True, seed=0, disable_tqdm=True,
-                             include_num_input_tokens_seen="non_padding", logging_steps=10)  # fmt: skip
-    trainer = transformers.Trainer(model=model, args=args, train_dataset=ds.select_columns(["input_ids", "attention_mask", "labels"]), data_collator=pad, processing_class=tok)
+    args = TrainingArguments(
+        output_dir=str(root / "baseline"),
+        max_steps=t["max_steps"],
+        per_device_train_batch_size=t["batch_size"],
+        learning_rate=1e-4,
+        lr_scheduler_type="constant",
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding",
+        logging_steps=10,
+    )
+    trainer = transformers.Trainer(
+        model=model,
+        args=args,
+        train_dataset=ds.select_columns(["input_ids", "attention_mask", "labels"]),
+        data_collator=pad,
+        processing_class=tok,
+    )
     result = trainer.train()
     return trainer.state.num_input_tokens_seen / result.metrics["train_runtime"]
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=40, help="optimizer steps for each trainer")
+    p.add_argument("--steps", type=int, default=30, help="optimizer steps for each trainer")
     p.add_argument("--batch", type=int, default=8, help="examples per step")
     p.add_argument("--hidden", type=int, default=256, help="model width")
     p.add_argument("--layers", type=int, default=4, help="decoder layers")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds of both trainers; the best of each is compared")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
@@ -99,15 +148,17 @@ def main():
         root = Path(tmp)
         make_model_and_data(root, n=args.steps * args.batch * 2, hidden=args.hidden, layers=args.layers)
         spec = spec_for(root, args.steps, args.batch)
-        t0 = time.time()
-        baseline = pad_to_max_baseline(spec, root)
-        t1 = time.time()
-        ours = train(spec, root / "adapter", root / "train.json", root / "checkpoints")["tokens_per_s"]
-        t2 = time.time()
-    print(f"model: Llama hidden {args.hidden} x {args.layers} layers, LoRA r=16 all-linear; {args.steps} steps x batch {args.batch}; lengths 16..{MAX_LEN}")
-    print(f"baseline (pad to {MAX_LEN}, random order): {baseline:8.0f} real tokens/s   ({t1 - t0:.1f} s wall)")
-    print(f"peftlab (dynamic padding, length-grouped):  {ours:8.0f} real tokens/s   ({t2 - t1:.1f} s wall)")
-    print(f"ratio peftlab / baseline: {ours / baseline:.2f}x")
+        baseline, ours = [], []
+        for i in range(args.rounds):  # alternate, so warm-up favours neither
+            baseline.append(pad_to_max_baseline(spec, root))
+            ours.append(train(spec, root / f"adapter{i}", root / f"train{i}.json", root / "checkpoints")["tokens_per_s"])
+    print(
+        f"model: Llama hidden {args.hidden} x {args.layers} layers, LoRA r=16 all-linear; {args.steps} steps x batch {args.batch}; "
+        f"lengths 16..{MAX_LEN}; best of {args.rounds} alternating rounds, {args.threads} threads"
+    )
+    print(f"baseline (pad to {MAX_LEN}, random order):  {max(baseline):8.0f} real tokens/s   rounds: {[round(x) for x in baseline]}")
+    print(f"peftlab (dynamic padding, length-grouped): {max(ours):8.0f} real tokens/s   rounds: {[round(x) for x in ours]}")
+    print(f"ratio peftlab / baseline: {max(ours) / max(baseline):.2f}x")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,9 @@ def test_default_config_expands_to_16_runs_with_readable_ids():
 
 
 def test_sweep_is_the_product_of_its_axes_and_fills_defaults():
-    table = runs(cfg(sweep=[{"task": "t", "model": "m", "method": ["lora", "dora"], "rank": [4, 16], "seed": [1, 2, 3], "lr": [1e-4, 3e-4]}]))
+    table = runs(
+        cfg(sweep=[{"task": "t", "model": "m", "method": ["lora", "dora"], "rank": [4, 16], "seed": [1, 2, 3], "lr": [1e-4, 3e-4]}])
+    )
     assert len(table) == 2 * 2 * 3 * 2
     run = table["t/m/dora/r16-s3-lr0.0003"]
     assert run["peft"] == {"type": "dora", "r": 16, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": None, "options": {}}
@@ -75,7 +77,15 @@ def test_experiments_form_overrides_base_perl_style():
 
 def test_both_forms_give_the_same_runs():
     sweep = runs(cfg(sweep=[{"task": "t", "model": "m", "method": ["lora", "dora"], "seed": [1, 2]}]))
-    named = runs(cfg(experiments=[{"name": f"{m}-{s}", "task": "t", "model": "m", "peft": {"type": m}, "common": {"seed": s}} for m in ("lora", "dora") for s in (1, 2)]))
+    named = runs(
+        cfg(
+            experiments=[
+                {"name": f"{m}-{s}", "task": "t", "model": "m", "peft": {"type": m}, "common": {"seed": s}}
+                for m in ("lora", "dora")
+                for s in (1, 2)
+            ]
+        )
+    )
     strip = lambda table: sorted((yaml.safe_dump({k: v for k, v in r.items() if k != "run_id"}) for r in table.values()))  # noqa: E731
     assert strip(sweep) == strip(named)
 
@@ -88,7 +98,12 @@ def test_expansion_is_stable_and_pure():
 
 
 def test_duplicate_run_id_with_different_settings_is_an_error():
-    raw = cfg(sweep=[{"task": "t", "model": "m", "training": {"learning_rate": 1e-3}}, {"task": "t", "model": "m", "training": {"learning_rate": 1e-4}}])
+    raw = cfg(
+        sweep=[
+            {"task": "t", "model": "m", "training": {"learning_rate": 1e-3}},
+            {"task": "t", "model": "m", "training": {"learning_rate": 1e-4}},
+        ]
+    )
     with pytest.raises(ConfigError, match=r"sweep\[1\]: run id 't/m/lora/r8-s0' appears twice"):
         runs(raw)
 
@@ -101,23 +116,55 @@ BAD = [
     ("unknown top-level key", lambda c: c.update(sweeps=[]), r"<top level>: unknown key\(s\) 'sweeps'; allowed: base, experiments"),
     ("unknown training key", lambda c: c.update(training={"lr": 1}), r"training: unknown key\(s\) 'lr'; allowed: .*learning_rate"),
     ("wrong type", lambda c: c.update(training={"batch_size": "16"}), r"training.batch_size: '16' is not of type 'integer'"),
-    ("unknown method", lambda c: c["sweep"][0].update(method=["lora", "lroa"]), r"sweep\[0\].peft.type: unknown method 'lroa'; allowed: .*dora.*lora"),
+    (
+        "unknown method",
+        lambda c: c["sweep"][0].update(method=["lora", "lroa"]),
+        r"sweep\[0\].peft.type: unknown method 'lroa'; allowed: .*dora.*lora",
+    ),
     ("unknown task", lambda c: c["sweep"][0].update(task="sst2"), r"sweep\[0\].task: unknown task 'sst2'; defined in tasks: t"),
     ("unknown model", lambda c: c["sweep"][0].update(model="llama"), r"sweep\[0\].model: unknown model 'llama'; defined in models: m"),
     ("missing required tasks", lambda c: c.pop("tasks"), r"<top level>: 'tasks' is a required property"),
     ("missing task type", lambda c: c["tasks"]["t"].pop("type"), r"tasks.t: 'type' is a required property"),
-    ("bad task type", lambda c: c["tasks"]["t"].update(type="regression"), r"tasks.t.type: 'regression' is not one of \['classification', 'sft'\]"),
-    ("two data sources", lambda c: c["tasks"]["t"]["data"].update(hub={"id": "glue"}), r"tasks.t.data: set exactly one of: generator; files; hub"),
+    (
+        "bad task type",
+        lambda c: c["tasks"]["t"].update(type="regression"),
+        r"tasks.t.type: 'regression' is not one of \['classification', 'sft'\]",
+    ),
+    (
+        "two data sources",
+        lambda c: c["tasks"]["t"]["data"].update(hub={"id": "glue"}),
+        r"tasks.t.data: set exactly one of: generator; files; hub",
+    ),
     ("no matrix", lambda c: c.pop("sweep"), r"<top level>: set exactly one of: sweep; experiments"),
     ("rank below 1", lambda c: c.update(peft={"r": 0}), r"peft.r: 0 is less than the minimum of 1"),
     ("rank axis not integer", lambda c: c["sweep"][0].update(rank=["8"]), r"sweep\[0\].rank: '8' is not an integer"),
     ("unsafe task name", lambda c: c["tasks"].update({"../x": c["tasks"]["t"]}), r"tasks: '../x' is not path-safe"),
-    ("slash in experiment name", lambda c: (c.pop("sweep"), c.update(experiments=[{"name": "a/b", "task": "t", "model": "m"}])), r"experiments\[0\].name: 'a/b' is not path-safe"),
-    ("dot-dot experiment name", lambda c: (c.pop("sweep"), c.update(experiments=[{"name": "..", "task": "t", "model": "m"}])), r"experiments\[0\].name: '..' is not path-safe"),
-    ("missing data file", lambda c: c["tasks"]["t"].update(data={"files": {"train": "nope.csv", "eval": "nope.csv"}}), r"tasks.t.data.files.train: file 'nope.csv' does not exist"),
-    ("unknown generator", lambda c: c["tasks"]["t"]["data"].update(generator="imdb"), r"tasks.t.data.generator: unknown generator 'imdb'; allowed: gsm8k_arith, sentiment"),
+    (
+        "slash in experiment name",
+        lambda c: (c.pop("sweep"), c.update(experiments=[{"name": "a/b", "task": "t", "model": "m"}])),
+        r"experiments\[0\].name: 'a/b' is not path-safe",
+    ),
+    (
+        "dot-dot experiment name",
+        lambda c: (c.pop("sweep"), c.update(experiments=[{"name": "..", "task": "t", "model": "m"}])),
+        r"experiments\[0\].name: '..' is not path-safe",
+    ),
+    (
+        "missing data file",
+        lambda c: c["tasks"]["t"].update(data={"files": {"train": "nope.csv", "eval": "nope.csv"}}),
+        r"tasks.t.data.files.train: file 'nope.csv' does not exist",
+    ),
+    (
+        "unknown generator",
+        lambda c: c["tasks"]["t"]["data"].update(generator="imdb"),
+        r"tasks.t.data.generator: unknown generator 'imdb'; allowed: gsm8k_arith, sentiment",
+    ),
     ("wandb mode", lambda c: c.update(wandb={"mode": "cloud"}), r"wandb.mode: 'cloud' is not one of \['offline', 'online', 'disabled'\]"),
-    ("experiment without task", lambda c: (c.pop("sweep"), c.update(experiments=[{"name": "x", "model": "m"}])), r"experiments\[0\].task: required; set it here or in base"),
+    (
+        "experiment without task",
+        lambda c: (c.pop("sweep"), c.update(experiments=[{"name": "x", "model": "m"}])),
+        r"experiments\[0\].task: required; set it here or in base",
+    ),
 ]
 
 
@@ -135,9 +182,21 @@ def test_snakemake_rejects_a_bad_config_at_parse_time(tmp_path):
     bad["sweep"][0]["method"] = ["lora", "lroa"]
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
     proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--configfile", str(tmp_path / "bad.yaml")],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "-s",
+            str(ROOT / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--configfile",
+            str(tmp_path / "bad.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0
     assert "sweep[0].peft.type: unknown method 'lroa'; allowed:" in proc.stdout + proc.stderr
     assert not (tmp_path / "results").exists()

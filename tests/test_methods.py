@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import datasets
 import pytest
-import torch
 import safetensors.torch
+import torch
 from peft import PeftConfig, PeftModel, get_peft_model
 
 from peftlab import methods
@@ -40,10 +40,15 @@ def setup(in_tiny):
 
 def _train_batch(tok, ds):
     rows = ds["train"].select(range(16))
-    feats = [{"input_ids": i, "attention_mask": a, "labels": lab} for i, a, lab in zip(rows["input_ids"], rows["attention_mask"], rows["labels"])]
+    feats = [
+        {"input_ids": i, "attention_mask": a, "labels": lab} for i, a, lab in zip(rows["input_ids"], rows["attention_mask"], rows["labels"])
+    ]
     width = max(len(f["input_ids"]) for f in feats)
     pad = lambda x, v: x + [v] * (width - len(x))  # noqa: E731
-    return {k: torch.tensor([pad(f[k], v) for f in feats]) for k, v in (("input_ids", tok.pad_token_id), ("attention_mask", 0), ("labels", -100))}
+    return {
+        k: torch.tensor([pad(f[k], v) for f in feats])
+        for k, v in (("input_ids", tok.pad_token_id), ("attention_mask", 0), ("labels", -100))
+    }
 
 
 @pytest.mark.parametrize("name", sorted(ROWS))
@@ -51,7 +56,9 @@ def test_method(name, setup, tmp_path):
     spec, tok, ds = setup
     method = methods.get(name)
     torch.manual_seed(0)
-    model = get_peft_model(load_model(spec["model"], spec["task"]), method.build({**spec["peft"], "type": name}, peft_task_type(spec["task"])))
+    model = get_peft_model(
+        load_model(spec["model"], spec["task"]), method.build({**spec["peft"], "type": name}, peft_task_type(spec["task"]))
+    )
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == ROWS[name]
 
     initial = None
@@ -93,7 +100,9 @@ def test_pissa_saves_a_plain_lora_adapter(setup, tmp_path):
     randomised SVD), and it combines with other adapters.
     """
     spec, tok, ds = setup
-    model = get_peft_model(load_model(spec["model"], spec["task"]), methods.get("pissa").build({**spec["peft"], "type": "pissa"}, "CAUSAL_LM"))
+    model = get_peft_model(
+        load_model(spec["model"], spec["task"]), methods.get("pissa").build({**spec["peft"], "type": "pissa"}, "CAUSAL_LM")
+    )
     model.save_pretrained(tmp_path / "initial")
     with torch.no_grad():
         for n, p in model.named_parameters():

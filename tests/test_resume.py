@@ -19,8 +19,21 @@ pytestmark = pytest.mark.slow
 
 
 def train_cmd(spec_path: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "peftlab.train", "--spec", str(spec_path), "--adapter", str(out / "adapter"),
-            "--record", str(out / "train.json"), "--checkpoints", str(out / "checkpoints"), "--threads", "1"]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "peftlab.train",
+        "--spec",
+        str(spec_path),
+        "--adapter",
+        str(out / "adapter"),
+        "--record",
+        str(out / "train.json"),
+        "--checkpoints",
+        str(out / "checkpoints"),
+        "--threads",
+        "1",
+    ]
 
 
 def adapter_weights(out: Path) -> dict[str, torch.Tensor]:

@@ -13,8 +13,22 @@ from peftlab.config import plan
 
 
 def test_snakemake_lint_reports_nothing(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--lint", "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
-                           "--configfile", str(ROOT / "config/test.yaml")], capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--lint",
+            "-s",
+            str(ROOT / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--configfile",
+            str(ROOT / "config/test.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Congratulations, your workflow is in a good condition!" in proc.stdout + proc.stderr
 
@@ -33,3 +47,9 @@ def test_every_config_opens_with_its_command_and_validates(path):
         assert f"--configfile config/{path.relative_to(ROOT / 'config')}" in first
     with open(path) as f:
         assert plan(yaml.safe_load(f))[1]
+
+
+def test_python_code_passes_ruff():
+    for cmd in (["ruff", "check", "src", "tests", "bench"], ["ruff", "format", "--check", "src", "tests", "bench"]):
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr

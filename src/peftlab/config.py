@@ -20,7 +20,6 @@ import copy
 import itertools
 import re
 from pathlib import Path
-from typing import Any
 
 import jsonschema
 import yaml
@@ -118,7 +117,9 @@ def _check_names(cfg: dict, check_files: bool) -> None:
     for name, model in cfg["models"].items():
         corpus = model.get("build", {}).get("corpus_task")
         if corpus is not None and "generator" not in cfg["tasks"].get(corpus, {}).get("data", {}):
-            problems.append(f"models.{name}.build.corpus_task: {corpus!r} must name a task with a data.generator; tasks with one: {', '.join(t for t, v in cfg['tasks'].items() if 'generator' in v['data']) or 'none'}")
+            problems.append(
+                f"models.{name}.build.corpus_task: {corpus!r} must name a task with a data.generator; tasks with one: {', '.join(t for t, v in cfg['tasks'].items() if 'generator' in v['data']) or 'none'}"
+            )
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 
@@ -216,7 +217,9 @@ def expand_matrix(cfg: dict, root: str = RESULTS) -> dict[str, dict]:
             "data_dir": data_dir(task, model, root),
         }
         if run_id in runs and runs[run_id] != spec:
-            raise ConfigError(f"{where}: run id {run_id!r} appears twice with different settings; add the differing value as a sweep axis (lr, train_size) or split it into a named experiment")
+            raise ConfigError(
+                f"{where}: run id {run_id!r} appears twice with different settings; add the differing value as a sweep axis (lr, train_size) or split it into a named experiment"
+            )
         runs[run_id] = spec
     return runs
 
@@ -274,3 +277,22 @@ def plan(raw: dict, root: str = RESULTS) -> tuple[dict, dict[str, dict], dict[st
     cfg = load_config(raw)
     runs = expand_matrix(cfg, root)
     return cfg, runs, step_specs(cfg, runs, root)
+
+
+def main(argv=None):
+    """`python -m peftlab.config CONFIG.yaml`: validate a config and print its run ids, one per line."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("config", help="config file")
+    args = p.parse_args(argv)
+    try:
+        runs = expand_matrix(load_config(load_yaml(args.config)))
+    except ConfigError as e:
+        sys.exit(f"{args.config}: {e}")
+    print(*runs, sep="\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -9,7 +9,6 @@ Tokenised data is a DatasetDict on disk with splits `train` and `eval` plus
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import random
@@ -17,25 +16,31 @@ from pathlib import Path
 
 import datasets
 
-from peftlab import artifacts
+from peftlab import artifacts, cli
 
 log = logging.getLogger(__name__)
 
 
 # --- generators: (n, rng) -> list of records --------------------------------------------
 
-_SUBJECTS = ["the movie", "this film", "the food", "the service", "my new phone", "the hotel room", "the book",
-             "the concert", "this laptop", "the game", "the show", "the restaurant", "the trip", "the app",
-             "the coffee", "the staff", "this album", "the seats", "the ending", "the plot"]  # fmt: skip
-_POSITIVE = ["wonderful", "excellent", "delightful", "fantastic", "great", "superb", "enjoyable", "charming",
-             "brilliant", "lovely", "amazing", "pleasant", "impressive", "perfect", "fun"]  # fmt: skip
-_NEGATIVE = ["terrible", "awful", "boring", "disappointing", "horrible", "dreadful", "mediocre", "annoying",
-             "poor", "bland", "painful", "frustrating", "dull", "broken", "useless"]  # fmt: skip
-_TEMPLATES = ["{s} was {a}.", "i thought {s} was really {a}.", "honestly, {s} is {a}!", "{s} felt {a} to me.",
-              "overall {s} was {a}, {tail}.", "we found {s} quite {a}.", "{s}? {a}.", "my friends said {s} was {a}.",
-              "after a week, {s} still seems {a}.", "{s} is {adv} {a}."]  # fmt: skip
-_TAILS = ["as expected", "to be honest", "in my opinion", "all things considered", "no doubt"]
-_ADVERBS = ["very", "truly", "really", "rather", "extremely"]
+_SUBJECTS = (
+    "the movie|this film|the food|the service|my new phone|the hotel room|the book|the concert|"
+    "this laptop|the game|the show|the restaurant|the trip|the app|the coffee|the staff|this album|"
+    "the seats|the ending|the plot"
+).split("|")
+_POSITIVE = (
+    "wonderful excellent delightful fantastic great superb enjoyable charming brilliant lovely amazing pleasant impressive perfect fun"
+).split(" ")
+_NEGATIVE = (
+    "terrible awful boring disappointing horrible dreadful mediocre annoying poor bland painful frustrating dull broken useless"
+).split(" ")
+_TEMPLATES = (
+    "{s} was {a}.|i thought {s} was really {a}.|honestly, {s} is {a}!|{s} felt {a} to me.|"
+    "overall {s} was {a}, {tail}.|we found {s} quite {a}.|{s}? {a}.|my friends said {s} was {a}.|"
+    "after a week, {s} still seems {a}.|{s} is {adv} {a}."
+).split("|")
+_TAILS = "as expected|to be honest|in my opinion|all things considered|no doubt".split("|")
+_ADVERBS = "very truly really rather extremely".split(" ")
 
 
 def sentiment(n: int, rng: random.Random) -> list[dict]:
@@ -45,8 +50,9 @@ def sentiment(n: int, rng: random.Random) -> list[dict]:
         label = rng.randrange(2)
         negate = rng.random() < 0.125
         adjective = rng.choice(_POSITIVE if label != negate else _NEGATIVE)
-        text = rng.choice(_TEMPLATES).format(s=rng.choice(_SUBJECTS), a=("not " if negate else "") + adjective,
-                                             tail=rng.choice(_TAILS), adv=rng.choice(_ADVERBS))  # fmt: skip
+        text = rng.choice(_TEMPLATES).format(
+            s=rng.choice(_SUBJECTS), a=("not " if negate else "") + adjective, tail=rng.choice(_TAILS), adv=rng.choice(_ADVERBS)
+        )
         rows.append({"text": text[0].upper() + text[1:], "label": label})
     return rows
 
@@ -103,16 +109,20 @@ def load_raw(task: dict) -> datasets.DatasetDict:
             path = Path(d["files"][split])
             fmt = _FORMATS.get(path.suffix)
             if fmt is None:
-                raise ValueError(f"tasks.{task['name']}.data.files.{split}: unsupported file type {path.suffix!r}; allowed: {', '.join(_FORMATS)}")
+                raise ValueError(
+                    f"tasks.{task['name']}.data.files.{split}: unsupported file type {path.suffix!r}; allowed: {', '.join(_FORMATS)}"
+                )
             kwargs = {"delimiter": "\t"} if path.suffix == ".tsv" else {}
             splits[split] = datasets.load_dataset(fmt, data_files=str(path), split="train", **kwargs)
         return datasets.DatasetDict(splits)
     if "hub" in d:
         h = d["hub"]
-        return datasets.DatasetDict({
-            "train": datasets.load_dataset(h["id"], h["subset"], split=h["train_split"]),
-            "eval": datasets.load_dataset(h["id"], h["subset"], split=h["eval_split"]),
-        })  # fmt: skip
+        return datasets.DatasetDict(
+            {
+                "train": datasets.load_dataset(h["id"], h["subset"], split=h["train_split"]),
+                "eval": datasets.load_dataset(h["id"], h["subset"], split=h["eval_split"]),
+            }
+        )
     raise ValueError(f"tasks.{task['name']}.data: generated data must be written by `generate` first")
 
 
@@ -149,8 +159,12 @@ def tokenize(task: dict, tokenizer, raw: datasets.DatasetDict) -> datasets.Datas
 
         def encode(batch):
             enc = tokenizer(*[batch[f] for f in fields], truncation=True, max_length=max_len)
-            return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-                    "labels": batch[label], "length": [len(x) for x in enc["input_ids"]]}  # fmt: skip
+            return {
+                "input_ids": enc["input_ids"],
+                "attention_mask": enc["attention_mask"],
+                "labels": batch[label],
+                "length": [len(x) for x in enc["input_ids"]],
+            }
 
     else:
         prompts, responses = task["prompt_field"], task["response_field"]
@@ -170,20 +184,17 @@ def tokenize(task: dict, tokenizer, raw: datasets.DatasetDict) -> datasets.Datas
                 out["response"].append(str(a))
             return out
 
-    return datasets.DatasetDict({
-        split: part.map(encode, batched=True, remove_columns=part.column_names, desc=f"tokenize {split}")
-        for split, part in raw.items()
-    })  # fmt: skip
+    return datasets.DatasetDict(
+        {split: part.map(encode, batched=True, remove_columns=part.column_names, desc=f"tokenize {split}") for split, part in raw.items()}
+    )
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.parser(__doc__)
     p.add_argument("command", choices=["generate", "tokenize"])
-    p.add_argument("--spec", required=True, help="resolved spec (JSON)")
     p.add_argument("--out", required=True, help="folder to write")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
-    spec = artifacts.read_json(args.spec)
+    spec = cli.start(args)
     prov = artifacts.Provenance(spec)
     with artifacts.atomic_dir(args.out) as tmp:
         if args.command == "generate":
@@ -195,8 +206,11 @@ def main(argv=None):
             ds = tokenize(spec["task"], tok, load_raw(spec["task"]))
             ds.save_to_disk(str(tmp))
             lengths = ds["train"]["length"]
-            meta = {"counts": {k: len(v) for k, v in ds.items()}, "mean_train_length": sum(lengths) / len(lengths),
-                    "max_train_length": max(lengths)}  # fmt: skip
+            meta = {
+                "counts": {k: len(v) for k, v in ds.items()},
+                "mean_train_length": sum(lengths) / len(lengths),
+                "max_train_length": max(lengths),
+            }
         artifacts.write_json(tmp / "meta.json", {**meta, **prov.record()})
     log.info("%s -> %s: %s", args.command, args.out, meta)
 

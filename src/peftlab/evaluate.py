@@ -11,7 +11,6 @@ greedy, left-padded generation.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 
@@ -20,7 +19,7 @@ import torch
 from peft import PeftModel
 from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
 
-from peftlab import artifacts, metrics
+from peftlab import artifacts, cli, metrics
 from peftlab.models import load_model, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -69,8 +68,13 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int,
     for start in range(0, len(prompt_ids), batch_size):
         chunk = prompt_ids[start : start + batch_size]
         batch = tokenizer.pad({"input_ids": chunk}, return_tensors="pt")
-        generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                   pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        generated = model.generate(
+            **batch,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
         outputs += tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
     return outputs
 
@@ -97,16 +101,11 @@ def evaluate(spec: dict, adapter: str) -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--spec", required=True, help="resolved run spec (JSON)")
+    p = cli.parser(__doc__)
     p.add_argument("--adapter", required=True, help="trained adapter folder")
     p.add_argument("--out", required=True, help="eval.json to write")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    record = evaluate(artifacts.read_json(args.spec), args.adapter)
+    record = evaluate(cli.start(args), args.adapter)
     artifacts.write_json(args.out, record)
     log.info("%s: %s", record["run_id"], {k: v for k, v in record["metrics"].items() if k != "samples"})
 

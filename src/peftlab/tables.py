@@ -77,9 +77,11 @@ def grouped(runs: pd.DataFrame) -> pd.DataFrame:
     metrics = [m for m in METRICS if runs[m].notna().any()]
     keys = [k for k in SETTING if k in runs]
     g = runs.fillna({"r": -1}).groupby(keys, dropna=False)
-    out = g.agg(seeds=("seed", "nunique"), trainable_pct=("trainable_pct", "mean"), **{
-        f"{m}_{stat}": (m, stat) for m in metrics for stat in ("mean", "std")
-    }).reset_index()  # fmt: skip
+    out = g.agg(
+        seeds=("seed", "nunique"),
+        trainable_pct=("trainable_pct", "mean"),
+        **{f"{m}_{stat}": (m, stat) for m in metrics for stat in ("mean", "std")},
+    ).reset_index()
     out["r"] = out["r"].where(out["r"] != -1, None)
     for m in metrics:
         out[f"{m}_std"] = out[f"{m}_std"].fillna(0.0)
@@ -144,12 +146,17 @@ def build(run_dirs: list[Path], out: Path) -> pd.DataFrame:
     blank = lambda df: df.astype(object).where(df.notna(), None)  # noqa: E731  (tabulate prints None as missingval)
     md = [
         f"# Results: {len(runs)} runs\n",
-        "## Every run\n", blank(shown).to_markdown(index=False, floatfmt=".4g", missingval=""),
-        "\n## Mean ± std over seeds\n", blank(_pm(groups)).to_markdown(index=False, floatfmt=".4g", missingval=""), "",
-    ]  # fmt: skip
+        "## Every run\n",
+        blank(shown).to_markdown(index=False, floatfmt=".4g", missingval=""),
+        "\n## Mean ± std over seeds\n",
+        blank(_pm(groups)).to_markdown(index=False, floatfmt=".4g", missingval=""),
+        "",
+    ]
     (out / "summary.md").write_text("\n".join(md))
     tex = shown.to_latex(index=False, float_format="%.4g", na_rep="", caption="Every run", label="tab:runs")
-    tex += "\n" + _pm(groups).to_latex(index=False, float_format="%.4g", na_rep="", caption="Mean $\\pm$ std over seeds", label="tab:grouped")
+    tex += "\n" + _pm(groups).to_latex(
+        index=False, float_format="%.4g", na_rep="", caption="Mean $\\pm$ std over seeds", label="tab:grouped"
+    )
     (out / "summary.tex").write_text(tex.replace("±", "$\\pm$"))
     _plot_metrics(runs, out / "metrics.png")
     _plot_losses(run_dirs, runs, out / "loss.png")

@@ -16,7 +16,6 @@ before it reruns a failed job).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import shutil
@@ -30,7 +29,7 @@ from peft import PeftModel, get_peft_model, get_peft_model_state_dict
 from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
-from peftlab import artifacts, methods
+from peftlab import artifacts, cli, methods
 from peftlab.models import load_model, load_tokenizer, peft_task_type
 
 log = logging.getLogger(__name__)
@@ -201,7 +200,9 @@ def train(spec: dict, adapter: Path, record_path: Path, checkpoints: Path) -> di
         reload_diff = (logits(reloaded, probe) - trained_logits).abs().max().item()
         if reload_diff > RELOAD_TOLERANCE:
             shutil.rmtree(adapter)
-            raise RuntimeError(f"{spec['run_id']}: adapter reloaded onto the untouched base differs by {reload_diff:.3g} > {RELOAD_TOLERANCE}")
+            raise RuntimeError(
+                f"{spec['run_id']}: adapter reloaded onto the untouched base differs by {reload_diff:.3g} > {RELOAD_TOLERANCE}"
+            )
 
     losses = [{"step": e["step"], "loss": e["loss"]} for e in state.log_history if "loss" in e]
     session_tokens = state.num_input_tokens_seen - trainer._initial_num_input_tokens_seen
@@ -230,17 +231,12 @@ def train(spec: dict, adapter: Path, record_path: Path, checkpoints: Path) -> di
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--spec", required=True, help="resolved run spec (JSON)")
+    p = cli.parser(__doc__)
     p.add_argument("--adapter", required=True, type=Path, help="adapter folder to write (peft format)")
     p.add_argument("--record", required=True, type=Path, help="train.json to write")
     p.add_argument("--checkpoints", required=True, type=Path, help="checkpoint folder, outside every declared output")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    record = train(artifacts.read_json(args.spec), args.adapter, args.record, args.checkpoints)
+    record = train(cli.start(args), args.adapter, args.record, args.checkpoints)
     log.info("%s: loss %s -> %s, %.0f tokens/s", record["run_id"], record["first_loss"], record["final_loss"], record["tokens_per_s"])
 
 

@@ -42,7 +42,9 @@ def get(name: str) -> Method:
 
 def _lora(**fixed):
     def build(p: dict, task_type: str) -> LoraConfig:
-        kwargs = dict(r=p["r"], lora_alpha=p["lora_alpha"], lora_dropout=p["lora_dropout"], target_modules=p["target_modules"], task_type=task_type)
+        kwargs = dict(
+            r=p["r"], lora_alpha=p["lora_alpha"], lora_dropout=p["lora_dropout"], target_modules=p["target_modules"], task_type=task_type
+        )
         return LoraConfig(**{**kwargs, **fixed, **p.get("options", {})})
 
     return build
