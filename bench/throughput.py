@@ -24,6 +24,7 @@ from peft import LoraConfig, get_peft_model
 from tokenizers import Tokenizer, models
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, TrainingArguments
 
+from peftlab.spec import RunSpec
 from peftlab.train import train
 
 MAX_LEN, VOCAB = 256, 1024
@@ -61,7 +62,7 @@ def make_model_and_data(root: Path, n: int, hidden: int, layers: int) -> None:
 def spec_for(root: Path, steps: int, batch: int) -> dict:
     return {
         "run_id": "bench/throughput",
-        "task": {"name": "bench", "type": "sft"},
+        "task": {"name": "bench", "type": "sft", "data": {}},
         "model": {"name": "bench", "path": str(root / "model")},
         "peft": {"type": "lora", "r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear", "options": {}},
         "training": {
@@ -76,6 +77,7 @@ def spec_for(root: Path, steps: int, batch: int) -> dict:
             "lr_scheduler": "constant",
             "max_grad_norm": 1.0,
             "train_size": None,
+            "data_seed": 0,
             "save_steps": 10_000,
             "logging_steps": 10,
             "check_reload": False,
@@ -86,32 +88,32 @@ def spec_for(root: Path, steps: int, batch: int) -> dict:
     }
 
 
-def pad_to_max_baseline(spec: dict, root: Path) -> float:
+def pad_to_max_baseline(spec: RunSpec, root: Path) -> float:
     """A plain Trainer: every example padded to MAX_LEN, random order. Returns real tokens/s."""
-    tok = transformers.AutoTokenizer.from_pretrained(spec["model"]["path"])
+    tok = transformers.AutoTokenizer.from_pretrained(spec.model.path)
     model = get_peft_model(
-        LlamaForCausalLM.from_pretrained(spec["model"]["path"]),
+        LlamaForCausalLM.from_pretrained(spec.model.path),
         LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"),
     )
-    ds = datasets.load_from_disk(spec["data_dir"])["train"]
+    ds = datasets.load_from_disk(spec.data_dir)["train"]
 
     def pad(rows):
         out = {k: torch.zeros(len(rows), MAX_LEN, dtype=torch.long) for k in ("input_ids", "attention_mask")}
-        out["labels"] = torch.full((len(rows), MAX_LEN), -100)
+        out.labels = torch.full((len(rows), MAX_LEN), -100)
         for i, r in enumerate(rows):
             n = len(r["input_ids"])
-            out["input_ids"][i, :n], out["attention_mask"][i, :n], out["labels"][i, :n] = (
+            out.input_ids[i, :n], out.attention_mask[i, :n], out.labels[i, :n] = (
                 torch.tensor(r["input_ids"]),
                 1,
                 torch.tensor(r["labels"]),
             )
         return out
 
-    t = spec["training"]
+    t = spec.training
     args = TrainingArguments(
         output_dir=str(root / "baseline"),
-        max_steps=t["max_steps"],
-        per_device_train_batch_size=t["batch_size"],
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.batch_size,
         learning_rate=1e-4,
         lr_scheduler_type="constant",
         save_strategy="no",
@@ -147,7 +149,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         make_model_and_data(root, n=args.steps * args.batch * 2, hidden=args.hidden, layers=args.layers)
-        spec = spec_for(root, args.steps, args.batch)
+        spec = RunSpec.from_dict(spec_for(root, args.steps, args.batch))
         baseline, ours = [], []
         for i in range(args.rounds):  # alternate, so warm-up favours neither
             baseline.append(pad_to_max_baseline(spec, root))

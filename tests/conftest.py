@@ -11,6 +11,7 @@ import yaml
 
 from peftlab import artifacts, data
 from peftlab.config import plan
+from peftlab.spec import ModelSpec, RunSpec, TaskSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("WANDB_MODE", "disabled")
@@ -40,13 +41,13 @@ def tiny(tmp_path_factory):
         raw["models"]["tiny-llama"]["build"]["pretrain_steps"] = 60
         _, runs, specs = plan(raw)
         Path("results/raw/arith").mkdir(parents=True)
-        data.generate(specs["raw/arith"], Path("results/raw/arith"))
+        data.generate(TaskSpec.from_dict(specs["raw/arith"]), Path("results/raw/arith"))
         model_spec = specs["models/tiny-llama"]
         Path(model_spec["path"]).mkdir(parents=True)
         build_tiny_llama(model_spec, Path(model_spec["path"]))
-        dspec = specs["data/arith/tiny-llama"]
-        tok = load_tokenizer(dspec["model"])
-        data.tokenize(dspec["task"], tok, data.load_raw(dspec["task"])).save_to_disk("results/data/arith/tiny-llama")
+        task = TaskSpec.from_dict(specs["data/arith/tiny-llama"]["task"])
+        tok = load_tokenizer(ModelSpec.from_dict(specs["data/arith/tiny-llama"]["model"]))
+        data.tokenize(task, tok, data.load_raw(task)).save_to_disk("results/data/arith/tiny-llama")
         artifacts.write_json("results/data/arith/tiny-llama/meta.json", {})
     finally:
         os.chdir(cwd)
@@ -55,16 +56,15 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture
 def in_tiny(tiny, monkeypatch):
-    """Run the test inside the tiny workdir; yields a function giving a fresh copy of a run's spec."""
+    """Run the test inside the tiny workdir; yields a function giving an arith run's spec for `method`."""
     work, runs = tiny
     monkeypatch.chdir(work)
 
-    def spec(method: str = "lora", **training) -> dict:
-        base = next(r for r in runs.values() if r["task"]["name"] == "arith" and r["peft"]["type"] in ("lora",))
-        s = copy.deepcopy(base)
+    def spec(method: str = "lora", **training) -> RunSpec:
+        s = copy.deepcopy(runs["arith/tiny-llama/lora/r8-s1"])
         s["peft"]["type"] = method
         s["run_id"] = f"arith/tiny-llama/{method}/test"
         s["training"].update(training)
-        return s
+        return RunSpec.from_dict(s)
 
     return spec

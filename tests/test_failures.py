@@ -9,6 +9,7 @@ from peft import get_peft_model
 
 from peftlab import artifacts, data, merge, methods
 from peftlab.models import load_model, load_tokenizer
+from peftlab.spec import TaskSpec
 from peftlab.train import save_adapter, train_subset
 
 
@@ -28,7 +29,7 @@ def test_spec_files_keep_their_mtime_when_unchanged(tmp_path):
 
 
 def test_missing_column_names_the_column_and_the_columns_that_exist():
-    task = {"name": "sst", "type": "classification", "text_fields": ["sentence"], "label_field": "label"}
+    task = TaskSpec(name="sst", type="classification", data={}, text_fields=["sentence"], label_field="label")
     raw = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["a"], "label": [0]})})
     with pytest.raises(ValueError, match=r"task 'sst', split train: missing column\(s\) \['sentence'\]; the data has \['text', 'label'\]"):
         data.check_columns(task, raw)
@@ -37,6 +38,7 @@ def test_missing_column_names_the_column_and_the_columns_that_exist():
 def test_train_size_larger_than_the_data_is_an_error():
     ds = datasets.Dataset.from_dict({"x": list(range(10))})
     assert train_subset(ds, 4, seed=1)["x"] == train_subset(ds, 4, seed=1)["x"] != train_subset(ds, 4, seed=2)["x"]
+    assert set(train_subset(ds, 4, seed=1)["x"]) < set(train_subset(ds, 8, seed=1)["x"])  # sizes nest
     with pytest.raises(ValueError, match="train_size=11 but the training split has only 10"):
         train_subset(ds, 11, seed=1)
 
@@ -44,13 +46,13 @@ def test_train_size_larger_than_the_data_is_an_error():
 @pytest.fixture
 def lora_adapter(in_tiny, tmp_path):
     spec = in_tiny("lora")
-    model = get_peft_model(load_model(spec["model"], spec["task"]), methods.get("lora").build(spec["peft"], "CAUSAL_LM"))
+    model = get_peft_model(load_model(spec.model, spec.task), methods.get("lora").build(spec.peft, "CAUSAL_LM"))
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.1)
     save_adapter(model, tmp_path / "adapter")
-    load_tokenizer(spec["model"]).save_pretrained(tmp_path / "adapter")
+    load_tokenizer(spec.model).save_pretrained(tmp_path / "adapter")
     return spec, tmp_path / "adapter"
 
 

@@ -5,6 +5,8 @@ Adding a method to peftlab.methods means adding its row here.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import datasets
 import pytest
 import safetensors.torch
@@ -33,8 +35,8 @@ def test_every_registered_method_has_a_row():
 @pytest.fixture
 def setup(in_tiny):
     spec = in_tiny()
-    tok = load_tokenizer(spec["model"])
-    ds = datasets.load_from_disk(spec["data_dir"])
+    tok = load_tokenizer(spec.model)
+    ds = datasets.load_from_disk(spec.data_dir)
     return spec, tok, ds
 
 
@@ -56,9 +58,7 @@ def test_method(name, setup, tmp_path):
     spec, tok, ds = setup
     method = methods.get(name)
     torch.manual_seed(0)
-    model = get_peft_model(
-        load_model(spec["model"], spec["task"]), method.build({**spec["peft"], "type": name}, peft_task_type(spec["task"]))
-    )
+    model = get_peft_model(load_model(spec.model, spec.task), method.build(replace(spec.peft, type=name), peft_task_type(spec.task)))
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == ROWS[name]
 
     initial = None
@@ -78,10 +78,10 @@ def test_method(name, setup, tmp_path):
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.05, losses
 
-    probe = probe_batch(spec["task"], ds["eval"], tok)
+    probe = probe_batch(ds["eval"], tok)
     trained = logits(model, probe)
     save_adapter(model, tmp_path / "adapter", initial)
-    reloaded = PeftModel.from_pretrained(load_model(spec["model"], spec["task"]), tmp_path / "adapter")
+    reloaded = PeftModel.from_pretrained(load_model(spec.model, spec.task), tmp_path / "adapter")
     assert (logits(reloaded, probe) - trained).abs().max().item() <= 1e-5
 
     if method.mergeable:
@@ -100,9 +100,7 @@ def test_pissa_saves_a_plain_lora_adapter(setup, tmp_path):
     randomised SVD), and it combines with other adapters.
     """
     spec, tok, ds = setup
-    model = get_peft_model(
-        load_model(spec["model"], spec["task"]), methods.get("pissa").build({**spec["peft"], "type": "pissa"}, "CAUSAL_LM")
-    )
+    model = get_peft_model(load_model(spec.model, spec.task), methods.get("pissa").build(replace(spec.peft, type="pissa"), "CAUSAL_LM"))
     model.save_pretrained(tmp_path / "initial")
     with torch.no_grad():
         for n, p in model.named_parameters():

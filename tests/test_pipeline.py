@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import datasets
@@ -22,6 +23,7 @@ from conftest import ROOT, load_test_config
 from peftlab import artifacts
 from peftlab.config import plan
 from peftlab.models import load_model, load_tokenizer
+from peftlab.spec import RunSpec
 from peftlab.train import logits, probe_batch
 
 pytestmark = pytest.mark.slow
@@ -98,10 +100,11 @@ def test_run(done, run_id):
         assert (run / "merged/NOT_MERGED.txt").exists()
         return
     assert check["max_abs_logit_diff"] <= 1e-4
-    local = {**spec["model"], "path": str(work / spec["model"]["path"])} if "build" in spec["model"] else spec["model"]
-    tok = load_tokenizer(local)
-    probe = probe_batch(spec["task"], datasets.load_from_disk(work / spec["data_dir"])["eval"], tok)
-    adapter_model = PeftModel.from_pretrained(load_model(local, spec["task"], tok), run / "adapter")
+    typed = RunSpec.from_dict(spec)
+    model = replace(typed.model, path=str(work / typed.model.path)) if typed.model.build else typed.model
+    tok = load_tokenizer(model)
+    probe = probe_batch(datasets.load_from_disk(work / typed.data_dir)["eval"], tok)
+    adapter_model = PeftModel.from_pretrained(load_model(model, typed.task, tok), run / "adapter")
     auto = AutoModelForSequenceClassification if spec["task"]["type"] == "classification" else AutoModelForCausalLM
     merged = auto.from_pretrained(run / "merged", dtype=torch.float32)
     assert (logits(adapter_model, probe) - logits(merged, probe)).abs().max().item() <= 1e-4

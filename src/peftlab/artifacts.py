@@ -17,20 +17,23 @@ from pathlib import Path
 PACKAGES = ("torch", "transformers", "peft", "datasets", "accelerate", "trl", "bitsandbytes", "tokenizers", "peftlab")
 
 
+def _json_text(obj) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+
+
 def write_json(path: str | Path, obj) -> None:
     """Write JSON via a temporary file and rename, so a crash never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.write_text(_json_text(obj))
     os.replace(tmp, path)
 
 
 def write_json_if_changed(path: str | Path, obj) -> bool:
     """Rewrite only when the content differs, so unchanged specs keep their mtime."""
     path = Path(path)
-    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
-    if path.exists() and path.read_text() == text:
+    if path.exists() and path.read_text() == _json_text(obj):
         return False
     write_json(path, obj)
     return True

@@ -25,6 +25,8 @@ import jsonschema
 import yaml
 
 from peftlab import methods
+from peftlab.generators import GENERATORS
+from peftlab.spec import RunSpec
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -107,8 +109,6 @@ def _check_names(cfg: dict, check_files: bool) -> None:
     for name, task in cfg["tasks"].items():
         gen = task["data"].get("generator")
         if gen is not None:
-            from peftlab.data import GENERATORS
-
             if gen not in GENERATORS:
                 problems.append(f"tasks.{name}.data.generator: unknown generator {gen!r}; allowed: {', '.join(sorted(GENERATORS))}")
         for split, file in task["data"].get("files", {}).items():
@@ -136,7 +136,7 @@ def _as_list(v) -> list:
 
 
 def _cells(cfg: dict):
-    """Yield (where, cell, id_parts) for every run of either matrix form."""
+    """Yield (where, cell, axes shown in the run id or None for a named experiment) for every run."""
     defaults = {"peft": cfg["peft"], "training": cfg["training"]}
     for i, block in enumerate(cfg.get("sweep", [])):
         axes = {a: _as_list(block[a]) for a in AXES if a in block}
@@ -216,6 +216,7 @@ def expand_matrix(cfg: dict, root: str = RESULTS) -> dict[str, dict]:
             "wandb": {**cfg["wandb"], "dir": root},  # wandb writes to <dir>/wandb
             "data_dir": data_dir(task, model, root),
         }
+        spec = RunSpec.from_dict(spec).to_dict()  # canonical form: exactly what the stages read and record
         if run_id in runs and runs[run_id] != spec:
             raise ConfigError(
                 f"{where}: run id {run_id!r} appears twice with different settings; add the differing value as a sweep axis (lr, train_size) or split it into a named experiment"

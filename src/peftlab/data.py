@@ -1,4 +1,4 @@
-"""Task data: deterministic generators, loading from files or the hub, tokenisation.
+"""Task data: generated datasets written to disk, loading from files or the hub, tokenisation.
 
     python -m peftlab.data generate --spec results/specs/raw/sentiment.json --out results/raw/sentiment
     python -m peftlab.data tokenize --spec results/specs/data/sentiment/minilm.json --out results/data/sentiment/minilm
@@ -17,74 +17,15 @@ from pathlib import Path
 import datasets
 
 from peftlab import artifacts, cli
+from peftlab.generators import GENERATORS
+from peftlab.spec import ModelSpec, TaskSpec
 
 log = logging.getLogger(__name__)
 
 
-# --- generators: (n, rng) -> list of records --------------------------------------------
-
-_SUBJECTS = (
-    "the movie|this film|the food|the service|my new phone|the hotel room|the book|the concert|"
-    "this laptop|the game|the show|the restaurant|the trip|the app|the coffee|the staff|this album|"
-    "the seats|the ending|the plot"
-).split("|")
-_POSITIVE = (
-    "wonderful excellent delightful fantastic great superb enjoyable charming brilliant lovely amazing pleasant impressive perfect fun"
-).split(" ")
-_NEGATIVE = (
-    "terrible awful boring disappointing horrible dreadful mediocre annoying poor bland painful frustrating dull broken useless"
-).split(" ")
-_TEMPLATES = (
-    "{s} was {a}.|i thought {s} was really {a}.|honestly, {s} is {a}!|{s} felt {a} to me.|"
-    "overall {s} was {a}, {tail}.|we found {s} quite {a}.|{s}? {a}.|my friends said {s} was {a}.|"
-    "after a week, {s} still seems {a}.|{s} is {adv} {a}."
-).split("|")
-_TAILS = "as expected|to be honest|in my opinion|all things considered|no doubt".split("|")
-_ADVERBS = "very truly really rather extremely".split(" ")
-
-
-def sentiment(n: int, rng: random.Random) -> list[dict]:
-    """Two-class sentiment sentences; one in eight is negated ("was not great"), flipping the label."""
-    rows = []
-    for _ in range(n):
-        label = rng.randrange(2)
-        negate = rng.random() < 0.125
-        adjective = rng.choice(_POSITIVE if label != negate else _NEGATIVE)
-        text = rng.choice(_TEMPLATES).format(
-            s=rng.choice(_SUBJECTS), a=("not " if negate else "") + adjective, tail=rng.choice(_TAILS), adv=rng.choice(_ADVERBS)
-        )
-        rows.append({"text": text[0].upper() + text[1:], "label": label})
-    return rows
-
-
-_NAMES = ["Tom", "Ana", "Li", "Sara", "Omar", "Maya", "Ben", "Ivy", "Raj", "Zoe"]
-_THINGS = ["apples", "books", "coins", "pens", "cards", "eggs", "shells", "stamps"]
-
-
-def gsm8k_arith(n: int, rng: random.Random) -> list[dict]:
-    """GSM8K-format word problems with one-digit operands; the answer ends in '#### <n>'."""
-    rows = []
-    for _ in range(n):
-        name, other = rng.sample(_NAMES, 2)
-        thing = rng.choice(_THINGS)
-        a, b = rng.randint(1, 9), rng.randint(1, 9)
-        if rng.random() < 0.5:
-            q = f"{name} has {a} {thing}. {other} gives {name} {b} more. How many {thing} does {name} have now?"
-            work, result = f"{a} + {b} = {a + b}", a + b
-        else:
-            a, b = max(a, b), min(a, b)
-            q = f"{name} has {a} {thing} and gives {b} to {other}. How many {thing} does {name} have left?"
-            work, result = f"{a} - {b} = {a - b}", a - b
-        rows.append({"question": q, "answer": f"{name} has {work} {thing}.\n#### {result}"})
-    return rows
-
-
-GENERATORS = {"sentiment": sentiment, "gsm8k_arith": gsm8k_arith}
-
-
-def generate(task: dict, out: Path) -> dict[str, int]:
+def generate(task: TaskSpec, out: Path) -> dict[str, int]:
     """Write train.jsonl and eval.jsonl; the eval split has its own seed stream."""
-    d = task["data"]
+    d = task.data
     gen = GENERATORS[d["generator"]]
     counts = {}
     for split, n, salt in (("train", d["num_train"], 0), ("eval", d["num_eval"], 1)):
@@ -100,9 +41,9 @@ def generate(task: dict, out: Path) -> dict[str, int]:
 _FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 
-def load_raw(task: dict) -> datasets.DatasetDict:
+def load_raw(task: TaskSpec) -> datasets.DatasetDict:
     """The task's train and eval splits, from local files or the hub."""
-    d = task["data"]
+    d = task.data
     if "files" in d:
         splits = {}
         for split in ("train", "eval"):
@@ -110,7 +51,7 @@ def load_raw(task: dict) -> datasets.DatasetDict:
             fmt = _FORMATS.get(path.suffix)
             if fmt is None:
                 raise ValueError(
-                    f"tasks.{task['name']}.data.files.{split}: unsupported file type {path.suffix!r}; allowed: {', '.join(_FORMATS)}"
+                    f"tasks.{task.name}.data.files.{split}: unsupported file type {path.suffix!r}; allowed: {', '.join(_FORMATS)}"
                 )
             kwargs = {"delimiter": "\t"} if path.suffix == ".tsv" else {}
             splits[split] = datasets.load_dataset(fmt, data_files=str(path), split="train", **kwargs)
@@ -123,39 +64,39 @@ def load_raw(task: dict) -> datasets.DatasetDict:
                 "eval": datasets.load_dataset(h["id"], h["subset"], split=h["eval_split"]),
             }
         )
-    raise ValueError(f"tasks.{task['name']}.data: generated data must be written by `generate` first")
+    raise ValueError(f"tasks.{task.name}.data: generated data must be written by `generate` first")
 
 
-def required_columns(task: dict) -> list[str]:
-    if task["type"] == "classification":
-        return [*task["text_fields"], task["label_field"]]
-    return [task["prompt_field"], task["response_field"]]
+def required_columns(task: TaskSpec) -> list[str]:
+    if task.type == "classification":
+        return [*task.text_fields, task.label_field]
+    return [task.prompt_field, task.response_field]
 
 
-def check_columns(task: dict, ds: datasets.DatasetDict) -> None:
+def check_columns(task: TaskSpec, ds: datasets.DatasetDict) -> None:
     for split, part in ds.items():
         missing = [c for c in required_columns(task) if c not in part.column_names]
         if missing:
-            raise ValueError(f"task {task['name']!r}, split {split}: missing column(s) {missing}; the data has {part.column_names}")
+            raise ValueError(f"task {task.name!r}, split {split}: missing column(s) {missing}; the data has {part.column_names}")
 
 
 # --- tokenisation ---------------------------------------------------------------------
 
 
-def sft_prompt(task: dict, prompt: str) -> str:
-    return task["prompt_template"].format(prompt=prompt)
+def sft_prompt(task: TaskSpec, prompt: str) -> str:
+    return task.prompt_template.format(prompt=prompt)
 
 
-def tokenize(task: dict, tokenizer, raw: datasets.DatasetDict) -> datasets.DatasetDict:
+def tokenize(task: TaskSpec, tokenizer, raw: datasets.DatasetDict) -> datasets.DatasetDict:
     """Token ids plus `length`; SFT labels are -100 on the prompt so loss is on the response only.
 
     SFT eval rows keep `prompt_ids` and the reference `response` for generation.
     """
     check_columns(task, raw)
-    max_len = task["max_length"]
+    max_len = task.max_length
 
-    if task["type"] == "classification":
-        fields, label = task["text_fields"], task["label_field"]
+    if task.type == "classification":
+        fields, label = task.text_fields, task.label_field
 
         def encode(batch):
             enc = tokenizer(*[batch[f] for f in fields], truncation=True, max_length=max_len)
@@ -167,7 +108,7 @@ def tokenize(task: dict, tokenizer, raw: datasets.DatasetDict) -> datasets.Datas
             }
 
     else:
-        prompts, responses = task["prompt_field"], task["response_field"]
+        prompts, responses = task.prompt_field, task.response_field
 
         def encode(batch):
             out = {"input_ids": [], "attention_mask": [], "labels": [], "length": [], "prompt_ids": [], "response": []}
@@ -198,12 +139,12 @@ def main(argv=None):
     prov = artifacts.Provenance(spec)
     with artifacts.atomic_dir(args.out) as tmp:
         if args.command == "generate":
-            meta = {"counts": generate(spec, tmp)}
+            meta = {"counts": generate(TaskSpec.from_dict(spec), tmp)}
         else:
             from peftlab.models import load_tokenizer
 
-            tok = load_tokenizer(spec["model"])
-            ds = tokenize(spec["task"], tok, load_raw(spec["task"]))
+            task = TaskSpec.from_dict(spec["task"])
+            ds = tokenize(task, load_tokenizer(ModelSpec.from_dict(spec["model"])), load_raw(task))
             ds.save_to_disk(str(tmp))
             lengths = ds["train"]["length"]
             meta = {

@@ -21,13 +21,15 @@ from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
 
 from peftlab import artifacts, cli, metrics
 from peftlab.models import load_model, load_tokenizer
+from peftlab.spec import RunSpec
 
 log = logging.getLogger(__name__)
 
 
-def load_trained(spec: dict, adapter: str, padding_side: str = "right"):
-    tokenizer = load_tokenizer(spec["model"], padding_side)
-    model = PeftModel.from_pretrained(load_model(spec["model"], spec["task"], tokenizer), adapter)
+def load_trained(spec: RunSpec, adapter: str):
+    """The untouched base with the adapter loaded, and its tokenizer (right padding)."""
+    tokenizer = load_tokenizer(spec.model)
+    model = PeftModel.from_pretrained(load_model(spec.model, spec.task, tokenizer), adapter)
     return model.eval(), tokenizer
 
 
@@ -63,7 +65,7 @@ def eval_loss(model, tokenizer, ds, batch_size: int) -> float:
 @torch.no_grad()
 def generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int, batch_size: int) -> list[str]:
     """Greedy continuations of each prompt, batched with left padding."""
-    assert tokenizer.padding_side == "left"
+    tokenizer.padding_side = "left"
     outputs = []
     for start in range(0, len(prompt_ids), batch_size):
         chunk = prompt_ids[start : start + batch_size]
@@ -79,25 +81,24 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int,
     return outputs
 
 
-def evaluate(spec: dict, adapter: str) -> dict:
-    prov = artifacts.Provenance(spec)
-    task = spec["task"]
-    ds = datasets.load_from_disk(spec["data_dir"])["eval"]
-    bs = task["eval_batch_size"]
-    if task["type"] == "classification":
-        model, tokenizer = load_trained(spec, adapter)
+def evaluate(spec: RunSpec, adapter: str) -> dict:
+    prov = artifacts.Provenance(spec.to_dict())
+    task = spec.task
+    ds = datasets.load_from_disk(spec.data_dir)["eval"]
+    bs = task.eval_batch_size
+    model, tokenizer = load_trained(spec, adapter)
+    if task.type == "classification":
         result = evaluate_classification(model, tokenizer, ds, bs)
     else:
-        model, tokenizer = load_trained(spec, adapter, padding_side="left")
-        loss = eval_loss(model, tokenizer, ds, bs)
-        texts = generate(model, tokenizer, ds["prompt_ids"], task["max_new_tokens"], bs)
+        loss = eval_loss(model, tokenizer, ds, bs)  # right padding: positions match training
+        texts = generate(model, tokenizer, ds["prompt_ids"], task.max_new_tokens, bs)
         result = {
             "eval_loss": loss,
             "perplexity": math.exp(min(loss, 50)),
-            "exact_match": metrics.exact_match(texts, ds["response"], task["answer_format"]),
+            "exact_match": metrics.exact_match(texts, ds["response"], task.answer_format),
             "samples": [{"reference": r, "generated": g} for r, g in zip(ds["response"][:5], texts[:5])],
         }
-    return {"run_id": spec["run_id"], "task_type": task["type"], "examples": len(ds), "metrics": result, **prov.record()}
+    return {"run_id": spec.run_id, "task_type": task.type, "examples": len(ds), "metrics": result, **prov.record()}
 
 
 def main(argv=None):
@@ -105,7 +106,7 @@ def main(argv=None):
     p.add_argument("--adapter", required=True, help="trained adapter folder")
     p.add_argument("--out", required=True, help="eval.json to write")
     args = p.parse_args(argv)
-    record = evaluate(cli.start(args), args.adapter)
+    record = evaluate(RunSpec.from_dict(cli.start(args)), args.adapter)
     artifacts.write_json(args.out, record)
     log.info("%s: %s", record["run_id"], {k: v for k, v in record["metrics"].items() if k != "samples"})
 

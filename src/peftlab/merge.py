@@ -20,6 +20,7 @@ import datasets
 
 from peftlab import artifacts, cli, methods
 from peftlab.evaluate import load_trained
+from peftlab.spec import RunSpec
 from peftlab.train import logits, probe_batch
 
 log = logging.getLogger(__name__)
@@ -30,24 +31,24 @@ class MergeMismatch(RuntimeError):
     """The merged model does not reproduce the adapter model."""
 
 
-def merge(spec: dict, adapter: str, merged: Path) -> dict:
-    prov = artifacts.Provenance(spec)
-    method = methods.get(spec["peft"]["type"])
+def merge(spec: RunSpec, adapter: str, merged: Path) -> dict:
+    prov = artifacts.Provenance(spec.to_dict())
+    method = methods.get(spec.peft.type)
     with artifacts.atomic_dir(merged) as tmp:
         if not method.mergeable:
             (tmp / "NOT_MERGED.txt").write_text(method.not_mergeable_reason + "\n")
-            return {"run_id": spec["run_id"], "mergeable": False, "reason": method.not_mergeable_reason, **prov.record()}
+            return {"run_id": spec.run_id, "mergeable": False, "reason": method.not_mergeable_reason, **prov.record()}
         model, tokenizer = load_trained(spec, adapter)
-        probe = probe_batch(spec["task"], datasets.load_from_disk(spec["data_dir"])["eval"], tokenizer)
+        probe = probe_batch(datasets.load_from_disk(spec.data_dir)["eval"], tokenizer)
         before = logits(model, probe)
         plain = model.merge_and_unload()
         diff = (logits(plain, probe) - before).abs().max().item()
         if diff > TOLERANCE:  # leaves no merged/ behind
-            raise MergeMismatch(f"{spec['run_id']}: merged logits differ from the adapter model's by {diff:.3g} > {TOLERANCE}")
+            raise MergeMismatch(f"{spec.run_id}: merged logits differ from the adapter model's by {diff:.3g} > {TOLERANCE}")
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return {
-        "run_id": spec["run_id"],
+        "run_id": spec.run_id,
         "mergeable": True,
         "max_abs_logit_diff": diff,
         "tolerance": TOLERANCE,
@@ -62,7 +63,7 @@ def main(argv=None):
     p.add_argument("--merged", required=True, help="folder for the merged model")
     p.add_argument("--check", required=True, help="merge_check.json to write")
     args = p.parse_args(argv)
-    spec = cli.start(args)
+    spec = RunSpec.from_dict(cli.start(args))
     try:
         record = merge(spec, args.adapter, Path(args.merged))
     except MergeMismatch as e:

@@ -17,6 +17,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from peftlab import artifacts, cli
+from peftlab.spec import ModelSpec, TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -33,27 +34,28 @@ def resolve_path(path: str) -> str:
     raise FileNotFoundError(f"package {module.__name__} ships no Hugging Face model folder (no config.json under {root})")
 
 
-def load_tokenizer(model: dict, padding_side: str = "right"):
-    tok = AutoTokenizer.from_pretrained(resolve_path(model["path"]))
+def load_tokenizer(model: ModelSpec):
+    """The model's tokenizer, padding on the right (generation switches to the left)."""
+    tok = AutoTokenizer.from_pretrained(resolve_path(model.path))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    tok.padding_side = padding_side
+    tok.padding_side = "right"
     return tok
 
 
-def load_model(model: dict, task: dict, tokenizer=None):
+def load_model(model: ModelSpec, task: TaskSpec, tokenizer=None):
     """An untouched base model with the head the task needs, in float32."""
-    path = resolve_path(model["path"])
-    if task["type"] == "classification":
-        m = AutoModelForSequenceClassification.from_pretrained(path, num_labels=task["num_labels"], dtype=torch.float32)
+    path = resolve_path(model.path)
+    if task.type == "classification":
+        m = AutoModelForSequenceClassification.from_pretrained(path, num_labels=task.num_labels, dtype=torch.float32)
         if m.config.pad_token_id is None and tokenizer is not None:
             m.config.pad_token_id = tokenizer.pad_token_id
         return m
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
 
 
-def peft_task_type(task: dict) -> str:
-    return "SEQ_CLS" if task["type"] == "classification" else "CAUSAL_LM"
+def peft_task_type(task: TaskSpec) -> str:
+    return "SEQ_CLS" if task.type == "classification" else "CAUSAL_LM"
 
 
 def _corpus_lines(corpus: str, fields: list[str]) -> list[str]:

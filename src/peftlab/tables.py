@@ -52,6 +52,7 @@ def run_row(run_dir: Path) -> dict | None:
         "final_loss": tr["final_loss"],
         "tokens_per_s": round(tr["tokens_per_s"]),
         "train_time_s": round(tr["wall_time_s"], 1),
+        "losses": tr["losses"],  # for the loss plot; not a table column
     }
     check = run_dir / "merge_check.json"
     if check.exists():
@@ -116,16 +117,13 @@ def _plot_metrics(runs: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def _plot_losses(run_dirs: list[Path], runs: pd.DataFrame, path: Path) -> None:
+def _plot_losses(runs: pd.DataFrame, path: Path) -> None:
     tasks = sorted(runs["task"].unique())
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), squeeze=False)
     ax_of = dict(zip(tasks, axes[0]))
-    for d in run_dirs:
-        if not (Path(d) / "eval.json").exists() or not (Path(d) / "train.json").exists():
-            continue
-        tr = artifacts.read_json(Path(d) / "train.json")
-        ax = ax_of[tr["spec"]["task"]["name"]]
-        ax.plot([x["step"] for x in tr["losses"]], [x["loss"] for x in tr["losses"]], lw=1, label=tr["run_id"].split("/", 2)[2])
+    for run in runs.itertuples():
+        label = run.run_id.split("/", 2)[2]  # the part after task/model
+        ax_of[run.task].plot([x["step"] for x in run.losses], [x["loss"] for x in run.losses], lw=1, label=label)
     for task, ax in ax_of.items():
         ax.set_title(task)
         ax.set_xlabel("step")
@@ -138,11 +136,12 @@ def _plot_losses(run_dirs: list[Path], runs: pd.DataFrame, path: Path) -> None:
 
 def build(run_dirs: list[Path], out: Path) -> pd.DataFrame:
     runs = collect(run_dirs)
-    groups = grouped(runs)
+    table = runs.drop(columns=["losses"])
+    groups = grouped(table)
     out.mkdir(parents=True, exist_ok=True)
-    runs.to_csv(out / "summary.csv", index=False)
+    table.to_csv(out / "summary.csv", index=False)
     groups.to_csv(out / "summary_grouped.csv", index=False)
-    shown = runs.drop(columns=["task_type"]).dropna(axis=1, how="all")
+    shown = table.drop(columns=["task_type"]).dropna(axis=1, how="all")
     blank = lambda df: df.astype(object).where(df.notna(), None)  # noqa: E731  (tabulate prints None as missingval)
     md = [
         f"# Results: {len(runs)} runs\n",
@@ -158,9 +157,9 @@ def build(run_dirs: list[Path], out: Path) -> pd.DataFrame:
         index=False, float_format="%.4g", na_rep="", caption="Mean $\\pm$ std over seeds", label="tab:grouped"
     )
     (out / "summary.tex").write_text(tex.replace("±", "$\\pm$"))
-    _plot_metrics(runs, out / "metrics.png")
-    _plot_losses(run_dirs, runs, out / "loss.png")
-    return runs
+    _plot_metrics(table, out / "metrics.png")
+    _plot_losses(runs, out / "loss.png")
+    return table
 
 
 def main(argv=None):

@@ -31,6 +31,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_group
 
 from peftlab import artifacts, cli, methods
 from peftlab.models import load_model, load_tokenizer, peft_task_type
+from peftlab.spec import RunSpec, TaskSpec, WandbSpec
 
 log = logging.getLogger(__name__)
 RELOAD_TOLERANCE = 1e-5
@@ -58,11 +59,15 @@ class Trainer(transformers.Trainer):
 
     def _get_train_sampler(self, train_dataset=None):
         mega_batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
-        return SeededLengthGroupedSampler(mega_batch, self.lengths, self.args.data_seed)
+        return SeededLengthGroupedSampler(mega_batch, self.lengths, self.args.seed)
 
 
 def train_subset(ds: datasets.Dataset, size: int | None, seed: int) -> datasets.Dataset:
-    """The first `size` examples of a seeded shuffle (all, in file order, when size is None)."""
+    """The first `size` examples of a seeded shuffle (all, in file order, when size is None).
+
+    The seed is `training.data_seed`, the same for every run by default, so runs that
+    differ in seed see the same examples and smaller sizes are subsets of larger ones.
+    """
     if size is None:
         return ds
     if size > len(ds):
@@ -70,8 +75,8 @@ def train_subset(ds: datasets.Dataset, size: int | None, seed: int) -> datasets.
     return ds.shuffle(seed=seed).select(range(size))
 
 
-def collator(task: dict, tokenizer):
-    if task["type"] == "classification":
+def collator(task: TaskSpec, tokenizer):
+    if task.type == "classification":
         return DataCollatorWithPadding(tokenizer)
     return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
 
@@ -82,7 +87,7 @@ def last_checkpoint(folder: Path) -> str | None:
     return str(max(done, key=lambda p: int(p.name.split("-")[1]))) if done else None
 
 
-def probe_batch(task: dict, ds: datasets.Dataset, tokenizer, n: int = 8) -> dict[str, torch.Tensor]:
+def probe_batch(ds: datasets.Dataset, tokenizer, n: int = 8) -> dict[str, torch.Tensor]:
     """A fixed padded batch (the first n eval examples) for logit comparisons."""
     rows = ds.select(range(min(n, len(ds))))
     batch = tokenizer.pad({"input_ids": rows["input_ids"], "attention_mask": rows["attention_mask"]}, return_tensors="pt")
@@ -114,34 +119,33 @@ def save_adapter(model: PeftModel, folder: Path, initial: Path | None = None) ->
     safetensors.torch.save_file(converted, weights, metadata={"format": "pt"})
 
 
-def configure_wandb(spec: dict) -> list[str]:
-    w = spec["wandb"]
-    if w["mode"] == "disabled":
+def configure_wandb(w: WandbSpec) -> list[str]:
+    """The Trainer's report_to list; wandb settings go through its environment variables."""
+    if w.mode == "disabled":
         return []
-    os.environ["WANDB_MODE"] = w["mode"]
-    os.environ["WANDB_PROJECT"] = w["project"]
-    os.environ["WANDB_DIR"] = str(Path(w["dir"]).resolve())
-    Path(w["dir"]).mkdir(parents=True, exist_ok=True)
-    if w["entity"]:
-        os.environ["WANDB_ENTITY"] = w["entity"]
+    os.environ["WANDB_MODE"] = w.mode
+    os.environ["WANDB_PROJECT"] = w.project
+    os.environ["WANDB_DIR"] = str(Path(w.dir).resolve())
+    Path(w.dir).mkdir(parents=True, exist_ok=True)
+    if w.entity:
+        os.environ["WANDB_ENTITY"] = w.entity
     return ["wandb"]
 
 
-def train(spec: dict, adapter: Path, record_path: Path, checkpoints: Path) -> dict:
+def train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path) -> dict:
     """Train the run described by `spec`; write the adapter folder, then the record JSON."""
-    prov = artifacts.Provenance(spec)
-    task, t, p = spec["task"], spec["training"], spec["peft"]
-    method = methods.get(p["type"])
-    transformers.set_seed(t["seed"])
+    prov = artifacts.Provenance(spec.to_dict())
+    task, t = spec.task, spec.training
+    method = methods.get(spec.peft.type)
+    transformers.set_seed(t.seed)
 
     # --- set up: data, model, adapter
-    data = datasets.load_from_disk(spec["data_dir"])
-    train_ds = train_subset(data["train"], t["train_size"], t["seed"])
-    tokenizer = load_tokenizer(spec["model"])
-    columns = ["input_ids", "attention_mask", "labels"]
-    base = load_model(spec["model"], task, tokenizer)
+    data = datasets.load_from_disk(spec.data_dir)
+    train_ds = train_subset(data["train"], t.train_size, t.data_seed)
+    tokenizer = load_tokenizer(spec.model)
+    base = load_model(spec.model, task, tokenizer)
     total_params = sum(x.numel() for x in base.parameters())
-    model = get_peft_model(base, method.build(p, peft_task_type(task)))
+    model = get_peft_model(base, method.build(spec.peft, peft_task_type(task)))
     trainable = sum(x.numel() for x in model.parameters() if x.requires_grad)
     checkpoints.mkdir(parents=True, exist_ok=True)
     initial = checkpoints / "initial_adapter"
@@ -152,23 +156,22 @@ def train(spec: dict, adapter: Path, record_path: Path, checkpoints: Path) -> di
     # --- train
     args = TrainingArguments(
         output_dir=str(checkpoints),
-        seed=t["seed"],
-        data_seed=t["seed"],
-        learning_rate=t["learning_rate"],
-        num_train_epochs=t["epochs"],
-        max_steps=t["max_steps"] or -1,
-        per_device_train_batch_size=t["batch_size"],
-        gradient_accumulation_steps=t["grad_accum"],
-        warmup_steps=t["warmup_ratio"],
-        weight_decay=t["weight_decay"],
-        lr_scheduler_type=t["lr_scheduler"],
-        max_grad_norm=t["max_grad_norm"],
-        logging_steps=t["logging_steps"],
+        seed=t.seed,  # also seeds the batch order (SeededLengthGroupedSampler)
+        learning_rate=t.learning_rate,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
+        per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        warmup_steps=t.warmup_ratio,
+        weight_decay=t.weight_decay,
+        lr_scheduler_type=t.lr_scheduler,
+        max_grad_norm=t.max_grad_norm,
+        logging_steps=t.logging_steps,
         save_strategy="steps",
-        save_steps=t["save_steps"],
+        save_steps=t.save_steps,
         save_total_limit=2,
-        report_to=configure_wandb(spec),
-        run_name=spec["run_id"],
+        report_to=configure_wandb(spec.wandb),
+        run_name=spec.run_id,
         include_num_input_tokens_seen="non_padding",
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
@@ -177,37 +180,36 @@ def train(spec: dict, adapter: Path, record_path: Path, checkpoints: Path) -> di
     trainer = Trainer(
         model=model,
         args=args,
-        train_dataset=train_ds.select_columns(columns),
+        train_dataset=train_ds.select_columns(["input_ids", "attention_mask", "labels"]),
         data_collator=collator(task, tokenizer),
         processing_class=tokenizer,
         lengths=train_ds["length"],
     )
     resume = last_checkpoint(checkpoints)
+    tokens_before = 0
     if resume:
         log.info("resuming from %s", resume)
+        tokens_before = artifacts.read_json(Path(resume) / "trainer_state.json")["num_input_tokens_seen"]
     result = trainer.train(resume_from_checkpoint=resume)
     state = trainer.state
 
     # --- save, then check the saved adapter against the model in memory
-    probe = probe_batch(task, data["eval"], tokenizer)
+    probe = probe_batch(data["eval"], tokenizer)
     trained_logits = logits(model, probe)
     with artifacts.atomic_dir(adapter) as tmp:
         save_adapter(model, tmp, initial if method.init_changes_base else None)
         tokenizer.save_pretrained(tmp)
     reload_diff = None
-    if t["check_reload"]:
-        reloaded = PeftModel.from_pretrained(load_model(spec["model"], task, tokenizer), adapter)
+    if t.check_reload:
+        reloaded = PeftModel.from_pretrained(load_model(spec.model, task, tokenizer), adapter)
         reload_diff = (logits(reloaded, probe) - trained_logits).abs().max().item()
         if reload_diff > RELOAD_TOLERANCE:
             shutil.rmtree(adapter)
-            raise RuntimeError(
-                f"{spec['run_id']}: adapter reloaded onto the untouched base differs by {reload_diff:.3g} > {RELOAD_TOLERANCE}"
-            )
+            raise RuntimeError(f"{spec.run_id}: adapter reloaded onto the untouched base differs by {reload_diff:.3g} > {RELOAD_TOLERANCE}")
 
     losses = [{"step": e["step"], "loss": e["loss"]} for e in state.log_history if "loss" in e]
-    session_tokens = state.num_input_tokens_seen - trainer._initial_num_input_tokens_seen
     record = {
-        "run_id": spec["run_id"],
+        "run_id": spec.run_id,
         "losses": losses,
         "first_loss": losses[0]["loss"] if losses else None,
         "final_loss": losses[-1]["loss"] if losses else None,
@@ -216,7 +218,8 @@ def train(spec: dict, adapter: Path, record_path: Path, checkpoints: Path) -> di
         "epochs": state.epoch,
         "examples": len(train_ds),
         "tokens_seen": state.num_input_tokens_seen,
-        "tokens_per_s": session_tokens / max(result.metrics["train_runtime"], 1e-9),
+        "tokens_per_s": (state.num_input_tokens_seen - tokens_before)
+        / max(result.metrics["train_runtime"], 1e-9),  # real tokens, this session
         "trainable_params": trainable,
         "total_params": total_params,
         "trainable_share": trainable / total_params,
@@ -236,7 +239,7 @@ def main(argv=None):
     p.add_argument("--record", required=True, type=Path, help="train.json to write")
     p.add_argument("--checkpoints", required=True, type=Path, help="checkpoint folder, outside every declared output")
     args = p.parse_args(argv)
-    record = train(cli.start(args), args.adapter, args.record, args.checkpoints)
+    record = train(RunSpec.from_dict(cli.start(args)), args.adapter, args.record, args.checkpoints)
     log.info("%s: loss %s -> %s, %.0f tokens/s", record["run_id"], record["first_loss"], record["final_loss"], record["tokens_per_s"])
 
 

@@ -7,15 +7,18 @@ Adding a method is one entry here (or one file in this package that calls
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from peft import IA3Config, LoraConfig, PeftConfig, PromptTuningConfig
+if TYPE_CHECKING:  # peft is imported inside the builders: parsing a config (every Snakemake start) stays fast
+    from peft import PeftConfig
+
+    from peftlab.spec import PeftSpec
 
 
 @dataclass(frozen=True)
 class Method:
     name: str
-    build: Callable[[dict, str], PeftConfig]  # (peft section of the spec, peft task type) -> config
+    build: Callable[["PeftSpec", str], "PeftConfig"]  # (the run's peft spec, peft task type) -> config
     math: str  # one line for the README's methods table
     uses_rank: bool = True
     init_changes_base: bool = False  # saved adapters must be converted to apply to the untouched base
@@ -41,21 +44,25 @@ def get(name: str) -> Method:
 
 
 def _lora(**fixed):
-    def build(p: dict, task_type: str) -> LoraConfig:
-        kwargs = dict(
-            r=p["r"], lora_alpha=p["lora_alpha"], lora_dropout=p["lora_dropout"], target_modules=p["target_modules"], task_type=task_type
-        )
-        return LoraConfig(**{**kwargs, **fixed, **p.get("options", {})})
+    def build(p: PeftSpec, task_type: str):
+        from peft import LoraConfig
+
+        kwargs = dict(r=p.r, lora_alpha=p.lora_alpha, lora_dropout=p.lora_dropout, target_modules=p.target_modules, task_type=task_type)
+        return LoraConfig(**{**kwargs, **fixed, **p.options})
 
     return build
 
 
-def _ia3(p: dict, task_type: str) -> IA3Config:
-    return IA3Config(target_modules=p["target_modules"], task_type=task_type, **p.get("options", {}))
+def _ia3(p: PeftSpec, task_type: str):
+    from peft import IA3Config
+
+    return IA3Config(target_modules=p.target_modules, task_type=task_type, **p.options)
 
 
-def _prompt_tuning(p: dict, task_type: str) -> PromptTuningConfig:
-    return PromptTuningConfig(task_type=task_type, **{"num_virtual_tokens": 8, **p.get("options", {})})
+def _prompt_tuning(p: PeftSpec, task_type: str):
+    from peft import PromptTuningConfig
+
+    return PromptTuningConfig(task_type=task_type, **{"num_virtual_tokens": 8, **p.options})
 
 
 register(Method("lora", _lora(), "W' = W + (alpha/r) B A, A in R^{r x k}, B in R^{d x r}, B0 = 0"))

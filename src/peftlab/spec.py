@@ -1,0 +1,122 @@
+"""The resolved spec of one run, typed: what `python -m peftlab.train|evaluate|merge` reads.
+
+`peftlab.config` validates a user's config (schema, defaults) and expands it into
+these; `RunSpec.from_dict` is strict, so a spec file with a missing or unknown
+key fails when it is read, not halfway through a job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _strict(cls, d: dict, where: str):
+    names = {f.name for f in dataclasses.fields(cls)}
+    required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    unknown, missing = set(d) - names, required - set(d)
+    if unknown or missing:
+        raise ValueError(f"{where}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}; expected {sorted(names)}")
+    return cls(**d)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    type: str  # classification | sft
+    data: dict[str, Any]  # {generator: ...} | {files: {train, eval}} | {hub: {...}}
+    text_fields: list[str] = field(default_factory=lambda: ["text"])
+    label_field: str = "label"
+    num_labels: int = 2
+    prompt_field: str = "question"
+    response_field: str = "answer"
+    prompt_template: str = "Question: {prompt}\nAnswer: "
+    answer_format: str = "gsm8k"
+    max_length: int = 128
+    max_new_tokens: int = 32
+    eval_batch_size: int = 32
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TaskSpec:
+        return _strict(cls, d, "task")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    path: str  # hub id, local folder, or package:<module>
+    build: dict[str, Any] | None = None  # set for models the pipeline builds
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelSpec:
+        return _strict(cls, d, "model")
+
+
+@dataclass(frozen=True)
+class PeftSpec:
+    type: str
+    r: int | None
+    lora_alpha: float
+    lora_dropout: float
+    target_modules: str | list[str] | None
+    options: dict[str, Any]
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PeftSpec:
+        return _strict(cls, d, "peft")
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    seed: int
+    learning_rate: float
+    epochs: float
+    max_steps: int | None
+    batch_size: int
+    grad_accum: int
+    warmup_ratio: float
+    weight_decay: float
+    lr_scheduler: str
+    max_grad_norm: float
+    train_size: int | None
+    data_seed: int
+    save_steps: int
+    logging_steps: int
+    check_reload: bool
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainingSpec:
+        return _strict(cls, d, "training")
+
+
+@dataclass(frozen=True)
+class WandbSpec:
+    mode: str  # offline | online | disabled
+    project: str
+    entity: str | None
+    dir: str
+
+    @classmethod
+    def from_dict(cls, d: dict) -> WandbSpec:
+        return _strict(cls, d, "wandb")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    run_id: str
+    task: TaskSpec
+    model: ModelSpec
+    peft: PeftSpec
+    training: TrainingSpec
+    wandb: WandbSpec
+    resources: dict[str, Any]
+    data_dir: str  # tokenised data (datasets on disk)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunSpec:
+        parts = {"task": TaskSpec, "model": ModelSpec, "peft": PeftSpec, "training": TrainingSpec, "wandb": WandbSpec}
+        return _strict(cls, {k: parts[k].from_dict(v) if k in parts else v for k, v in d.items()}, "run spec")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
