@@ -99,10 +99,10 @@ def pad_to_max_baseline(spec: RunSpec, root: Path) -> float:
 
     def pad(rows):
         out = {k: torch.zeros(len(rows), MAX_LEN, dtype=torch.long) for k in ("input_ids", "attention_mask")}
-        out.labels = torch.full((len(rows), MAX_LEN), -100)
+        out["labels"] = torch.full((len(rows), MAX_LEN), -100)
         for i, r in enumerate(rows):
             n = len(r["input_ids"])
-            out.input_ids[i, :n], out.attention_mask[i, :n], out.labels[i, :n] = (
+            out["input_ids"][i, :n], out["attention_mask"][i, :n], out["labels"][i, :n] = (
                 torch.tensor(r["input_ids"]),
                 1,
                 torch.tensor(r["labels"]),
