@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,13 @@ from peftlab.spec import ModelSpec, RunSpec, TaskSpec
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def snakemake(workdir: Path, *args: str, config: Path | None = None) -> subprocess.CompletedProcess:
+    """Run this repository's workflow in `workdir` with config/test.yaml (or `config`)."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir)]
+    cmd += ["--configfile", str(config or ROOT / "config" / "test.yaml"), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
 
 
 def load_test_config() -> dict:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
 
 import pytest
 import yaml
 
-from conftest import ROOT, load_test_config
+from conftest import ROOT, load_test_config, snakemake
 from peftlab.config import ConfigError, expand_matrix, load_config, plan
+from peftlab.spec import RunSpec
 
 TASKS = {"t": {"type": "classification", "data": {"generator": "sentiment"}}}
 MODELS = {"m": {"path": "some/hub-id"}}
@@ -181,22 +180,18 @@ def test_snakemake_rejects_a_bad_config_at_parse_time(tmp_path):
     bad = load_test_config()
     bad["sweep"][0]["method"] = ["lora", "lroa"]
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "-n",
-            "-s",
-            str(ROOT / "Snakefile"),
-            "--directory",
-            str(tmp_path),
-            "--configfile",
-            str(tmp_path / "bad.yaml"),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    proc = snakemake(tmp_path, "-n", config=tmp_path / "bad.yaml")
     assert proc.returncode != 0
     assert "sweep[0].peft.type: unknown method 'lroa'; allowed:" in proc.stdout + proc.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_spec_files_are_read_strictly():
+    spec = next(iter(plan(load_test_config())[1].values()))
+    assert RunSpec.from_dict(spec).to_dict() == spec
+    spec["training"]["sed"] = 1
+    with pytest.raises(ValueError, match=r"TrainingSpec: unknown keys \['sed'\], missing keys \[\]"):
+        RunSpec.from_dict(spec)
+    del spec["training"]["sed"], spec["peft"]["r"]
+    with pytest.raises(ValueError, match=r"PeftSpec: unknown keys \[\], missing keys \['r'\]"):
+        RunSpec.from_dict(spec)

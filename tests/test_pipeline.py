@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import datasets
 import pandas as pd
@@ -19,7 +17,7 @@ import yaml
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from conftest import ROOT, load_test_config
+from conftest import load_test_config, snakemake
 from peftlab import artifacts
 from peftlab.config import plan
 from peftlab.models import load_model, load_tokenizer
@@ -28,22 +26,6 @@ from peftlab.train import logits, probe_batch
 
 pytestmark = pytest.mark.slow
 RUNS = plan(load_test_config())[1]
-
-
-def snakemake(workdir: Path, *args: str, config: Path | None = None) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(ROOT / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(config or ROOT / "config" / "test.yaml"),
-        *args,
-    ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
 
 
 def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:

@@ -3,32 +3,16 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, snakemake
 from peftlab.config import plan
 
 
 def test_snakemake_lint_reports_nothing(tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "--lint",
-            "-s",
-            str(ROOT / "Snakefile"),
-            "--directory",
-            str(tmp_path),
-            "--configfile",
-            str(ROOT / "config/test.yaml"),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    proc = snakemake(tmp_path, "--lint")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Congratulations, your workflow is in a good condition!" in proc.stdout + proc.stderr
 

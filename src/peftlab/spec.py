@@ -12,17 +12,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-def _strict(cls, d: dict, where: str):
-    names = {f.name for f in dataclasses.fields(cls)}
-    required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
-    unknown, missing = set(d) - names, required - set(d)
-    if unknown or missing:
-        raise ValueError(f"{where}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}; expected {sorted(names)}")
-    return cls(**d)
+class _Strict:
+    @classmethod
+    def from_dict(cls, d: dict):
+        """Build from a dict that has every required key and no unknown one."""
+        fields = dataclasses.fields(cls)
+        names = {f.name for f in fields}
+        required = {f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+        unknown, missing = set(d) - names, required - set(d)
+        if unknown or missing:
+            raise ValueError(f"{cls.__name__}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}; expected {sorted(names)}")
+        return cls(**d)
 
 
 @dataclass(frozen=True)
-class TaskSpec:
+class TaskSpec(_Strict):
     name: str
     type: str  # classification | sft
     data: dict[str, Any]  # {generator: ...} | {files: {train, eval}} | {hub: {...}}
@@ -37,24 +41,16 @@ class TaskSpec:
     max_new_tokens: int = 32
     eval_batch_size: int = 32
 
-    @classmethod
-    def from_dict(cls, d: dict) -> TaskSpec:
-        return _strict(cls, d, "task")
-
 
 @dataclass(frozen=True)
-class ModelSpec:
+class ModelSpec(_Strict):
     name: str
     path: str  # hub id, local folder, or package:<module>
     build: dict[str, Any] | None = None  # set for models the pipeline builds
 
-    @classmethod
-    def from_dict(cls, d: dict) -> ModelSpec:
-        return _strict(cls, d, "model")
-
 
 @dataclass(frozen=True)
-class PeftSpec:
+class PeftSpec(_Strict):
     type: str
     r: int | None
     lora_alpha: float
@@ -62,13 +58,9 @@ class PeftSpec:
     target_modules: str | list[str] | None
     options: dict[str, Any]
 
-    @classmethod
-    def from_dict(cls, d: dict) -> PeftSpec:
-        return _strict(cls, d, "peft")
-
 
 @dataclass(frozen=True)
-class TrainingSpec:
+class TrainingSpec(_Strict):
     seed: int
     learning_rate: float
     epochs: float
@@ -85,25 +77,17 @@ class TrainingSpec:
     logging_steps: int
     check_reload: bool
 
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainingSpec:
-        return _strict(cls, d, "training")
-
 
 @dataclass(frozen=True)
-class WandbSpec:
+class WandbSpec(_Strict):
     mode: str  # offline | online | disabled
     project: str
     entity: str | None
     dir: str
 
-    @classmethod
-    def from_dict(cls, d: dict) -> WandbSpec:
-        return _strict(cls, d, "wandb")
-
 
 @dataclass(frozen=True)
-class RunSpec:
+class RunSpec(_Strict):
     run_id: str
     task: TaskSpec
     model: ModelSpec
@@ -116,7 +100,7 @@ class RunSpec:
     @classmethod
     def from_dict(cls, d: dict) -> RunSpec:
         parts = {"task": TaskSpec, "model": ModelSpec, "peft": PeftSpec, "training": TrainingSpec, "wandb": WandbSpec}
-        return _strict(cls, {k: parts[k].from_dict(v) if k in parts else v for k, v in d.items()}, "run spec")
+        return super().from_dict({k: parts[k].from_dict(v) if k in parts else v for k, v in d.items()})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
