@@ -77,11 +77,15 @@ def grouped(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean and std over seeds for every setting; std is 0 for a single seed."""
     metrics = [m for m in METRICS if runs[m].notna().any()]
     keys = [k for k in SETTING if k in runs]
-    out = runs.groupby(keys, dropna=False).agg(
-        seeds=("seed", "nunique"),
-        trainable_pct=("trainable_pct", "mean"),
-        **{f"{m}_{stat}": (m, stat) for m in metrics for stat in ("mean", "std")},
-    ).reset_index()
+    out = (
+        runs.groupby(keys, dropna=False)
+        .agg(
+            seeds=("seed", "nunique"),
+            trainable_pct=("trainable_pct", "mean"),
+            **{f"{m}_{stat}": (m, stat) for m in metrics for stat in ("mean", "std")},
+        )
+        .reset_index()
+    )
     for m in metrics:
         out[f"{m}_std"] = out[f"{m}_std"].fillna(0.0)
     return out
