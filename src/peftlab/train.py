@@ -208,6 +208,7 @@ def train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path) ->
             raise RuntimeError(f"{spec.run_id}: adapter reloaded onto the untouched base differs by {reload_diff:.3g} > {RELOAD_TOLERANCE}")
 
     losses = [{"step": e["step"], "loss": e["loss"]} for e in state.log_history if "loss" in e]
+    session_tokens = state.num_input_tokens_seen - tokens_before  # real (non-padding) tokens since start or resume
     record = {
         "run_id": spec.run_id,
         "losses": losses,
@@ -218,8 +219,7 @@ def train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path) ->
         "epochs": state.epoch,
         "examples": len(train_ds),
         "tokens_seen": state.num_input_tokens_seen,
-        "tokens_per_s": (state.num_input_tokens_seen - tokens_before)
-        / max(result.metrics["train_runtime"], 1e-9),  # real tokens, this session
+        "tokens_per_s": session_tokens / max(result.metrics["train_runtime"], 1e-9),
         "trainable_params": trainable,
         "total_params": total_params,
         "trainable_share": trainable / total_params,

@@ -24,7 +24,7 @@ rule model_build:
     conda:
         ENV
     shell:
-        "python -m peftlab.models build --spec {input.spec} --out {output} > {log} 2>&1"
+        "python -m peftlab.models build --spec {input.spec} --out {output} --threads {threads} > {log} 2>&1"
 
 
 rule data_tokenize:
