@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,12 @@ def snakemake(workdir: Path, *args: str, config: Path | None = None) -> subproce
     return subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
 
 
+def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
+    """The 'Job stats' table of a dry run: {rule: count}."""
+    block = (proc.stdout + proc.stderr).split("Job stats:")[1].split("\ntotal")[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, re.M)}
+
+
 def load_test_config() -> dict:
     with open(ROOT / "config" / "test.yaml") as f:
         return yaml.safe_load(f)
@@ -47,17 +54,20 @@ def tiny(tmp_path_factory):
     try:
         raw = load_test_config()
         raw["tasks"]["arith"]["data"]["num_train"] = 600
+        raw["tasks"]["sentiment"]["data"].update(num_train=64, num_eval=16)
         raw["models"]["tiny-llama"]["build"]["pretrain_steps"] = 60
         _, runs, specs = plan(raw)
-        Path("results/raw/arith").mkdir(parents=True)
-        data.generate(TaskSpec.from_dict(specs["raw/arith"]), Path("results/raw/arith"))
+        for task in "arith", "sentiment":
+            Path(f"results/raw/{task}").mkdir(parents=True)
+            data.generate(TaskSpec.from_dict(specs[f"raw/{task}"]), Path(f"results/raw/{task}"))
         model_spec = specs["models/tiny-llama"]
         Path(model_spec["path"]).mkdir(parents=True)
         build_tiny_llama(model_spec, Path(model_spec["path"]))
-        task = TaskSpec.from_dict(specs["data/arith/tiny-llama"]["task"])
-        tok = load_tokenizer(ModelSpec.from_dict(specs["data/arith/tiny-llama"]["model"]))
-        data.tokenize(task, tok, data.load_raw(task)).save_to_disk("results/data/arith/tiny-llama")
-        artifacts.write_json("results/data/arith/tiny-llama/meta.json", {})
+        for key in "arith/tiny-llama", "sentiment/minilm":
+            task = TaskSpec.from_dict(specs[f"data/{key}"]["task"])
+            tok = load_tokenizer(ModelSpec.from_dict(specs[f"data/{key}"]["model"]))
+            data.tokenize(task, tok, data.load_raw(task)).save_to_disk(f"results/data/{key}")
+            artifacts.write_json(f"results/data/{key}/meta.json", {})
     finally:
         os.chdir(cwd)
     return work, runs
@@ -65,14 +75,19 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture
 def in_tiny(tiny, monkeypatch):
-    """Run the test inside the tiny workdir; yields a function giving an arith run's spec for `method`."""
+    """Run the test inside the tiny workdir; yields a function giving a run's spec for `method`.
+
+    `model` picks the test config's arith task on the tiny Llama or its sentiment task on MiniLM.
+    """
     work, runs = tiny
     monkeypatch.chdir(work)
+    base_run = {"tiny-llama": "arith/tiny-llama/lora/r8-s1", "minilm": "sentiment/minilm/lora/r8-s1"}
 
-    def spec(method: str = "lora", **training) -> RunSpec:
-        s = copy.deepcopy(runs["arith/tiny-llama/lora/r8-s1"])
+    def spec(method: str = "lora", model: str = "tiny-llama", options: dict | None = None, **training) -> RunSpec:
+        s = copy.deepcopy(runs[base_run[model]])
         s["peft"]["type"] = method
-        s["run_id"] = f"arith/tiny-llama/{method}/test"
+        s["peft"]["options"] = options or {}
+        s["run_id"] = f"{s['task']['name']}/{model}/{method}/test"
         s["training"].update(training)
         return RunSpec.from_dict(s)
 

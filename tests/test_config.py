@@ -40,7 +40,15 @@ def test_sweep_is_the_product_of_its_axes_and_fills_defaults():
     )
     assert len(table) == 2 * 2 * 3 * 2
     run = table["t/m/dora/r16-s3-lr0.0003"]
-    assert run["peft"] == {"type": "dora", "r": 16, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": None, "options": {}}
+    assert run["peft"] == {
+        "type": "dora",
+        "r": 16,
+        "lora_alpha": 16,
+        "lora_dropout": 0.0,
+        "target_modules": None,
+        "options": {},
+        "loraplus_lr_ratio": 16,
+    }
     assert run["training"]["learning_rate"] == 3e-4 and run["training"]["seed"] == 3
     assert run["training"]["batch_size"] == 16  # schema default
 
@@ -159,6 +167,26 @@ BAD = [
         r"tasks.t.data.generator: unknown generator 'imdb'; allowed: gsm8k_arith, sentiment",
     ),
     ("wandb mode", lambda c: c.update(wandb={"mode": "cloud"}), r"wandb.mode: 'cloud' is not one of \['offline', 'online', 'disabled'\]"),
+    (
+        "target suffix no layer has",
+        lambda c: (c["models"].update(m={"path": "Qwen/Qwen3-1.7B"}), c.update(peft={"target_modules": ["q_proj", "query"]})),
+        r"peft.target_modules: 'query' names no linear layer of the llama family; allowed suffixes: down_proj, gate_proj, k_proj",
+    ),
+    (
+        "target typo, unknown family",
+        lambda c: c["sweep"][0].update(peft={"target_modules": ["qproj"]}),
+        r"sweep\[0\].peft.target_modules: 'qproj' names no linear layer of any known model family; allowed suffixes: .*c_attn",
+    ),
+    (
+        "unknown target preset",
+        lambda c: c.update(peft={"target_modules": "llama-atn"}),
+        r"peft.target_modules: unknown preset 'llama-atn'; allowed: all-linear, llama, llama-attn",
+    ),
+    (
+        "method the task type cannot run",
+        lambda c: c["sweep"][0].update(method="prefix_tuning"),
+        r"sweep\[0\].peft.type: prefix_tuning cannot run on classification task 't': peft 0.21 looks for a `past_key_values`",
+    ),
     (
         "experiment without task",
         lambda c: (c.pop("sweep"), c.update(experiments=[{"name": "x", "model": "m"}])),

@@ -5,12 +5,11 @@ from __future__ import annotations
 import datasets
 import pytest
 import torch
-from peft import get_peft_model
 
 from peftlab import artifacts, data, merge, methods
 from peftlab.models import load_model, load_tokenizer
 from peftlab.spec import TaskSpec
-from peftlab.train import save_adapter, train_subset
+from peftlab.train import train_subset
 
 
 def test_atomic_dir_leaves_nothing_when_the_block_fails(tmp_path):
@@ -46,12 +45,12 @@ def test_train_size_larger_than_the_data_is_an_error():
 @pytest.fixture
 def lora_adapter(in_tiny, tmp_path):
     spec = in_tiny("lora")
-    model = get_peft_model(load_model(spec.model, spec.task), methods.get("lora").build(spec.peft, "CAUSAL_LM"))
+    model = methods.attach(load_model(spec.model, spec.task), spec.peft, methods.Context("CAUSAL_LM", total_steps=1, targets=None))
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.1)
-    save_adapter(model, tmp_path / "adapter")
+    methods.save(model, tmp_path / "adapter")
     load_tokenizer(spec.model).save_pretrained(tmp_path / "adapter")
     return spec, tmp_path / "adapter"
 
@@ -66,7 +65,7 @@ def test_merge_writes_a_checked_model(lora_adapter, tmp_path):
 def test_merge_mismatch_fails_and_leaves_no_merged_model(lora_adapter, tmp_path, monkeypatch):
     spec, adapter = lora_adapter
     monkeypatch.setattr(merge, "TOLERANCE", -1.0)  # any difference, even 0, is now too much
-    with pytest.raises(merge.MergeMismatch, match="merged logits differ"):
+    with pytest.raises(merge.MergeMismatch, match="merged model, reloaded, differs"):
         merge.merge(spec, adapter, tmp_path / "merged")
     assert not (tmp_path / "merged").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["adapter"]

@@ -5,8 +5,6 @@ One module-scoped run (about two minutes on 2 cores); each test reads its output
 
 from __future__ import annotations
 
-import re
-import subprocess
 from dataclasses import replace
 
 import datasets
@@ -17,7 +15,7 @@ import yaml
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from conftest import load_test_config, snakemake
+from conftest import load_test_config, planned_jobs, snakemake
 from peftlab import artifacts
 from peftlab.config import plan
 from peftlab.models import load_model, load_tokenizer
@@ -26,12 +24,6 @@ from peftlab.train import logits, probe_batch
 
 pytestmark = pytest.mark.slow
 RUNS = plan(load_test_config())[1]
-
-
-def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
-    """The 'Job stats' table of a dry run: {rule: count}."""
-    block = (proc.stdout + proc.stderr).split("Job stats:")[1].split("\ntotal")[0]
-    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, re.M)}
 
 
 @pytest.fixture(scope="module")

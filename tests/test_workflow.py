@@ -7,7 +7,7 @@ import subprocess
 import pytest
 import yaml
 
-from conftest import ROOT, snakemake
+from conftest import ROOT, planned_jobs, snakemake
 from peftlab.config import plan
 
 
@@ -31,6 +31,17 @@ def test_every_config_opens_with_its_command_and_validates(path):
         assert f"--configfile config/{path.relative_to(ROOT / 'config')}" in first
     with open(path) as f:
         assert plan(yaml.safe_load(f))[1]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "config").rglob("*.yaml")), ids=lambda p: p.name)
+def test_dry_run_plans_one_training_job_per_run(path, tmp_path):
+    """`snakemake -n --configfile <file>` validates and plans every run of the matrix, once."""
+    with open(path) as f:
+        runs = plan(yaml.safe_load(f))[1]
+    proc = snakemake(tmp_path, "-n", config=path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = planned_jobs(proc)
+    assert jobs["train_run"] == jobs["evaluate_run"] == len(runs)
 
 
 def test_python_code_passes_ruff():

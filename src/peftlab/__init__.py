@@ -2,6 +2,50 @@
 
 Stages, each runnable as `python -m peftlab.<stage>`:
 data (generate, tokenize), models (build), train, evaluate, merge, tables.
+
+`import peftlab` makes the custom methods (sva, ssl, ssb, flora, adapter, bitfit)
+known to peft, so `PeftModel.from_pretrained` loads their adapters. peft itself is
+slow to import (about 10 s), and parsing a config must stay fast, so the
+registration runs when peft is imported, not here.
 """
 
+import importlib.abc
+import importlib.machinery
+import sys
+
 __version__ = "0.1.0"
+
+
+class _RegisterWhenPeftLoads(importlib.abc.MetaPathFinder):
+    """Import hook: once `peft` has finished importing, register peftlab's custom tuners.
+
+    Probes such as `importlib.util.find_spec("peft")` (transformers makes them) also
+    come here; only the spec that is really executed registers and removes the hook.
+    """
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "peft":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return None
+        load = spec.loader.exec_module
+
+        def exec_module(module):
+            load(module)
+            if self in sys.meta_path:
+                sys.meta_path.remove(self)
+            from peftlab.methods import register_custom_tuners
+
+            register_custom_tuners()
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+if "peft" in sys.modules:
+    from peftlab.methods import register_custom_tuners
+
+    register_custom_tuners()
+elif not any(isinstance(f, _RegisterWhenPeftLoads) for f in sys.meta_path):
+    sys.meta_path.insert(0, _RegisterWhenPeftLoads())

@@ -26,6 +26,7 @@ import yaml
 
 from peftlab import methods
 from peftlab.generators import GENERATORS
+from peftlab.methods import targets
 from peftlab.spec import RunSpec
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
@@ -181,6 +182,13 @@ def _check_cell(where: str, cell: dict, cfg: dict) -> None:
     mtype = cell["peft"]["type"]
     if mtype not in methods.METHODS:
         raise ConfigError(f"{where}.peft.type: unknown method {mtype!r}; allowed: {', '.join(sorted(methods.METHODS))}")
+    method, model, task_type = methods.METHODS[mtype], cfg["models"][cell["model"]], cfg["tasks"][cell["task"]]["type"]
+    if task_type in method.unsupported_task_types:
+        raise ConfigError(f"{where}.peft.type: {mtype} cannot run on {task_type} task {cell['task']!r}: {method.not_supported_reason}")
+    try:
+        targets.check(cell["peft"]["target_modules"], model, f"{where}.peft.target_modules")
+    except targets.TargetError as e:
+        raise ConfigError(str(e)) from None
     for axis, path in AXES.items():
         value = cell
         for p in path:

@@ -16,20 +16,23 @@ import math
 
 import datasets
 import torch
-from peft import PeftModel
 from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
 
-from peftlab import artifacts, cli, metrics
+from peftlab import artifacts, cli, methods, metrics
 from peftlab.models import load_model, load_tokenizer
 from peftlab.spec import RunSpec
 
 log = logging.getLogger(__name__)
 
 
-def load_trained(spec: RunSpec, adapter: str):
-    """The untouched base with the adapter loaded, and its tokenizer (right padding)."""
+def load_trained(spec: RunSpec, adapter: str, quantized: bool = True):
+    """The untouched base with the adapter loaded, and its tokenizer (right padding).
+
+    A quantised method (QLoRA) gets its quantised base unless `quantized=False`.
+    """
     tokenizer = load_tokenizer(spec.model)
-    model = PeftModel.from_pretrained(load_model(spec.model, spec.task, tokenizer), adapter)
+    bnb = methods.quantization(spec.peft) if quantized else None
+    model = methods.load(lambda path: load_model(spec.model, spec.task, tokenizer, quantization=bnb, path=path), spec.peft, adapter)
     return model.eval(), tokenizer
 
 

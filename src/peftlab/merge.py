@@ -6,8 +6,13 @@
 
 `merge_and_unload` writes a plain transformers model to merged/. merge_check.json
 gives the largest absolute logit difference between the adapter model and the
-merged model on a fixed batch of eval examples; above 1e-4 the step fails.
-Methods that cannot merge (prompt learning) record why instead of failing.
+merged model *reloaded from merged/*, on a fixed batch of eval examples; above
+1e-4 the step fails and leaves no merged/. Checking the reloaded copy catches
+weights that the architecture's config cannot hold (and so silently drop on load).
+
+Methods that cannot merge (prompt learning, bottleneck adapters) record why
+instead of failing. QLoRA merges into the float32 base (the usual way to ship a
+QLoRA model); `full` fine-tuning is already a plain model and is saved as is.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import datasets
 
 from peftlab import artifacts, cli, methods
 from peftlab.evaluate import load_trained
+from peftlab.models import load_model
 from peftlab.spec import RunSpec
 from peftlab.train import logits, probe_batch
 
@@ -38,21 +44,26 @@ def merge(spec: RunSpec, adapter: str, merged: Path) -> dict:
         if not method.mergeable:
             (tmp / "NOT_MERGED.txt").write_text(method.not_mergeable_reason + "\n")
             return {"run_id": spec.run_id, "mergeable": False, "reason": method.not_mergeable_reason, **prov.record()}
-        model, tokenizer = load_trained(spec, adapter)
+        model, tokenizer = load_trained(spec, adapter, quantized=False)
         probe = probe_batch(datasets.load_from_disk(spec.data_dir)["eval"], tokenizer)
         before = logits(model, probe)
-        plain = model.merge_and_unload()
-        diff = (logits(plain, probe) - before).abs().max().item()
-        if diff > TOLERANCE:  # leaves no merged/ behind
-            raise MergeMismatch(f"{spec.run_id}: merged logits differ from the adapter model's by {diff:.3g} > {TOLERANCE}")
+        plain = model.merge_and_unload() if method.impl else model
+        if fix := methods.hook(method, "after_merge"):
+            fix(plain)
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        del model, plain
+        reloaded = load_model(spec.model, spec.task, tokenizer, path=str(tmp))
+        diff = (logits(reloaded, probe) - before).abs().max().item()
+        if diff > TOLERANCE:  # leaves no merged/ behind
+            raise MergeMismatch(f"{spec.run_id}: the merged model, reloaded, differs from the adapter model by {diff:.3g} > {TOLERANCE}")
     return {
         "run_id": spec.run_id,
         "mergeable": True,
         "max_abs_logit_diff": diff,
         "tolerance": TOLERANCE,
         "probe_examples": int(probe["input_ids"].shape[0]),
+        "base": "float32 (trained on a quantised base)" if method.quantized else "as trained",
         **prov.record(),
     }
 

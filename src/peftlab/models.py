@@ -43,15 +43,20 @@ def load_tokenizer(model: ModelSpec):
     return tok
 
 
-def load_model(model: ModelSpec, task: TaskSpec, tokenizer=None):
-    """An untouched base model with the head the task needs, in float32."""
-    path = resolve_path(model.path)
+def load_model(model: ModelSpec, task: TaskSpec, tokenizer=None, *, quantization=None, path: str | None = None):
+    """An untouched base model with the head the task needs, in float32.
+
+    `quantization` (a BitsAndBytesConfig) loads the base quantised (QLoRA); `path`
+    loads another folder of the same architecture (a fully fine-tuned model).
+    """
+    path = path or resolve_path(model.path)
+    kwargs = {"dtype": torch.float32, "quantization_config": quantization} if quantization else {"dtype": torch.float32}
     if task.type == "classification":
-        m = AutoModelForSequenceClassification.from_pretrained(path, num_labels=task.num_labels, dtype=torch.float32)
+        m = AutoModelForSequenceClassification.from_pretrained(path, num_labels=task.num_labels, **kwargs)
         if m.config.pad_token_id is None and tokenizer is not None:
             m.config.pad_token_id = tokenizer.pad_token_id
         return m
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
 
 
 def peft_task_type(task: TaskSpec) -> str:

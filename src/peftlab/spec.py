@@ -57,6 +57,7 @@ class PeftSpec(_Strict):
     lora_dropout: float
     target_modules: str | list[str] | None
     options: dict[str, Any]
+    loraplus_lr_ratio: float = 16.0  # lora_plus: B's learning rate / A's
 
 
 @dataclass(frozen=True)

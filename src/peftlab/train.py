@@ -16,20 +16,21 @@ before it reruns a failed job).
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import os
 import shutil
 from pathlib import Path
 
 import datasets
-import safetensors.torch
 import torch
 import transformers
-from peft import PeftModel, get_peft_model, get_peft_model_state_dict
 from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
 from peftlab import artifacts, cli, methods
+from peftlab.methods import targets
 from peftlab.models import load_model, load_tokenizer, peft_task_type
 from peftlab.spec import RunSpec, TaskSpec, WandbSpec
 
@@ -53,13 +54,21 @@ class SeededLengthGroupedSampler(LengthGroupedSampler):
 
 
 class Trainer(transformers.Trainer):
-    def __init__(self, *args, lengths: list[int], **kwargs):
+    """The transformers Trainer with a seeded length-grouped order and the method's own optimizer (LoRA+)."""
+
+    def __init__(self, *args, lengths: list[int], make_optimizer=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.lengths = lengths
+        self.lengths, self.make_optimizer = lengths, make_optimizer
 
     def _get_train_sampler(self, train_dataset=None):
         mega_batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
         return SeededLengthGroupedSampler(mega_batch, self.lengths, self.args.seed)
+
+    def create_optimizer(self, model=None):
+        if self.make_optimizer is None or self.optimizer is not None:
+            return super().create_optimizer(model)
+        self.optimizer = self.make_optimizer(self.model, self.args)
+        return self.optimizer
 
 
 def train_subset(ds: datasets.Dataset, size: int | None, seed: int) -> datasets.Dataset:
@@ -100,25 +109,6 @@ def logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return model(**batch).logits.float()
 
 
-def save_adapter(model: PeftModel, folder: Path, initial: Path | None = None) -> None:
-    """Save in peft's format; with `initial`, convert so the adapter applies to the untouched base.
-
-    Methods that change the base weights at init (PiSSA, OLoRA) save Delta = BA - B0A0
-    as a plain LoRA adapter of rank 2r. peft 0.21 drops every non-LoRA tensor in that
-    conversion (modules_to_save, e.g. a classification head), so they are put back.
-    """
-    if initial is None:
-        model.save_pretrained(folder)
-        return
-    model.save_pretrained(folder, path_initial_model_for_weight_conversion=str(initial))
-    weights = folder / "adapter_model.safetensors"
-    converted = safetensors.torch.load_file(weights)
-    for key, value in get_peft_model_state_dict(model).items():
-        if key not in converted and "lora_" not in key:
-            converted[key] = value.detach().cpu().contiguous()
-    safetensors.torch.save_file(converted, weights, metadata={"format": "pt"})
-
-
 def configure_wandb(w: WandbSpec) -> list[str]:
     """The Trainer's report_to list; wandb settings go through its environment variables."""
     if w.mode == "disabled":
@@ -132,6 +122,14 @@ def configure_wandb(w: WandbSpec) -> list[str]:
     return ["wandb"]
 
 
+def total_steps(t, examples: int, world_size: int = 1) -> int:
+    """Optimiser steps the run will take, as the Trainer counts them (AdaLoRA schedules its budget over these)."""
+    if t.max_steps:
+        return t.max_steps
+    batches = math.ceil(examples / (t.batch_size * world_size))
+    return math.ceil(t.epochs * max(math.ceil(batches / t.grad_accum), 1))
+
+
 def train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path) -> dict:
     """Train the run described by `spec`; write the adapter folder, then the record JSON."""
     prov = artifacts.Provenance(spec.to_dict())
@@ -143,9 +141,15 @@ def train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path) ->
     data = datasets.load_from_disk(spec.data_dir)
     train_ds = train_subset(data["train"], t.train_size, t.data_seed)
     tokenizer = load_tokenizer(spec.model)
-    base = load_model(spec.model, task, tokenizer)
+    bnb = methods.quantization(spec.peft)
+    base = load_model(spec.model, task, tokenizer, quantization=bnb)
     total_params = sum(x.numel() for x in base.parameters())
-    model = get_peft_model(base, method.build(spec.peft, peft_task_type(task)))
+    ctx = methods.Context(
+        task_type=peft_task_type(task),
+        total_steps=total_steps(t, len(train_ds)),
+        targets=targets.resolve(base, spec.peft.target_modules, method.default_targets),
+    )
+    model = methods.attach(base, spec.peft, ctx)
     trainable = sum(x.numel() for x in model.parameters() if x.requires_grad)
     checkpoints.mkdir(parents=True, exist_ok=True)
     initial = checkpoints / "initial_adapter"
@@ -184,6 +188,8 @@ def train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path) ->
         data_collator=collator(task, tokenizer),
         processing_class=tokenizer,
         lengths=train_ds["length"],
+        callbacks=callbacks(model) if (callbacks := methods.hook(method, "callbacks")) else None,
+        make_optimizer=functools.partial(optimizer, p=spec.peft) if (optimizer := methods.hook(method, "optimizer")) else None,
     )
     resume = last_checkpoint(checkpoints)
     tokens_before = 0
@@ -197,11 +203,11 @@ def train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path) ->
     probe = probe_batch(data["eval"], tokenizer)
     trained_logits = logits(model, probe)
     with artifacts.atomic_dir(adapter) as tmp:
-        save_adapter(model, tmp, initial if method.init_changes_base else None)
+        methods.save(model, tmp, initial if method.init_changes_base else None)
         tokenizer.save_pretrained(tmp)
     reload_diff = None
     if t.check_reload:
-        reloaded = PeftModel.from_pretrained(load_model(spec.model, task, tokenizer), adapter)
+        reloaded = methods.load(lambda path: load_model(spec.model, task, tokenizer, quantization=bnb, path=path), spec.peft, adapter)
         reload_diff = (logits(reloaded, probe) - trained_logits).abs().max().item()
         if reload_diff > RELOAD_TOLERANCE:
             shutil.rmtree(adapter)

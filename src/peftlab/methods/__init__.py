@@ -1,39 +1,192 @@
-"""Method registry: a config's `peft.type` -> how to build its peft config.
+"""Method registry: a config's `peft.type` -> how to attach, save and reload that method.
 
-Adding a method is one entry here (or one file in this package that calls
-`register`) and one row in tests/test_methods.py.
+`METHODS` is the one table of every method: its name, one line of math, where it
+comes from (peft, custom, baseline), whether it merges, and `impl`, the
+`module:function` that builds its peft config. The table is plain data, so
+parsing a config (every Snakemake start) never imports peft or torch.
+
+Adding a peft method: one row here and one row in tests/test_methods.py.
+Adding a custom method: one file in this package (a tuner built on
+`peftlab.methods.tuner`, plus its `build` function), one row here, one test row.
+
+The functions below are what the stages call: `attach` (base model -> trainable
+model), `save` (in peft's format, converted so it applies to the untouched base),
+`load` (untouched base + saved adapter), `quantization` (QLoRA's base).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # peft is imported inside the builders: parsing a config (every Snakemake start) stays fast
-    from peft import PeftConfig
-
+if TYPE_CHECKING:
     from peftlab.spec import PeftSpec
 
 
 @dataclass(frozen=True)
 class Method:
     name: str
-    build: Callable[["PeftSpec", str], "PeftConfig"]  # (the run's peft spec, peft task type) -> config
     math: str  # one line for the README's methods table
-    uses_rank: bool = True
-    init_changes_base: bool = False  # saved adapters must be converted to apply to the untouched base
+    source: str  # peft | custom | baseline
+    impl: str | None  # "module:function" building the peft config from (PeftSpec, Context, **fixed); None: no adapter (full)
+    fixed: dict[str, Any] = field(default_factory=dict)  # keyword arguments the method always passes to its builder
+    uses_rank: bool = True  # the run id carries r<rank>
+    init_changes_base: bool = False  # saved adapters are converted to apply to the untouched base
     mergeable: bool = True
     not_mergeable_reason: str = ""
+    after_init: str | None = None  # "module:function"(peft_model): re-initialise after peft built the layers (MiLoRA)
+    optimizer: str | None = None  # "module:function"(model, TrainingArguments, PeftSpec) -> optimizer (LoRA+)
+    callbacks: str | None = None  # "module:function"(model) -> [TrainerCallback] (AdaLoRA's rank budget)
+    after_merge: str | None = None  # "module:function"(merged model): fit its config to what merging added (BitFit's new biases)
+    quantized: bool = False  # the base is loaded quantised through bitsandbytes (QLoRA)
+    unsupported_task_types: tuple[str, ...] = ()  # task types it cannot run on, rejected at parse time; see not_supported_reason
+    not_supported_reason: str = ""
+    default_targets: str | None = None  # target_modules when the config says null; None: peft's default for the architecture
 
 
-METHODS: dict[str, Method] = {}
+@dataclass(frozen=True)
+class Context:
+    """What a builder needs beyond the peft spec: known only once the model and data are loaded."""
+
+    task_type: str  # peft task type: SEQ_CLS | CAUSAL_LM
+    total_steps: int  # optimiser steps of the run (AdaLoRA's schedule)
+    targets: list[str] | None  # resolved target modules; None: the method's default for the architecture
 
 
-def register(method: Method) -> Method:
-    if method.name in METHODS:
-        raise ValueError(f"method {method.name!r} is registered twice")
-    METHODS[method.name] = method
-    return method
+_PEFT = "peftlab.methods.peft_builtin"
+_NO_WEIGHTS = "prompt learning adds virtual tokens or prefixes, not weight deltas; there is nothing to merge"
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in [
+        # --- from peft, configured
+        Method("lora", "W' = W + (α/r) B A, A ∈ R^{r×k}, B ∈ R^{d×r}, B₀ = 0", "peft", f"{_PEFT}:lora"),
+        Method("dora", "W' = m ⊙ (W + B A) / ‖W + B A‖_col, magnitude m trained", "peft", f"{_PEFT}:lora", {"use_dora": True}),
+        Method("rslora", "W' = W + (α/√r) B A: rank-stabilised scaling", "peft", f"{_PEFT}:lora", {"use_rslora": True}),
+        Method(
+            "pissa",
+            "W = W_res + B A, B A from the top-r singular triplets of W; train A, B",
+            "peft",
+            f"{_PEFT}:lora",
+            {"init_lora_weights": "pissa"},
+            init_changes_base=True,
+        ),
+        Method(
+            "olora",
+            "W = W_res + B A, B A from a QR decomposition of W; train A, B",
+            "peft",
+            f"{_PEFT}:lora",
+            {"init_lora_weights": "olora"},
+            init_changes_base=True,
+        ),
+        Method(
+            "adalora",
+            "W' = W + P Λ Q, SVD-shaped; the rank budget is pruned by importance during training",
+            "peft",
+            f"{_PEFT}:adalora",
+            callbacks=f"{_PEFT}:adalora_callbacks",
+        ),
+        Method("vera", "W' = W + Λ_b B Λ_d A, A, B random, frozen and shared; train vectors b, d", "peft", f"{_PEFT}:vera"),
+        Method(
+            "lora_plus",
+            "LoRA with B's learning rate = loraplus_lr_ratio × A's",
+            "peft",
+            f"{_PEFT}:lora",
+            optimizer=f"{_PEFT}:loraplus_optimizer",
+        ),
+        Method("miss", "W' = W + expand(D): one trainable r×d block per layer, tiled over W (MiSS)", "peft", f"{_PEFT}:miss"),
+        Method("ia3", "h' = l ⊙ h: learned vectors scale keys, values and the FFN input", "peft", f"{_PEFT}:ia3", uses_rank=False),
+        Method("loha", "W' = W + (B₁A₁) ⊙ (B₂A₂): Hadamard product of two low-rank pairs", "peft", f"{_PEFT}:loha"),
+        Method("lokr", "W' = W + C ⊗ (B A): Kronecker product with a low-rank factor", "peft", f"{_PEFT}:lokr"),
+        Method("oft", "W' = R W, R block-diagonal orthogonal (Cayley), R₀ = I", "peft", f"{_PEFT}:oft", uses_rank=False),
+        Method("boft", "W' = (Π_i B_i) W: butterfly product of orthogonal blocks", "peft", f"{_PEFT}:boft", uses_rank=False),
+        Method("fourierft", "ΔW = α · IDFT2(c at n fixed random frequencies); train c", "peft", f"{_PEFT}:fourierft", uses_rank=False),
+        Method(
+            "prefix_tuning",
+            "[P_k; K], [P_v; V]: trainable key/value prefixes in every layer",
+            "peft",
+            f"{_PEFT}:prefix_tuning",
+            uses_rank=False,
+            mergeable=False,
+            not_mergeable_reason=_NO_WEIGHTS,
+            unsupported_task_types=("classification",),
+            not_supported_reason="peft 0.21 looks for a `past_key_values` argument on sequence classifiers, which transformers 5 renamed `cache`",
+        ),
+        Method(
+            "prompt_tuning",
+            "[P; X]: n trainable virtual-token embeddings prepended to the input",
+            "peft",
+            f"{_PEFT}:prompt_tuning",
+            uses_rank=False,
+            mergeable=False,
+            not_mergeable_reason=_NO_WEIGHTS,
+        ),
+        Method(
+            "p_tuning",
+            "[MLP(P); X]: virtual tokens produced by a trainable prompt encoder",
+            "peft",
+            f"{_PEFT}:p_tuning",
+            uses_rank=False,
+            mergeable=False,
+            not_mergeable_reason=_NO_WEIGHTS,
+        ),
+        Method(
+            "qlora",
+            "LoRA over a 4-bit NF4 base with double quantisation (options.bits: 8 for int8)",
+            "peft",
+            f"{_PEFT}:qlora",
+            quantized=True,
+        ),
+        # --- custom: peft lacks them; each is one file here, registered into peft
+        Method(
+            "milora",
+            "W = W_res + B A, B = U_r √Σ_r, A = √Σ_r V_rᵀ over the r smallest singular triplets",
+            "custom",
+            "peftlab.methods.milora:build",
+            init_changes_base=True,
+            after_init="peftlab.methods.milora:initialise",
+        ),
+        Method("sva", "W' = W + U_r diag(δ) V_rᵀ over the top-r singular triplets; train δ, δ₀ = 0", "custom", "peftlab.methods.sva:build"),
+        Method("ssl", "W' = D₁ W, D₁ diagonal, D₁₀ = I (subspace scaling, left)", "custom", "peftlab.methods.ssl:build", uses_rank=False),
+        Method(
+            "ssb",
+            "W' = D₁ W D₂, D₁, D₂ diagonal, = I at init (subspace scaling, both sides)",
+            "custom",
+            "peftlab.methods.ssb:build",
+            uses_rank=False,
+        ),
+        Method("flora", "ΔW = (α/r) A M B, trainable core M ∈ R^{r×r}, M₀ = 0 (FLoRA)", "custom", "peftlab.methods.flora:build"),
+        Method(
+            "adapter",
+            "h' = h + W_up σ(W_down h) after attention and MLP blocks (Houlsby), W_up₀ = 0",
+            "custom",
+            "peftlab.methods.adapter:build",
+            uses_rank=False,
+            mergeable=False,
+            not_mergeable_reason="a bottleneck adapter is a nonlinear function of h; it is not a weight delta",
+        ),
+        # --- baselines
+        Method("full", "W' = W + ΔW, every weight trained", "baseline", None, uses_rank=False),
+        Method(
+            "bitfit",
+            "b' = b + δ, biases of the targeted linear layers only (added as zeros where missing)",
+            "baseline",
+            "peftlab.methods.bitfit:build",
+            uses_rank=False,
+            default_targets="all-linear",
+            after_merge="peftlab.methods.bitfit:declare_biases",
+        ),
+    ]
+}
+CUSTOM_TUNERS = [
+    "peftlab.methods.sva",
+    "peftlab.methods.ssl",
+    "peftlab.methods.ssb",
+    "peftlab.methods.flora",
+    "peftlab.methods.adapter",
+    "peftlab.methods.bitfit",
+]
 
 
 def get(name: str) -> Method:
@@ -43,46 +196,89 @@ def get(name: str) -> Method:
         raise KeyError(f"unknown method {name!r}; allowed: {', '.join(sorted(METHODS))}") from None
 
 
-def _lora(**fixed):
-    def build(p: PeftSpec, task_type: str):
-        from peft import LoraConfig
-
-        kwargs = dict(r=p.r, lora_alpha=p.lora_alpha, lora_dropout=p.lora_dropout, target_modules=p.target_modules, task_type=task_type)
-        return LoraConfig(**{**kwargs, **fixed, **p.options})
-
-    return build
+def _resolve(ref: str):
+    module, function = ref.split(":")
+    return getattr(importlib.import_module(module), function)
 
 
-def _ia3(p: PeftSpec, task_type: str):
-    from peft import IA3Config
-
-    return IA3Config(target_modules=p.target_modules, task_type=task_type, **p.options)
-
-
-def _prompt_tuning(p: PeftSpec, task_type: str):
-    from peft import PromptTuningConfig
-
-    return PromptTuningConfig(task_type=task_type, **{"num_virtual_tokens": 8, **p.options})
+def hook(method: Method, name: str):
+    """The method's optional hook `name` (after_init, optimizer, callbacks, after_merge) as a callable, or None."""
+    ref = getattr(method, name)
+    return _resolve(ref) if ref else None
 
 
-register(Method("lora", _lora(), "W' = W + (alpha/r) B A, A in R^{r x k}, B in R^{d x r}, B0 = 0"))
-register(Method("dora", _lora(use_dora=True), "W' = m * (W + B A) / ||W + B A||_col, magnitude m trained"))
-register(
-    Method(
-        "pissa",
-        _lora(init_lora_weights="pissa"),
-        "W = W_res + B A with B A from the top-r singular triplets of W; train A, B",
-        init_changes_base=True,
-    )
-)
-register(Method("ia3", _ia3, "h' = l * h, a learned vector l scales keys, values and FFN activations", uses_rank=False))
-register(
-    Method(
-        "prompt_tuning",
-        _prompt_tuning,
-        "[P; X]: n trainable virtual-token embeddings P prepended to the input",
-        uses_rank=False,
-        mergeable=False,
-        not_mergeable_reason="prompt learning adds virtual tokens, not weight deltas; there is nothing to merge",
-    )
-)
+def register_custom_tuners() -> None:
+    """Register every custom tuner with peft, so `PeftModel.from_pretrained` loads their adapters.
+
+    Runs when peft is first imported after `import peftlab` (see peftlab/__init__.py).
+    """
+    for module in CUSTOM_TUNERS:
+        importlib.import_module(module)
+
+
+def peft_config(spec: PeftSpec, ctx: Context):
+    """The peft config of a run, or None for full fine-tuning."""
+    method = get(spec.type)
+    return _resolve(method.impl)(spec, ctx, **method.fixed) if method.impl else None
+
+
+def quantization(spec: PeftSpec):
+    """BitsAndBytesConfig of a quantised method's base (QLoRA), else None."""
+    if not get(spec.type).quantized:
+        return None
+    from peftlab.methods.peft_builtin import bnb_config
+
+    return bnb_config(spec)
+
+
+def attach(base, spec: PeftSpec, ctx: Context):
+    """Base model -> the model to train: a PeftModel, or the base itself with every weight trainable (full)."""
+    method = get(spec.type)
+    config = peft_config(spec, ctx)
+    if config is None:
+        base.requires_grad_(True)
+        return base
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if method.quantized:
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+    model = get_peft_model(base, config)
+    if init := hook(method, "after_init"):
+        init(model)
+    return model
+
+
+def save(model, folder: Path, initial: Path | None = None) -> None:
+    """Save in peft's format (a full model for `full`).
+
+    With `initial` (the adapter as initialised, for methods whose init changes the
+    base: PiSSA, OLoRA, MiLoRA), save Delta = BA - B0A0 as a plain rank-2r LoRA that
+    applies to the untouched base. peft 0.21 drops every non-LoRA tensor in that
+    conversion (modules_to_save, e.g. a classification head), so they are put back.
+    """
+    from peft import PeftModel, get_peft_model_state_dict
+
+    if not isinstance(model, PeftModel) or initial is None:
+        model.save_pretrained(folder)
+        return
+    import safetensors.torch
+
+    model.save_pretrained(folder, path_initial_model_for_weight_conversion=str(initial))
+    weights = Path(folder) / "adapter_model.safetensors"
+    converted = safetensors.torch.load_file(weights)
+    for key, value in get_peft_model_state_dict(model).items():
+        if key not in converted and "lora_" not in key:
+            converted[key] = value.detach().cpu().contiguous()
+    safetensors.torch.save_file(converted, weights, metadata={"format": "pt"})
+
+
+def load(base_loader, spec: PeftSpec, folder: str | Path):
+    """The trained model: `base_loader(path)` gives an untouched base; the adapter in `folder` goes on top.
+
+    For `full`, `folder` holds the whole trained model and is loaded as the base.
+    """
+    if get(spec.type).impl is None:
+        return base_loader(str(folder))
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base_loader(None), folder)
