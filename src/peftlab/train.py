@@ -143,7 +143,7 @@ def train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path) ->
     tokenizer = load_tokenizer(spec.model)
     bnb = methods.quantization(spec.peft)
     base = load_model(spec.model, task, tokenizer, quantization=bnb)
-    total_params = sum(x.numel() for x in base.parameters())
+    total_params = base.num_parameters()  # counts a 4-bit base's packed weights as the parameters they hold
     ctx = methods.Context(
         task_type=peft_task_type(task),
         total_steps=total_steps(t, len(train_ds)),
