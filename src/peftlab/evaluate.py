@@ -19,7 +19,7 @@ import torch
 from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
 
 from peftlab import artifacts, cli, methods, metrics
-from peftlab.models import load_model, load_tokenizer
+from peftlab.models import load_tokenizer
 from peftlab.spec import RunSpec
 
 log = logging.getLogger(__name__)
@@ -31,9 +31,7 @@ def load_trained(spec: RunSpec, adapter: str, quantized: bool = True):
     A quantised method (QLoRA) gets its quantised base unless `quantized=False`.
     """
     tokenizer = load_tokenizer(spec.model)
-    bnb = methods.quantization(spec.peft) if quantized else None
-    model = methods.load(lambda path: load_model(spec.model, spec.task, tokenizer, quantization=bnb, path=path), spec.peft, adapter)
-    return model.eval(), tokenizer
+    return methods.load(spec, adapter, tokenizer, quantized).eval(), tokenizer
 
 
 def batches(ds: datasets.Dataset, size: int):

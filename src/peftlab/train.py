@@ -141,8 +141,7 @@ def train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path) ->
     data = datasets.load_from_disk(spec.data_dir)
     train_ds = train_subset(data["train"], t.train_size, t.data_seed)
     tokenizer = load_tokenizer(spec.model)
-    bnb = methods.quantization(spec.peft)
-    base = load_model(spec.model, task, tokenizer, quantization=bnb)
+    base = load_model(spec.model, task, tokenizer, quantization=methods.quantization(spec.peft))
     total_params = base.num_parameters()  # counts a 4-bit base's packed weights as the parameters they hold
     ctx = methods.Context(
         task_type=peft_task_type(task),
@@ -207,7 +206,7 @@ def train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path) ->
         tokenizer.save_pretrained(tmp)
     reload_diff = None
     if t.check_reload:
-        reloaded = methods.load(lambda path: load_model(spec.model, task, tokenizer, quantization=bnb, path=path), spec.peft, adapter)
+        reloaded = methods.load(spec, adapter, tokenizer)
         reload_diff = (logits(reloaded, probe) - trained_logits).abs().max().item()
         if reload_diff > RELOAD_TOLERANCE:
             shutil.rmtree(adapter)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from peftlab.spec import PeftSpec
+    from peftlab.spec import PeftSpec, RunSpec
 
 
 @dataclass(frozen=True)
@@ -272,13 +272,17 @@ def save(model, folder: Path, initial: Path | None = None) -> None:
     safetensors.torch.save_file(converted, weights, metadata={"format": "pt"})
 
 
-def load(base_loader, spec: PeftSpec, folder: str | Path):
-    """The trained model: `base_loader(path)` gives an untouched base; the adapter in `folder` goes on top.
+def load(spec: RunSpec, folder: str | Path, tokenizer=None, quantized: bool = True):
+    """The trained model of a run: its untouched base with the saved adapter in `folder` on top.
 
-    For `full`, `folder` holds the whole trained model and is loaded as the base.
+    For `full`, `folder` holds the whole trained model. A quantised method (QLoRA)
+    gets its quantised base unless `quantized=False` (merging uses float32).
     """
-    if get(spec.type).impl is None:
-        return base_loader(str(folder))
+    from peftlab.models import load_model
+
+    bnb = quantization(spec.peft) if quantized else None
+    if get(spec.peft.type).impl is None:
+        return load_model(spec.model, spec.task, tokenizer, quantization=bnb, path=str(folder))
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(base_loader(None), folder)
+    return PeftModel.from_pretrained(load_model(spec.model, spec.task, tokenizer, quantization=bnb), folder)
