@@ -54,7 +54,6 @@ class Row:
     lr: float = 1e-2
 
 
-H = lambda d: d.hidden  # noqa: E731
 ROWS = {
     "lora": Row(lora_like),
     "dora": Row(lambda d: lora_like(d) + d.layers * 2 * d.hidden),  # + a magnitude per output feature

@@ -179,14 +179,6 @@ METHODS: dict[str, Method] = {
         ),
     ]
 }
-CUSTOM_TUNERS = [
-    "peftlab.methods.sva",
-    "peftlab.methods.ssl",
-    "peftlab.methods.ssb",
-    "peftlab.methods.flora",
-    "peftlab.methods.adapter",
-    "peftlab.methods.bitfit",
-]
 
 
 def get(name: str) -> Method:
@@ -211,8 +203,9 @@ def register_custom_tuners() -> None:
     """Register every custom tuner with peft, so `PeftModel.from_pretrained` loads their adapters.
 
     Runs when peft is first imported after `import peftlab` (see peftlab/__init__.py).
+    Importing a method's module registers its tuner.
     """
-    for module in CUSTOM_TUNERS:
+    for module in sorted({m.impl.split(":")[0] for m in METHODS.values() if m.source != "peft" and m.impl}):
         importlib.import_module(module)
 
 
