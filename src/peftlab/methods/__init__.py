@@ -180,6 +180,11 @@ METHODS: dict[str, Method] = {
     ]
 }
 
+# Modules that define a peft tuner, imported when peft loads. Only these: this runs while peft
+# (and possibly transformers) is still importing, and a module such as milora -> peft_builtin,
+# which imports transformers' Trainer classes, then fails on a partially initialised transformers.
+CUSTOM_TUNERS = [f"peftlab.methods.{name}" for name in ("sva", "ssl", "ssb", "flora", "adapter", "bitfit")]
+
 
 def get(name: str) -> Method:
     try:
@@ -203,9 +208,9 @@ def register_custom_tuners() -> None:
     """Register every custom tuner with peft, so `PeftModel.from_pretrained` loads their adapters.
 
     Runs when peft is first imported after `import peftlab` (see peftlab/__init__.py).
-    Importing a method's module registers its tuner.
+    Importing a tuner's module registers it.
     """
-    for module in sorted({m.impl.split(":")[0] for m in METHODS.values() if m.source != "peft" and m.impl}):
+    for module in CUSTOM_TUNERS:
         importlib.import_module(module)
 
 
