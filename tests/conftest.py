@@ -56,14 +56,18 @@ def tiny(tmp_path_factory):
         raw["tasks"]["arith"]["data"]["num_train"] = 600
         raw["tasks"]["sentiment"]["data"].update(num_train=64, num_eval=16)
         raw["models"]["tiny-llama"]["build"]["pretrain_steps"] = 60
-        _, runs, specs = plan(raw)
+        _, runs, specs, _ = plan(raw)
         for task in "arith", "sentiment":
             Path(f"results/raw/{task}").mkdir(parents=True)
             data.generate(TaskSpec.from_dict(specs[f"raw/{task}"]), Path(f"results/raw/{task}"))
         model_spec = specs["models/tiny-llama"]
         Path(model_spec["path"]).mkdir(parents=True)
         build_tiny_llama(model_spec, Path(model_spec["path"]))
-        for key in "arith/tiny-llama", "sentiment/minilm":
+        specs["data/sentiment/tiny-llama"] = {
+            "task": specs["data/sentiment/minilm"]["task"],
+            "model": specs["data/arith/tiny-llama"]["model"],
+        }
+        for key in "arith/tiny-llama", "sentiment/minilm", "sentiment/tiny-llama":
             task = TaskSpec.from_dict(specs[f"data/{key}"]["task"])
             tok = load_tokenizer(ModelSpec.from_dict(specs[f"data/{key}"]["model"]))
             data.tokenize(task, tok, data.load_raw(task)).save_to_disk(f"results/data/{key}")
@@ -77,14 +81,18 @@ def tiny(tmp_path_factory):
 def in_tiny(tiny, monkeypatch):
     """Run the test inside the tiny workdir; yields a function giving a run's spec for `method`.
 
-    `model` picks the test config's arith task on the tiny Llama or its sentiment task on MiniLM.
+    `model` picks the test config's arith task on the tiny Llama or its sentiment task on
+    MiniLM; `task="sentiment"` puts the tiny Llama on sentiment (no dropout anywhere).
     """
     work, runs = tiny
     monkeypatch.chdir(work)
     base_run = {"tiny-llama": "arith/tiny-llama/lora/r8-s1", "minilm": "sentiment/minilm/lora/r8-s1"}
 
-    def spec(method: str = "lora", model: str = "tiny-llama", options: dict | None = None, **training) -> RunSpec:
+    def spec(method: str = "lora", model: str = "tiny-llama", options: dict | None = None, task: str | None = None, **training) -> RunSpec:
         s = copy.deepcopy(runs[base_run[model]])
+        if task is not None and task != s["task"]["name"]:
+            s["task"] = copy.deepcopy(next(r["task"] for r in runs.values() if r["task"]["name"] == task))
+            s["data_dir"] = f"results/data/{task}/{model}"
         s["peft"]["type"] = method
         s["peft"]["options"] = options or {}
         s["run_id"] = f"{s['task']['name']}/{model}/{method}/test"

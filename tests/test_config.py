@@ -9,6 +9,7 @@ import yaml
 
 from conftest import ROOT, load_test_config, snakemake
 from peftlab.config import ConfigError, expand_matrix, load_config, plan
+from peftlab.launch import PRESETS, Resources
 from peftlab.spec import RunSpec
 
 TASKS = {"t": {"type": "classification", "data": {"generator": "sentiment"}}}
@@ -25,7 +26,7 @@ def runs(raw: dict) -> dict:
 
 def test_default_config_expands_to_16_runs_with_readable_ids():
     with open(ROOT / "config" / "config.yaml") as f:
-        _, table, specs = plan(yaml.safe_load(f))
+        _, table, specs, _ = plan(yaml.safe_load(f))
     assert len(table) == 16
     assert "sentiment/minilm/lora/r8-s1" in table and "arith/tiny-llama/ia3/s2" in table
     assert table["sentiment/minilm/pissa/r8-s2"]["peft"]["type"] == "pissa"
@@ -188,6 +189,27 @@ BAD = [
         r"sweep\[0\].peft.type: prefix_tuning cannot run on classification task 't': peft 0.21 looks for a `past_key_values`",
     ),
     (
+        "unknown resources preset",
+        lambda c: c["models"]["m"].update(resources="8gpu"),
+        r"models.m.resources: unknown preset '8gpu'; allowed: tiny, cpu, 1gpu, 4gpu, 2x4gpu$",
+    ),
+    (
+        "unknown resources key",
+        lambda c: c["sweep"][0].update(resources={"gpu": 2}),
+        r"sweep\[0\].resources: unknown key\(s\) 'gpu'; allowed: constraint, cpus_per_gpu, gpu_model, gpus, mem_mb, nodes",
+    ),
+    ("negative gpus", lambda c: c.update(resources={"gpus": -1}), r"resources.gpus: -1 is less than the minimum of 0"),
+    (
+        "site preset over an unknown one",
+        lambda c: c.update(resource_presets={"big": {"preset": "huge"}}),
+        r"resource_presets: unknown preset 'huge'; allowed: tiny, cpu, 1gpu, 4gpu, 2x4gpu$",
+    ),
+    (
+        "train_size above the generated examples",
+        lambda c: c["sweep"][0].update(train_size=[100, 5000]),
+        r"sweep\[0\].train_size: 5000 is more than the 2000 training examples task 't' generates \(data.num_train\)",
+    ),
+    (
         "experiment without task",
         lambda c: (c.pop("sweep"), c.update(experiments=[{"name": "x", "model": "m"}])),
         r"experiments\[0\].task: required; set it here or in base",
@@ -223,3 +245,36 @@ def test_spec_files_are_read_strictly():
     del spec["training"]["sed"], spec["peft"]["r"]
     with pytest.raises(ValueError, match=r"PeftSpec: unknown keys \[\], missing keys \['r'\]"):
         RunSpec.from_dict(spec)
+
+
+def test_resources_come_from_the_config_top_model_then_block():
+    raw = cfg(
+        models={"m": {"path": "some/hub-id", "resources": "1gpu"}, "small": {"path": "other/id"}},
+        resources={"mem_mb": 1000, "partition": "short"},
+        resource_presets={"h100x8": {"gpus": 8, "cpus_per_gpu": 12, "gpu_model": "h100"}},
+        sweep=[
+            {"task": "t", "model": ["m", "small"], "seed": 1},
+            {"task": "t", "model": "m", "seed": 2, "resources": {"nodes": 2, "runtime": 30}},
+            {"task": "t", "model": "m", "seed": 3, "resources": "h100x8"},
+        ],
+    )
+    p = plan(raw)
+    assert p.resources["t/m/lora/r8-s1"] == PRESETS["1gpu"]  # the model's preset replaces the top level
+    assert p.resources["t/small/lora/r8-s1"] == Resources(mem_mb=1000, partition="short")
+    assert p.resources["t/m/lora/r8-s2"] == Resources(gpus=1, nodes=2, cpus_per_gpu=8, mem_mb=64000, runtime=30)
+    assert p.resources["t/m/lora/r8-s3"] == Resources(gpus=8, cpus_per_gpu=12, gpu_model="h100")
+    # the spec (which reruns a run when it changes) holds the world size only, which sets the global batch
+    assert [p.runs[r]["world_size"] for r in ("t/m/lora/r8-s1", "t/small/lora/r8-s1", "t/m/lora/r8-s2", "t/m/lora/r8-s3")] == [1, 1, 2, 8]
+    raw["resources"]["mem_mb"], raw["resources"]["partition"] = 2000, "long"
+    assert plan(raw).runs == p.runs
+
+
+def test_experiment_resources_override_base():
+    raw = cfg(
+        base={"task": "t", "model": "m", "resources": {"preset": "4gpu", "runtime": 10}},
+        experiments=[{"name": "a"}, {"name": "b", "resources": {"gpus": 2}}, {"name": "c", "resources": "tiny"}],
+    )
+    r = plan(raw).resources
+    assert (r["t/m/a"].gpus, r["t/m/a"].runtime) == (4, 10)
+    assert (r["t/m/b"].gpus, r["t/m/b"].runtime, r["t/m/b"].mem_mb) == (2, 10, 256000)
+    assert r["t/m/c"] == PRESETS["tiny"]

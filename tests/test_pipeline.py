@@ -137,3 +137,19 @@ def test_editing_one_run_reruns_only_that_run(done, tmp_path):
     assert "wildcards: run_id=arith/tiny-llama/ia3/s1" in proc.stdout
     # put the spec back so later dry runs see the original matrix
     assert snakemake(work, "-n").returncode == 0
+
+
+def test_resources_rerun_a_run_only_when_they_change_its_world_size(done, tmp_path):
+    """Memory, time and partition are not results: raising them reruns nothing; more processes change the global batch."""
+    work, _ = done
+    raw = load_test_config()
+    raw["resources"] = {"mem_mb": 32000, "runtime": 600, "partition": "long", "threads": 2}
+    (tmp_path / "bigger.yaml").write_text(yaml.safe_dump(raw))
+    proc = snakemake(work, "-n", config=tmp_path / "bigger.yaml")
+    assert proc.returncode == 0 and "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout[-3000:]
+    raw["sweep"][2]["resources"] = {"gpus": 2}  # the ia3 run, now on two processes
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump(raw))
+    proc = snakemake(work, "-n", config=tmp_path / "two.yaml")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert planned_jobs(proc)["train_run"] == 1 and "wildcards: run_id=arith/tiny-llama/ia3/s1" in proc.stdout
+    assert snakemake(work, "-n").returncode == 0  # put the spec back

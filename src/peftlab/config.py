@@ -20,11 +20,12 @@ import copy
 import itertools
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import jsonschema
 import yaml
 
-from peftlab import methods
+from peftlab import launch, methods
 from peftlab.generators import GENERATORS
 from peftlab.methods import targets
 from peftlab.spec import RunSpec
@@ -83,6 +84,10 @@ def _describe(error: jsonschema.ValidationError) -> str:
         choices = [" + ".join(s.get("required", [])) for s in error.validator_value]
         if all(choices):
             return f"{where}: set exactly one of: {'; '.join(choices)}"
+    if error.validator in ("oneOf", "anyOf") and error.context:
+        # the branch the value was meant for: not the one whose type it does not have
+        meant = [e for e in error.context if e.validator != "type"] or error.context
+        return _describe(jsonschema.exceptions.best_match(meant))
     if error.validator == "pattern":
         return f"{where}: {error.instance!r} is not path-safe; use letters, digits, '.', '_', '+', '-' (no '/', no leading '.')"
     return f"{where}: {error.message}"
@@ -137,11 +142,16 @@ def _as_list(v) -> list:
 
 
 def _cells(cfg: dict):
-    """Yield (where, cell, axes shown in the run id or None for a named experiment) for every run."""
+    """Yield (where, cell, axes shown in the run id or None for a named experiment, resources levels) for every run.
+
+    The resources levels are the (key path, value) pairs that override the model's
+    resources, outermost first: a preset in one replaces what the levels before it set.
+    """
     defaults = {"peft": cfg["peft"], "training": cfg["training"]}
     for i, block in enumerate(cfg.get("sweep", [])):
         axes = {a: _as_list(block[a]) for a in AXES if a in block}
         fixed = _deep_merge(defaults, {k: block[k] for k in ("peft", "training") if k in block})
+        levels = [(f"sweep[{i}].resources", block.get("resources"))]
         for values in itertools.product(*axes.values()):
             cell = copy.deepcopy(fixed)
             for axis, value in zip(axes, values):
@@ -150,14 +160,16 @@ def _cells(cfg: dict):
                 for p in parents:
                     target = target[p]
                 target[leaf] = value
-            yield f"sweep[{i}]", cell, [a for a in ("lr", "train_size") if a in axes]
-    base = _deep_merge(defaults, cfg.get("base", {}))
+            yield f"sweep[{i}]", cell, [a for a in ("lr", "train_size") if a in axes], levels
+    base = cfg.get("base", {})
+    base_levels = [("base.resources", base.get("resources"))]
+    base = _deep_merge(defaults, {k: v for k, v in base.items() if k != "resources"})
     for i, exp in enumerate(cfg.get("experiments", [])):
-        cell = _deep_merge(base, exp)
+        cell = _deep_merge(base, {k: v for k, v in exp.items() if k != "resources"})
         common = cell.pop("common", {})
         if "seed" in common:
             cell["training"]["seed"] = common["seed"]
-        yield f"experiments[{i}]", cell, None
+        yield f"experiments[{i}]", cell, None, [*base_levels, (f"experiments[{i}].resources", exp.get("resources"))]
 
 
 def _run_id(cell: dict, method: methods.Method, shown_axes) -> str:
@@ -197,15 +209,41 @@ def _check_cell(where: str, cell: dict, cfg: dict) -> None:
             raise ConfigError(f"{where}.{axis}: {value!r} is not an integer")
         if axis == "lr" and (not isinstance(value, (int, float)) or value <= 0):
             raise ConfigError(f"{where}.lr: {value!r} is not a positive number")
+    data, size = cfg["tasks"][cell["task"]]["data"], cell["training"]["train_size"]
+    if "generator" in data and isinstance(size, int) and size > data["num_train"]:
+        raise ConfigError(
+            f"{where}.train_size: {size} is more than the {data['num_train']} training examples task {cell['task']!r} generates (data.num_train)"
+        )
     for part in cell.get("name", "x"), cell["task"], cell["model"]:
         if not SAFE_NAME.match(part):
             raise ConfigError(f"{where}: name {part!r} is not path-safe")
 
 
-def expand_matrix(cfg: dict, root: str = RESULTS) -> dict[str, dict]:
-    """Validated config -> {run_id: resolved run spec}. Pure: touches no file."""
+def run_resources(cfg: dict, model: str, levels) -> launch.Resources:
+    """Top-level resources, then the model's, then each level's (a sweep block's, or base's and an experiment's)."""
+    try:
+        presets = {name: launch.resolve(keys) for name, keys in cfg["resource_presets"].items()}
+    except launch.ResourcesError as e:
+        raise ConfigError(f"resource_presets: {e}") from None
+    r = launch.Resources()
+    for where, value in [("resources", cfg["resources"]), (f"models.{model}.resources", cfg["models"][model].get("resources")), *levels]:
+        try:
+            r = launch.resolve(value, r, presets)
+        except launch.ResourcesError as e:
+            raise ConfigError(f"{where}: {e}") from None
+    return r
+
+
+def expand(cfg: dict, root: str = RESULTS) -> tuple[dict[str, dict], dict[str, launch.Resources]]:
+    """Validated config -> ({run_id: resolved run spec}, {run_id: its training job's resources}). Pure: touches no file.
+
+    The spec holds what changes a run's result (so editing it reruns the run): of the
+    resources, only the world size, which sets the global batch. Memory, time limits,
+    partitions and GPU models are not in it: raising a time limit reruns nothing.
+    """
     runs: dict[str, dict] = {}
-    for where, cell, shown_axes in _cells(cfg):
+    resources: dict[str, launch.Resources] = {}
+    for where, cell, shown_axes, levels in _cells(cfg):
         _check_cell(where, cell, cfg)
         method = methods.METHODS[cell["peft"]["type"]]
         if not method.uses_rank:
@@ -214,23 +252,29 @@ def expand_matrix(cfg: dict, root: str = RESULTS) -> dict[str, dict]:
         if ".." in run_id.split("/") or not all(SAFE_NAME.match(p) for p in run_id.split("/")):
             raise ConfigError(f"{where}: run id {run_id!r} is not path-safe")
         task, model = cell["task"], cell["model"]
+        res = run_resources(cfg, model, levels)
         spec = {
             "run_id": run_id,
             "task": {"name": task, **cfg["tasks"][task]},
             "model": model_spec(cfg, model, root),
             "peft": cell["peft"],
             "training": cell["training"],
-            "resources": cfg["resources"],
+            "world_size": res.world_size,
             "wandb": {**cfg["wandb"], "dir": root},  # wandb writes to <dir>/wandb
             "data_dir": data_dir(task, model, root),
         }
         spec = RunSpec.from_dict(spec).to_dict()  # canonical form: exactly what the stages read and record
-        if run_id in runs and runs[run_id] != spec:
+        if run_id in runs and (runs[run_id], resources[run_id]) != (spec, res):
             raise ConfigError(
                 f"{where}: run id {run_id!r} appears twice with different settings; add the differing value as a sweep axis (lr, train_size) or split it into a named experiment"
             )
-        runs[run_id] = spec
-    return runs
+        runs[run_id], resources[run_id] = spec, res
+    return runs, resources
+
+
+def expand_matrix(cfg: dict, root: str = RESULTS) -> dict[str, dict]:
+    """Validated config -> {run_id: resolved run spec}. Pure: touches no file."""
+    return expand(cfg, root)[0]
 
 
 def model_spec(cfg: dict, name: str, root: str = RESULTS) -> dict:
@@ -281,11 +325,18 @@ def task_files(task: dict, root: str = RESULTS) -> dict:
     return {**task, "data": {"files": raw_files(task["name"], root)}}
 
 
-def plan(raw: dict, root: str = RESULTS) -> tuple[dict, dict[str, dict], dict[str, dict]]:
-    """raw config -> (validated config, runs, every step's spec)."""
+class Plan(NamedTuple):
+    cfg: dict  # the validated config, defaults filled in
+    runs: dict[str, dict]  # run_id -> resolved run spec
+    specs: dict[str, dict]  # every step's spec, by path under results/specs/
+    resources: dict[str, launch.Resources]  # run_id -> its training job's resources
+
+
+def plan(raw: dict, root: str = RESULTS) -> Plan:
+    """raw config -> the validated config, the runs, every step's spec and every run's resources."""
     cfg = load_config(raw)
-    runs = expand_matrix(cfg, root)
-    return cfg, runs, step_specs(cfg, runs, root)
+    runs, resources = expand(cfg, root)
+    return Plan(cfg, runs, step_specs(cfg, runs, root), resources)
 
 
 def main(argv=None):

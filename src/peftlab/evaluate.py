@@ -34,6 +34,10 @@ def load_trained(spec: RunSpec, adapter: str, quantized: bool = True):
     return methods.load(spec, adapter, tokenizer, quantized).eval(), tokenizer
 
 
+def device_of(model) -> torch.device:
+    return next(model.parameters()).device
+
+
 def batches(ds: datasets.Dataset, size: int):
     for start in range(0, len(ds), size):
         yield ds.select(range(start, min(start + size, len(ds))))
@@ -46,7 +50,7 @@ def evaluate_classification(model, tokenizer, ds, batch_size: int) -> dict:
     for rows in batches(ds.select_columns(["input_ids", "attention_mask", "labels"]), batch_size):
         batch = pad(rows.to_list())
         labels += batch.pop("labels").tolist()
-        predictions += model(**batch).logits.argmax(-1).tolist()
+        predictions += model(**batch.to(device_of(model))).logits.argmax(-1).tolist()
     return metrics.classification(labels, predictions)
 
 
@@ -56,7 +60,7 @@ def eval_loss(model, tokenizer, ds, batch_size: int) -> float:
     pad = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
     total, count = 0.0, 0
     for rows in batches(ds.select_columns(["input_ids", "attention_mask", "labels"]), batch_size):
-        batch = pad(rows.to_list())
+        batch = pad(rows.to_list()).to(device_of(model))
         n = int((batch["labels"][:, 1:] != -100).sum())
         total += model(**batch).loss.item() * n
         count += n
@@ -70,7 +74,7 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int,
     outputs = []
     for start in range(0, len(prompt_ids), batch_size):
         chunk = prompt_ids[start : start + batch_size]
-        batch = tokenizer.pad({"input_ids": chunk}, return_tensors="pt")
+        batch = tokenizer.pad({"input_ids": chunk}, return_tensors="pt").to(device_of(model))
         generated = model.generate(
             **batch,
             max_new_tokens=max_new_tokens,
@@ -88,6 +92,8 @@ def evaluate(spec: RunSpec, adapter: str) -> dict:
     ds = datasets.load_from_disk(spec.data_dir)["eval"]
     bs = task.eval_batch_size
     model, tokenizer = load_trained(spec, adapter)
+    if torch.cuda.is_available():  # the job's one GPU (launch.Resources.single)
+        model.to("cuda")
     if task.type == "classification":
         result = evaluate_classification(model, tokenizer, ds, bs)
     else:

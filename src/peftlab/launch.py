@@ -1,19 +1,22 @@
-"""Where a run goes and how it starts: Slurm resources and the launch command, from the run's spec.
+"""Where a run goes and how it starts: Slurm resources and the launch command, from the run's config.
 
-A run's `resources` (defaults at the top of a config, overridable per model and per
-sweep block or experiment, or a named preset) say what one job needs:
+A run's `resources` (set at the top of a config, per model, per sweep block or per
+experiment; each level overrides the one before) say what its training job needs:
 
     gpus: GPUs per node          nodes: nodes             cpus_per_gpu: CPU cores per GPU
-    threads: CPU threads (no GPU)                         mem_mb: memory per node (MB)
-    runtime: minutes             gpu_model, constraint: optional site names
+    threads: CPU threads of a job without GPUs            mem_mb: memory per node (MB)
+    runtime: minutes             gpu_model, constraint, partition, qos: the site's names, optional
 
-`slurm_resources` turns that into the resources snakemake-executor-plugin-slurm
+or name a preset (`resources: 1gpu`, or `{preset: 4gpu, runtime: 2880}`).
+
+`slurm_resources` turns them into the resources snakemake-executor-plugin-slurm
 reads; memory and runtime grow with the attempt, so `--retries` helps a job that
-hit its limits. `command` is the one place that decides how a stage starts:
-- one process: `python -m peftlab.<stage> ...`;
-- several GPUs on one node: `torchrun --standalone --nproc-per-node G -m peftlab.<stage> ...`;
+hit its limits. `launcher` is the one place that decides how a stage starts:
+- one process: `python -m peftlab.<stage>`;
+- several GPUs on one node: `torchrun --standalone --nproc-per-node=G -m peftlab.<stage>`;
 - several nodes (the plugin's MPI path, one task per node): `srun` starts one
   torchrun per node, with c10d rendezvous on the first host of the allocation.
+The backend follows the device: nccl on GPUs, gloo on CPU (the Trainer picks it).
 
 Pure functions: nothing here imports torch or talks to Slurm.
 """
@@ -21,9 +24,11 @@ Pure functions: nothing here imports torch or talks to Slurm.
 from __future__ import annotations
 
 import shlex
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, fields, replace
 
-RDZV_PORT = 29500
+
+class ResourcesError(ValueError):
+    """A resources value that names an unknown preset or key, or asks for nonsense."""
 
 
 @dataclass(frozen=True)
@@ -36,10 +41,12 @@ class Resources:
     runtime: int = 60
     gpu_model: str | None = None
     constraint: str | None = None
+    partition: str | None = None
+    qos: str | None = None
 
     @property
     def procs_per_node(self) -> int:
-        """Training processes per node: one per GPU, or one on a CPU node."""
+        """Training processes per node: one per GPU, or one on a node without GPUs."""
         return max(self.gpus, 1)
 
     @property
@@ -48,7 +55,16 @@ class Resources:
 
     @property
     def cpus_per_task(self) -> int:
+        """CPU cores of one Slurm task (one task per node)."""
         return self.gpus * self.cpus_per_gpu if self.gpus else self.threads
+
+    def single(self) -> Resources:
+        """One process on one node (evaluation): at most one GPU."""
+        return replace(self, nodes=1, gpus=min(self.gpus, 1))
+
+    def cpu_only(self) -> Resources:
+        """No GPU (merging: memory-bound, checked in float32): the cores of one GPU share."""
+        return replace(self, nodes=1, gpus=0, threads=self.cpus_per_gpu if self.gpus else self.threads)
 
 
 PRESETS: dict[str, Resources] = {
@@ -58,10 +74,32 @@ PRESETS: dict[str, Resources] = {
     "4gpu": Resources(gpus=4, cpus_per_gpu=8, mem_mb=256000, runtime=1440),
     "2x4gpu": Resources(gpus=4, nodes=2, cpus_per_gpu=8, mem_mb=256000, runtime=1440),
 }
+KEYS = tuple(f.name for f in fields(Resources))
+
+# every key slurm_resources may set; a rule declares each (None leaves it unset)
+SLURM_KEYS = (
+    "mem_mb",
+    "runtime",
+    "cpus_per_task",
+    "slurm_partition",
+    "qos",
+    "constraint",
+    "gpu",
+    "gpu_model",
+    "gres",
+    "tasks_per_gpu",
+    "nodes",
+    "tasks",
+    "mpi",
+)
 
 
-def resolve(value: str | dict | None, base: Resources = Resources()) -> Resources:
-    """A config's resources value (a preset name, or keys over `base`, which may name a `preset`)."""
+def resolve(value: str | dict | None, base: Resources = Resources(), presets: dict[str, Resources] | None = None) -> Resources:
+    """A config's resources value over `base`: a preset name, or keys, one of which may be `preset`.
+
+    A preset replaces everything `base` set; keys next to it override the preset.
+    """
+    presets = {**PRESETS, **(presets or {})}
     if value is None:
         return base
     if isinstance(value, str):
@@ -69,50 +107,67 @@ def resolve(value: str | dict | None, base: Resources = Resources()) -> Resource
     value = dict(value)
     if "preset" in value:
         name = value.pop("preset")
-        if name not in PRESETS:
-            raise ValueError(f"unknown resources preset {name!r}; allowed: {', '.join(PRESETS)}")
-        base = PRESETS[name]
+        if name not in presets:
+            raise ResourcesError(f"unknown preset {name!r}; allowed: {', '.join(presets)}")
+        base = presets[name]
+    unknown = sorted(set(value) - set(KEYS))
+    if unknown:
+        raise ResourcesError(f"unknown key(s) {', '.join(map(repr, unknown))}; allowed: preset, {', '.join(KEYS)}")
     return replace(base, **value)
 
 
+def for_stage(r: Resources, stage: str) -> Resources:
+    """What a run's stage gets: training as configured, evaluation one process (one GPU at most), merging the CPU."""
+    return {"train": r, "evaluate": r.single(), "merge": r.cpu_only()}[stage]
+
+
 def slurm_resources(r: Resources, attempt: int = 1) -> dict:
-    """The snakemake slurm plugin's resources for one job; memory and runtime scale with the attempt."""
+    """The slurm plugin's resources for one job; memory and runtime scale with the attempt.
+
+    One node: `gpu` (and `gpu_model`) become `--gpus=[model:]G`. Several nodes:
+    `gres=gpu[:model]:G` is per node (`--gpus` would be the job's total, spread
+    as Slurm likes), `tasks_per_gpu=0` stops the plugin from turning `tasks`
+    into `--ntasks-per-gpu`, and `nodes=tasks=N, mpi="srun"` is the plugin's
+    MPI path: the rule's shell runs once and starts one launcher per node.
+    """
     out = {"mem_mb": r.mem_mb * attempt, "runtime": r.runtime * attempt, "cpus_per_task": r.cpus_per_task}
+    for key, value in (("slurm_partition", r.partition), ("qos", r.qos), ("constraint", r.constraint)):
+        if value:
+            out[key] = value
+    if r.nodes == 1:
+        if r.gpus:
+            out["gpu"] = r.gpus
+            if r.gpu_model:
+                out["gpu_model"] = r.gpu_model
+        return out
     if r.gpus:
-        out["gpu"] = r.gpus
-        if r.gpu_model:
-            out["gpu_model"] = r.gpu_model
-    if r.constraint:
-        out["constraint"] = r.constraint
-    if r.nodes > 1:  # the MPI path: the rule's shell runs once in the allocation and starts a launcher per node
-        out.update(nodes=r.nodes, tasks=r.nodes, mpi="srun")
+        out["gres"] = ":".join(["gpu", *([r.gpu_model] if r.gpu_model else []), str(r.gpus)])
+        out["tasks_per_gpu"] = 0
+    out.update(nodes=r.nodes, tasks=r.nodes, mpi="srun")
     return out
 
 
-def command(r: Resources, stage: str, args: list[str]) -> str:
-    """The shell command that starts `python -m peftlab.<stage> args` on the resources `r`."""
-    module = ["-m", f"peftlab.{stage}", *args]
-    if r.nodes == 1 and r.procs_per_node == 1:
+def launcher(r: Resources, stage: str) -> str:
+    """The shell words that start `peftlab.<stage>` on `r`; the stage's arguments follow them."""
+    module = ["-m", f"peftlab.{stage}"]
+    if r.world_size == 1:
         return shlex.join(["python", *module])
     if r.nodes == 1:
         return shlex.join(["torchrun", "--standalone", f"--nproc-per-node={r.procs_per_node}", *module])
-    launcher = [
-        "torchrun",
-        f"--nnodes={r.nodes}",
-        f"--nproc-per-node={r.procs_per_node}",
-        "--rdzv-backend=c10d",
-        '--rdzv-id="$SLURM_JOB_ID"',
-    ]
-    # the first host of the allocation hosts the rendezvous; SLURM_* variables other than the
-    # job id are stripped by the plugin's job step, so the node list is asked of Slurm
-    first_host = 'scontrol show hostnames "$(squeue -h -j "$SLURM_JOB_ID" -o %N)" | head -n 1'
-    return (
-        f'RDZV_HOST=$({first_host}) && srun --jobid="$SLURM_JOB_ID" --nodes={r.nodes} --ntasks={r.nodes} --ntasks-per-node=1 '
-        + " ".join(launcher)
-        + f' --rdzv-endpoint="$RDZV_HOST:{RDZV_PORT}" '
-        + shlex.join(module)
+    # The plugin's MPI path runs this once inside the allocation, with every SLURM_*
+    # variable but the job id removed: srun joins the job by id, and the first host
+    # (asked of squeue) serves the rendezvous on a port drawn from the job id, so
+    # two jobs sharing a first node do not collide.
+    first_host = '$(scontrol show hostnames "$(squeue -h -j "$SLURM_JOB_ID" -o %N)" | head -n 1)'
+    port = "$((20000 + SLURM_JOB_ID % 20000))"
+    return " ".join(
+        [
+            ': "${SLURM_JOB_ID:?a multi-node run needs a Slurm allocation: use --profile profiles/slurm, or nodes: 1}" &&',
+            'srun --jobid="$SLURM_JOB_ID"',
+            f"--nodes={r.nodes} --ntasks={r.nodes} --ntasks-per-node=1",
+            f"torchrun --nnodes={r.nodes} --nproc-per-node={r.procs_per_node}",
+            '--rdzv-backend=c10d --rdzv-id="$SLURM_JOB_ID"',
+            f'--rdzv-endpoint="{first_host}:{port}"',
+            *module,
+        ]
     )
-
-
-def as_dict(r: Resources) -> dict:
-    return asdict(r)

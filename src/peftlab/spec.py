@@ -95,7 +95,7 @@ class RunSpec(_Strict):
     peft: PeftSpec
     training: TrainingSpec
     wandb: WandbSpec
-    resources: dict[str, Any]
+    world_size: int  # training processes (nodes x processes per node); sets the global batch
     data_dir: str  # tokenised data (datasets on disk)
 
     @classmethod

@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import datasets
@@ -61,7 +62,10 @@ class Trainer(transformers.Trainer):
         self.lengths, self.make_optimizer = lengths, make_optimizer
 
     def _get_train_sampler(self, train_dataset=None):
-        mega_batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        # Grouped by the global batch: every process draws the same order, and the
+        # Accelerate loader hands process i every i-th per-device batch of it, so a
+        # step sees the examples a single process with the global batch would.
+        mega_batch = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
         return SeededLengthGroupedSampler(mega_batch, self.lengths, self.args.seed)
 
     def create_optimizer(self, model=None):
@@ -105,8 +109,24 @@ def probe_batch(ds: datasets.Dataset, tokenizer, n: int = 8) -> dict[str, torch.
 
 @torch.no_grad()
 def logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The model's float32 logits on `batch`, computed on the model's device, returned on the CPU."""
     model.eval()
-    return model(**batch).logits.float()
+    device = next(model.parameters()).device
+    return model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()
+
+
+def distributed() -> tuple[int, int]:
+    """(this process's rank, the number of processes), as torchrun sets them."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def hosts() -> list[str]:
+    """Every training process's host name, by rank (a collective: every process must call it)."""
+    if not torch.distributed.is_initialized():
+        return [socket.gethostname()]
+    names = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(names, socket.gethostname())
+    return names
 
 
 def configure_wandb(w: WandbSpec) -> list[str]:
@@ -131,10 +151,20 @@ def total_steps(t, examples: int, world_size: int = 1) -> int:
 
 
 def train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path) -> dict:
-    """Train the run described by `spec`; write the adapter folder, then the record JSON."""
+    """Train the run described by `spec`; write the adapter folder, then the record JSON.
+
+    Under torchrun every process trains (the Trainer picks nccl on GPUs, gloo on CPU);
+    the first one saves, checks and records, and returns the record; the others return {}.
+    """
     prov = artifacts.Provenance(spec.to_dict())
     task, t = spec.task, spec.training
     method = methods.get(spec.peft.type)
+    rank, world_size = distributed()
+    if world_size != spec.world_size:
+        raise RuntimeError(
+            f"{spec.run_id}: started as {world_size} process(es), but its resources give a world size of {spec.world_size}; "
+            "start it with the command peftlab.launch.launcher gives (the workflow does)"
+        )
     transformers.set_seed(t.seed)
 
     # --- set up: data, model, adapter
@@ -145,14 +175,14 @@ def train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path) ->
     total_params = base.num_parameters()  # counts a 4-bit base's packed weights as the parameters they hold
     ctx = methods.Context(
         task_type=peft_task_type(task),
-        total_steps=total_steps(t, len(train_ds)),
+        total_steps=total_steps(t, len(train_ds), world_size),
         targets=targets.resolve(base, spec.peft.target_modules, method.default_targets),
     )
     model = methods.attach(base, spec.peft, ctx)
     trainable = sum(x.numel() for x in model.parameters() if x.requires_grad)
     checkpoints.mkdir(parents=True, exist_ok=True)
     initial = checkpoints / "initial_adapter"
-    if method.init_changes_base and not (initial / "adapter_config.json").exists():
+    if rank == 0 and method.init_changes_base and not (initial / "adapter_config.json").exists():
         with artifacts.atomic_dir(initial) as tmp:
             model.save_pretrained(tmp)
 
@@ -190,6 +220,12 @@ def train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path) ->
         callbacks=callbacks(model) if (callbacks := methods.hook(method, "callbacks")) else None,
         make_optimizer=functools.partial(optimizer, p=spec.peft) if (optimizer := methods.hook(method, "optimizer")) else None,
     )
+    # The Trainer assumes a model whose forward takes **kwargs divides its loss by the
+    # global `num_items_in_batch`, and so skips the division by the accumulation steps
+    # and multiplies by the number of processes. Causal LMs do; the sequence-classification
+    # heads return a per-batch mean, which would make the gradient grad_accum x processes
+    # too large.
+    trainer.model_accepts_loss_kwargs = trainer.model_accepts_loss_kwargs and task.type == "sft"
     resume = last_checkpoint(checkpoints)
     tokens_before = 0
     if resume:
@@ -197,6 +233,9 @@ def train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path) ->
         tokens_before = artifacts.read_json(Path(resume) / "trainer_state.json")["num_input_tokens_seen"]
     result = trainer.train(resume_from_checkpoint=resume)
     state = trainer.state
+    ran_on = hosts()
+    if rank != 0:  # the other processes are done; the first saves, checks and records
+        return {}
 
     # --- save, then check the saved adapter against the model in memory
     probe = probe_batch(data["eval"], tokenizer)
@@ -231,6 +270,8 @@ def train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path) ->
         "resumed_from": resume,
         "reload_max_abs_diff": reload_diff,
         "world_size": args.world_size,
+        "hosts": ran_on,
+        "backend": torch.distributed.get_backend() if torch.distributed.is_initialized() else None,
         **prov.record(),
     }
     artifacts.write_json(record_path, record)
@@ -245,7 +286,8 @@ def main(argv=None):
     p.add_argument("--checkpoints", required=True, type=Path, help="checkpoint folder, outside every declared output")
     args = p.parse_args(argv)
     record = train(RunSpec.from_dict(cli.start(args)), args.adapter, args.record, args.checkpoints)
-    log.info("%s: loss %s -> %s, %.0f tokens/s", record["run_id"], record["first_loss"], record["final_loss"], record["tokens_per_s"])
+    if record:
+        log.info("%s: loss %s -> %s, %.0f tokens/s", record["run_id"], record["first_loss"], record["final_loss"], record["tokens_per_s"])
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 # Start a real Slurm cluster on this machine for the tests: munge, slurmctld and two slurmd
 # "nodes" (n1, n2) with two fake GPUs each. Job states come from squeue (no slurmdbd):
 # finished jobs stay visible for MinJobAge seconds, which is what the plugin's
-# `slurm-status-command: squeue` reads.
+# `slurm-status-command: squeue` reads. Memory limits are enforced without cgroups:
+# jobacct_gather/linux polls every second and OverMemoryKill kills a step over its --mem.
+# Running it again restarts the cluster.
 #
 #   sudo tests/slurm/start.sh     # installs the Debian packages if missing (needs root)
 #   tests/slurm/stop.sh           # stops every daemon by its PID
@@ -16,9 +18,11 @@ if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
   printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d   # keep apt from starting the distro daemons
   chmod +x /usr/sbin/policy-rc.d
   trap 'rm -f /usr/sbin/policy-rc.d' EXIT
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends slurmctld slurmd slurm-client munge
+  install() { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends slurmctld slurmd slurm-client munge; }
+  install || { apt-get update -q && install; }   # a fresh image may have no package lists yet
 fi
 
+bash "$(dirname "$0")/stop.sh"
 mkdir -p "$STATE"/{spool/ctld,spool/n1,spool/n2,log,gpu,hosts,run} /run/munge /etc/slurm
 # munge on its default socket (slurm finds it there)
 if [ ! -f "$STATE/munge.key" ]; then
@@ -50,7 +54,9 @@ MinJobAge=300
 ReturnToService=2
 GresTypes=gpu
 AccountingStorageType=accounting_storage/none
-JobAcctGatherType=jobacct_gather/none
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=task=1
+JobAcctGatherParams=OverMemoryKill
 MpiDefault=none
 NodeName=n[1-2] NodeHostname=localhost NodeAddr=127.0.0.1 Port=17001-17002 CPUs=$CPUS RealMemory=8000 Gres=gpu:fake:2 State=UNKNOWN
 PartitionName=cpu Nodes=n[1-2] Default=YES MaxTime=INFINITE State=UP

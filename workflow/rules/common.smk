@@ -3,11 +3,11 @@
 # hyperparameters reruns exactly that run (Snakemake sees a newer input).
 import re
 
-from peftlab import artifacts
+from peftlab import artifacts, launch
 from peftlab.config import ConfigError, plan
 
 try:
-    CFG, RUNS, SPECS = plan(config)
+    CFG, RUNS, SPECS, RESOURCES = plan(config)
 except ConfigError as e:
     raise WorkflowError(str(e)) from None
 
@@ -15,7 +15,6 @@ for _key, _spec in SPECS.items():
     artifacts.write_json_if_changed(f"results/specs/{_key}.json", _spec)
 
 ENV = "../../envs/peftlab.yaml"
-THREADS = CFG["resources"]["threads"]
 
 
 wildcard_constraints:
@@ -35,3 +34,18 @@ def task_data(task):
     if "generator" in data:
         return [f"results/raw/{task}"]
     return list(data.get("files", {}).values())
+
+
+def stage_resources(stage):
+    """A run rule's resources: one function per key peftlab.launch.slurm_resources may set
+    (None leaves a key unset), from the run's resources and the attempt number."""
+    return {
+        key: lambda wc, attempt, key=key: launch.slurm_resources(
+            launch.for_stage(RESOURCES[wc.run_id], stage), attempt
+        ).get(key)
+        for key in launch.SLURM_KEYS
+    }
+
+
+def stage_threads(stage):
+    return lambda wc: launch.for_stage(RESOURCES[wc.run_id], stage).cpus_per_task

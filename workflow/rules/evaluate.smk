@@ -10,7 +10,9 @@ rule evaluate_run:
         "results/benchmarks/evaluate_run/{run_id}.tsv"
     conda:
         ENV
-    threads: THREADS
+    threads: stage_threads("evaluate")
+    resources:
+        **stage_resources("evaluate"),
     shell:
         "python -m peftlab.evaluate --spec {input.spec} --adapter {input.adapter} --out {output}"
         " --threads {threads} > {log} 2>&1"

@@ -11,7 +11,9 @@ rule merge_run:
         "results/benchmarks/merge_run/{run_id}.tsv"
     conda:
         ENV
-    threads: THREADS
+    threads: stage_threads("merge")
+    resources:
+        **stage_resources("merge"),
     shell:
         "python -m peftlab.merge --spec {input.spec} --adapter {input.adapter} --merged {output.merged}"
         " --check {output.check} --threads {threads} > {log} 2>&1"

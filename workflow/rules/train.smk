@@ -12,10 +12,14 @@ rule train_run:
         "results/benchmarks/train_run/{run_id}.tsv"
     conda:
         ENV
-    threads: THREADS
+    threads: stage_threads("train")
+    resources:
+        **stage_resources("train"),
     params:
+        # python, torchrun, or srun + torchrun per node: peftlab.launch.launcher
+        launcher=lambda wc: launch.launcher(RESOURCES[wc.run_id], "train"),
         # outside every declared output: Snakemake deletes those before a rerun
         checkpoints="results/checkpoints/{run_id}",
     shell:
-        "python -m peftlab.train --spec {input.spec} --adapter {output.adapter} --record {output.record}"
+        "{params.launcher} --spec {input.spec} --adapter {output.adapter} --record {output.record}"
         " --checkpoints {params.checkpoints} --threads {threads} > {log} 2>&1"
