@@ -82,7 +82,7 @@ def spec_for(root: Path, steps: int, batch: int) -> dict:
             "logging_steps": 10,
             "check_reload": False,
         },
-        "resources": {"threads": 1},
+        "world_size": 1,
         "wandb": {"mode": "disabled", "project": "x", "entity": None, "dir": str(root)},
         "data_dir": str(root / "data"),
     }
