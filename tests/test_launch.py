@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from peftlab.launch import PRESETS, Resources, ResourcesError, for_stage, launcher, resolve, slurm_resources
+from peftlab.launch import PRESETS, SLURM_KEYS, Resources, ResourcesError, for_stage, launcher, resolve, slurm_resources
 
 
 def test_presets_and_overrides():
@@ -63,3 +63,13 @@ def test_launch_follows_from_the_resources():
     assert '--rdzv-backend=c10d --rdzv-id="$SLURM_JOB_ID" --rdzv-endpoint="$(scontrol show hostnames' in multi
     assert multi.endswith(':$((20000 + SLURM_JOB_ID % 20000))" -m peftlab.train')
     assert "--nproc-per-node=4" in launcher(PRESETS["2x4gpu"], "train")
+
+
+def test_every_key_slurm_resources_sets_is_one_the_rules_declare():
+    shapes = [
+        Resources(),
+        PRESETS["4gpu"],
+        PRESETS["2x4gpu"],
+        Resources(nodes=2, gpus=2, gpu_model="a100", constraint="ib", partition="gpu", qos="long"),
+    ]
+    assert set().union(*(slurm_resources(r) for r in shapes)) <= set(SLURM_KEYS)

@@ -219,12 +219,16 @@ def _check_cell(where: str, cell: dict, cfg: dict) -> None:
             raise ConfigError(f"{where}: name {part!r} is not path-safe")
 
 
-def run_resources(cfg: dict, model: str, levels) -> launch.Resources:
-    """Top-level resources, then the model's, then each level's (a sweep block's, or base's and an experiment's)."""
+def site_presets(cfg: dict) -> dict[str, launch.Resources]:
+    """The config's `resource_presets`, resolved (each may start from a built-in preset)."""
     try:
-        presets = {name: launch.resolve(keys) for name, keys in cfg["resource_presets"].items()}
+        return {name: launch.resolve(keys) for name, keys in cfg["resource_presets"].items()}
     except launch.ResourcesError as e:
         raise ConfigError(f"resource_presets: {e}") from None
+
+
+def run_resources(cfg: dict, model: str, levels, presets: dict[str, launch.Resources]) -> launch.Resources:
+    """Top-level resources, then the model's, then each level's (a sweep block's, or base's and an experiment's)."""
     r = launch.Resources()
     for where, value in [("resources", cfg["resources"]), (f"models.{model}.resources", cfg["models"][model].get("resources")), *levels]:
         try:
@@ -243,6 +247,7 @@ def expand(cfg: dict, root: str = RESULTS) -> tuple[dict[str, dict], dict[str, l
     """
     runs: dict[str, dict] = {}
     resources: dict[str, launch.Resources] = {}
+    presets = site_presets(cfg)
     for where, cell, shown_axes, levels in _cells(cfg):
         _check_cell(where, cell, cfg)
         method = methods.METHODS[cell["peft"]["type"]]
@@ -252,7 +257,7 @@ def expand(cfg: dict, root: str = RESULTS) -> tuple[dict[str, dict], dict[str, l
         if ".." in run_id.split("/") or not all(SAFE_NAME.match(p) for p in run_id.split("/")):
             raise ConfigError(f"{where}: run id {run_id!r} is not path-safe")
         task, model = cell["task"], cell["model"]
-        res = run_resources(cfg, model, levels)
+        res = run_resources(cfg, model, levels, presets)
         spec = {
             "run_id": run_id,
             "task": {"name": task, **cfg["tasks"][task]},

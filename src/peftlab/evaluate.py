@@ -19,7 +19,7 @@ import torch
 from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
 
 from peftlab import artifacts, cli, methods, metrics
-from peftlab.models import load_tokenizer
+from peftlab.models import device_of, load_tokenizer
 from peftlab.spec import RunSpec
 
 log = logging.getLogger(__name__)
@@ -32,10 +32,6 @@ def load_trained(spec: RunSpec, adapter: str, quantized: bool = True):
     """
     tokenizer = load_tokenizer(spec.model)
     return methods.load(spec, adapter, tokenizer, quantized).eval(), tokenizer
-
-
-def device_of(model) -> torch.device:
-    return next(model.parameters()).device
 
 
 def batches(ds: datasets.Dataset, size: int):

@@ -22,6 +22,11 @@ from peftlab.spec import ModelSpec, TaskSpec
 log = logging.getLogger(__name__)
 
 
+def device_of(model) -> torch.device:
+    """Where a model's weights are (the device its inputs must go to)."""
+    return next(model.parameters()).device
+
+
 def resolve_path(path: str) -> str:
     """`package:<module>` -> the Hugging Face folder inside that installed package."""
     if not path.startswith("package:"):

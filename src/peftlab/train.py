@@ -32,7 +32,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_group
 
 from peftlab import artifacts, cli, methods
 from peftlab.methods import targets
-from peftlab.models import load_model, load_tokenizer, peft_task_type
+from peftlab.models import device_of, load_model, load_tokenizer, peft_task_type
 from peftlab.spec import RunSpec, TaskSpec, WandbSpec
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def probe_batch(ds: datasets.Dataset, tokenizer, n: int = 8) -> dict[str, torch.
 def logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The model's float32 logits on `batch`, computed on the model's device, returned on the CPU."""
     model.eval()
-    device = next(model.parameters()).device
+    device = device_of(model)
     return model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()
 
 
@@ -245,7 +245,7 @@ def train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path) ->
         tokenizer.save_pretrained(tmp)
     reload_diff = None
     if t.check_reload:
-        reloaded, device = methods.load(spec, adapter, tokenizer), next(model.parameters()).device
+        reloaded, device = methods.load(spec, adapter, tokenizer), device_of(model)
         if device.type != "cpu":  # compare on one device: a GPU's kernels differ from the CPU's by more than the tolerance
             reloaded.to(device)
         reload_diff = (logits(reloaded, probe) - trained_logits).abs().max().item()
