@@ -46,7 +46,7 @@ def tiny(tmp_path_factory):
     Returns (workdir, runs) where runs are the resolved specs of config/test.yaml,
     whose relative paths resolve inside workdir.
     """
-    from peftlab.models import build_tiny_llama, load_tokenizer
+    from peftlab.models import build_tiny, load_tokenizer
 
     work = tmp_path_factory.mktemp("tiny")
     cwd = os.getcwd()
@@ -62,7 +62,7 @@ def tiny(tmp_path_factory):
             data.generate(TaskSpec.from_dict(specs[f"raw/{task}"]), Path(f"results/raw/{task}"))
         model_spec = specs["models/tiny-llama"]
         Path(model_spec["path"]).mkdir(parents=True)
-        build_tiny_llama(model_spec, Path(model_spec["path"]))
+        build_tiny(model_spec, Path(model_spec["path"]))
         specs["data/sentiment/tiny-llama"] = {
             "task": specs["data/sentiment/minilm"]["task"],
             "model": specs["data/arith/tiny-llama"]["model"],

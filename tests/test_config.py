@@ -121,7 +121,11 @@ def test_test_config_is_valid():
 
 
 BAD = [
-    ("unknown top-level key", lambda c: c.update(sweeps=[]), r"<top level>: unknown key\(s\) 'sweeps'; allowed: base, experiments"),
+    (
+        "unknown top-level key",
+        lambda c: c.update(sweeps=[]),
+        r"<top level>: unknown key\(s\) 'sweeps'; allowed: base, exclude, experiments, models, only",
+    ),
     ("unknown training key", lambda c: c.update(training={"lr": 1}), r"training: unknown key\(s\) 'lr'; allowed: .*learning_rate"),
     ("wrong type", lambda c: c.update(training={"batch_size": "16"}), r"training.batch_size: '16' is not of type 'integer'"),
     (
@@ -136,7 +140,7 @@ BAD = [
     (
         "bad task type",
         lambda c: c["tasks"]["t"].update(type="regression"),
-        r"tasks.t.type: 'regression' is not one of \['classification', 'sft'\]",
+        r"tasks.t.type: 'regression' is not one of \['classification', 'sft', 'lm', 'seq2seq', 'rlvr'\]",
     ),
     (
         "two data sources",

@@ -77,7 +77,7 @@ def test_run(done, run_id):
     typed = RunSpec.from_dict(spec)
     model = replace(typed.model, path=str(work / typed.model.path)) if typed.model.build else typed.model
     tok = load_tokenizer(model)
-    probe = probe_batch(datasets.load_from_disk(work / typed.data_dir)["eval"], tok)
+    probe = probe_batch(datasets.load_from_disk(work / typed.data_dir)["eval"], tok, typed.task)
     adapter_model = PeftModel.from_pretrained(load_model(model, typed.task, tok), run / "adapter")
     auto = AutoModelForSequenceClassification if spec["task"]["type"] == "classification" else AutoModelForCausalLM
     merged = auto.from_pretrained(run / "merged", dtype=torch.float32)

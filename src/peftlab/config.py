@@ -17,6 +17,7 @@ problem is a `ConfigError` whose message starts with the key path.
 from __future__ import annotations
 
 import copy
+import fnmatch
 import itertools
 import re
 from pathlib import Path
@@ -44,6 +45,33 @@ AXES = {
     "lr": ("training", "learning_rate"),
     "train_size": ("training", "train_size"),
 }
+
+
+# GRPO settings of an rlvr run that its config leaves out (TRL's GRPOConfig names)
+RL_DEFAULTS = {
+    "num_generations": 8,
+    "loss_type": "grpo",
+    "max_completion_length": 256,
+    "beta": 0.0,
+    "temperature": 1.0,
+    "epsilon": 0.2,
+    "scale_rewards": "group",
+}
+
+# what evaluation reports per task type; `tasks.<name>.metric` picks the main one among them
+TASK_METRICS = {
+    "classification": ["accuracy", "macro_f1", "f1", "precision", "recall", "mcc"],
+    "regression": ["pearson", "spearman", "mse"],
+    "sft": ["exact_match", "eval_loss", "perplexity", "rouge1", "rouge2", "rougeL"],
+    "lm": ["eval_loss", "perplexity"],
+    "seq2seq": ["rouge1", "rouge2", "rougeL", "eval_loss", "perplexity"],
+    "rlvr": ["accuracy", "format"],  # plus mean_reward, each reward's mean
+}
+
+
+def metric_kind(task: dict) -> str:
+    """The TASK_METRICS key of a task: its type, or regression for a one-label classification."""
+    return "regression" if task["type"] == "classification" and task["num_labels"] == 1 else task["type"]
 
 
 class ConfigError(ValueError):
@@ -113,6 +141,13 @@ def _check_names(cfg: dict, check_files: bool) -> None:
     """Cross-references that a schema cannot express."""
     problems = []
     for name, task in cfg["tasks"].items():
+        metric, kind = task["metric"], metric_kind(task)
+        if metric is not None and metric not in TASK_METRICS[kind]:
+            problems.append(f"tasks.{name}.metric: {metric!r} is not reported for {kind} tasks; allowed: {', '.join(TASK_METRICS[kind])}")
+        if task["type"] == "rlvr" and not task["rewards"]:
+            problems.append(f"tasks.{name}.rewards: an rlvr task needs at least one reward; allowed: countdown, math, format")
+        if task["type"] != "rlvr" and task["rewards"]:
+            problems.append(f"tasks.{name}.rewards: only rlvr tasks have rewards (this one is {task['type']})")
         gen = task["data"].get("generator")
         if gen is not None:
             if gen not in GENERATORS:
@@ -122,9 +157,9 @@ def _check_names(cfg: dict, check_files: bool) -> None:
                 problems.append(f"tasks.{name}.data.files.{split}: file {file!r} does not exist")
     for name, model in cfg["models"].items():
         corpus = model.get("build", {}).get("corpus_task")
-        if corpus is not None and "generator" not in cfg["tasks"].get(corpus, {}).get("data", {}):
+        if corpus is not None and corpus not in cfg["tasks"]:
             problems.append(
-                f"models.{name}.build.corpus_task: {corpus!r} must name a task with a data.generator; tasks with one: {', '.join(t for t, v in cfg['tasks'].items() if 'generator' in v['data']) or 'none'}"
+                f"models.{name}.build.corpus_task: unknown task {corpus!r}; defined in tasks: {', '.join(sorted(cfg['tasks']))}"
             )
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
@@ -214,6 +249,11 @@ def _check_cell(where: str, cell: dict, cfg: dict) -> None:
         raise ConfigError(
             f"{where}.train_size: {size} is more than the {data['num_train']} training examples task {cell['task']!r} generates (data.num_train)"
         )
+    arch = model.get("build", {}).get("arch")
+    if arch is not None and (arch == "t5") != (task_type == "seq2seq"):
+        raise ConfigError(
+            f"{where}.model: {cell['model']!r} builds a {arch} model, which cannot run {task_type} task {cell['task']!r}; seq2seq tasks need arch t5, the others llama"
+        )
     for part in cell.get("name", "x"), cell["task"], cell["model"]:
         if not SAFE_NAME.match(part):
             raise ConfigError(f"{where}: name {part!r} is not path-safe")
@@ -257,6 +297,8 @@ def expand(cfg: dict, root: str = RESULTS) -> tuple[dict[str, dict], dict[str, l
         if ".." in run_id.split("/") or not all(SAFE_NAME.match(p) for p in run_id.split("/")):
             raise ConfigError(f"{where}: run id {run_id!r} is not path-safe")
         task, model = cell["task"], cell["model"]
+        # GRPO settings belong to rlvr runs only, so a top-level `rl` reruns nothing else
+        cell["training"]["rl"] = {**RL_DEFAULTS, **cell["training"]["rl"]} if cfg["tasks"][task]["type"] == "rlvr" else {}
         res = run_resources(cfg, model, levels, presets)
         spec = {
             "run_id": run_id,
@@ -274,7 +316,36 @@ def expand(cfg: dict, root: str = RESULTS) -> tuple[dict[str, dict], dict[str, l
                 f"{where}: run id {run_id!r} appears twice with different settings; add the differing value as a sweep axis (lr, train_size) or split it into a named experiment"
             )
         runs[run_id], resources[run_id] = spec, res
-    return runs, resources
+    keep = selected(list(runs), cfg["only"], cfg["exclude"])
+    return {k: runs[k] for k in keep}, {k: resources[k] for k in keep}
+
+
+def _globs(value) -> list[str]:
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else value
+    return [g.strip() for g in items if str(g).strip()]
+
+
+def selected(run_ids: list[str], only=None, exclude=None) -> list[str]:
+    """The run ids that `only` keeps and `exclude` does not drop (PeRL's --only/--exclude).
+
+    Each is a glob, a list of globs or a comma-separated string of them, matched
+    against the whole run id and against its last part (an experiment's name).
+    `only` that matches nothing is an error: a typo must not plan an empty matrix.
+    """
+    only, exclude = _globs(only), _globs(exclude)
+
+    def hit(run_id: str, globs: list[str]) -> bool:
+        return any(fnmatch.fnmatchcase(run_id, g) or fnmatch.fnmatchcase(run_id.rsplit("/", 1)[-1], g) for g in globs)
+
+    keep = [r for r in run_ids if (not only or hit(r, only)) and not hit(r, exclude)]
+    if not keep:
+        raise ConfigError(
+            f"only={','.join(only) or '-'} exclude={','.join(exclude) or '-'}: no run is left of {len(run_ids)}; "
+            f"run ids look like {run_ids[0] if run_ids else '(none)'}"
+        )
+    return keep
 
 
 def expand_matrix(cfg: dict, root: str = RESULTS) -> dict[str, dict]:
@@ -301,13 +372,10 @@ def step_specs(cfg: dict, runs: dict[str, dict], root: str = RESULTS) -> dict[st
     for name, model in cfg["models"].items():
         if name in used_models and "build" in model:
             used_tasks.add(model["build"]["corpus_task"])
-            corpus = cfg["tasks"][model["build"]["corpus_task"]]
-            sft = corpus["type"] == "sft"
+            corpus = model["build"]["corpus_task"]
             specs[f"models/{name}"] = {
                 **model_spec(cfg, name, root),
-                "corpus": raw_files(model["build"]["corpus_task"], root)["train"],
-                "tokenizer_fields": [corpus["prompt_field"], corpus["response_field"]] if sft else corpus["text_fields"],
-                "pretrain_fields": [corpus["response_field"]] if sft else corpus["text_fields"],
+                "corpus_task": task_files({"name": corpus, **cfg["tasks"][corpus]}, root),
             }
     for name in used_tasks:
         if "generator" in cfg["tasks"][name]["data"]:

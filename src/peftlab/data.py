@@ -1,5 +1,13 @@
 """Task data: generated datasets written to disk, loading from files or the hub, tokenisation.
 
+Per task type, tokenisation gives:
+- classification: input_ids of one or two text fields, integer labels (float for regression);
+- sft: prompt + response, labels -100 on the prompt (loss on the response only);
+- lm: the text, labels = input_ids;
+- seq2seq: the source as input_ids, the target as labels (encoder-decoder);
+- rlvr: the formatted `prompt` text (GRPOTrainer tokenises it) and its ids, plus
+  the columns the rewards read.
+
     python -m peftlab.data generate --spec results/specs/raw/sentiment.json --out results/raw/sentiment
     python -m peftlab.data tokenize --spec results/specs/data/sentiment/minilm.json --out results/data/sentiment/minilm
 
@@ -9,14 +17,16 @@ Tokenised data is a DatasetDict on disk with splits `train` and `eval` plus
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import random
+import string
 from pathlib import Path
 
 import datasets
 
-from peftlab import artifacts, cli
+from peftlab import artifacts, cli, rewards
 from peftlab.generators import GENERATORS
 from peftlab.spec import ModelSpec, TaskSpec
 
@@ -42,7 +52,11 @@ _FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".p
 
 
 def load_raw(task: TaskSpec) -> datasets.DatasetDict:
-    """The task's train and eval splits, from local files or the hub."""
+    """The task's train and eval splits, from local files or the hub, with `columns` renamed."""
+    return _load_splits(task).rename_columns(task.columns) if task.columns else _load_splits(task)
+
+
+def _load_splits(task: TaskSpec) -> datasets.DatasetDict:
     d = task.data
     if "files" in d:
         splits = {}
@@ -53,7 +67,7 @@ def load_raw(task: TaskSpec) -> datasets.DatasetDict:
                 raise ValueError(
                     f"tasks.{task.name}.data.files.{split}: unsupported file type {path.suffix!r}; allowed: {', '.join(_FORMATS)}"
                 )
-            kwargs = {"delimiter": "\t"} if path.suffix == ".tsv" else {}
+            kwargs = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if path.suffix == ".tsv" else {}  # GLUE TSVs hold bare quotes
             splits[split] = datasets.load_dataset(fmt, data_files=str(path), split="train", **kwargs)
         return datasets.DatasetDict(splits)
     if "hub" in d:
@@ -67,24 +81,59 @@ def load_raw(task: TaskSpec) -> datasets.DatasetDict:
     raise ValueError(f"tasks.{task.name}.data: generated data must be written by `generate` first")
 
 
+def template_fields(template: str) -> list[str]:
+    """The {names} a prompt template uses, besides {prompt}."""
+    return [f for _, f, _, _ in string.Formatter().parse(template) if f and f != "prompt"]
+
+
 def required_columns(task: TaskSpec) -> list[str]:
     if task.type == "classification":
         return [*task.text_fields, task.label_field]
-    return [task.prompt_field, task.response_field]
+    if task.type == "lm":
+        return task.text_fields[:1]
+    if task.type == "rlvr":
+        reward_columns = [c for r in task.rewards for c in rewards.COLUMNS[r] if c != "answer"]
+        answer = [task.response_field] if "math" in task.rewards else []
+        return list(dict.fromkeys([task.prompt_field, *template_fields(task.prompt_template), *reward_columns, *answer]))
+    return list(dict.fromkeys([task.prompt_field, task.response_field, *template_fields(task.prompt_template)]))
 
 
 def check_columns(task: TaskSpec, ds: datasets.DatasetDict) -> None:
     for split, part in ds.items():
         missing = [c for c in required_columns(task) if c not in part.column_names]
         if missing:
-            raise ValueError(f"task {task.name!r}, split {split}: missing column(s) {missing}; the data has {part.column_names}")
+            renamed = f" (after renaming {task.columns})" if task.columns else ""
+            raise ValueError(
+                f"task {task.name!r}, split {split}: missing column(s) {missing}; the data has {part.column_names}{renamed}; "
+                "set the task's text_fields / label_field / prompt_field / response_field, or rename with `columns:`"
+            )
+
+
+def format_prompt(task: TaskSpec, row: dict, tokenizer=None) -> str:
+    """The prompt text of one example: the template over its columns, in the chat template if asked."""
+    text = task.prompt_template.format(**{**row, "prompt": row[task.prompt_field]})
+    if task.chat_template:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+    return text
+
+
+def corpus_texts(task: TaskSpec, rows: datasets.Dataset) -> tuple[list[str], list[str]]:
+    """(texts a built model's tokenizer learns from, texts its base is pretrained on).
+
+    For prompt -> response tasks the base sees only the responses, so it knows the
+    vocabulary and the answer format while the mapping is left for fine-tuning.
+    """
+    if task.type in ("classification", "lm"):
+        fields = task.text_fields if task.type == "classification" else task.text_fields[:1]
+        texts = [" ".join(str(r[f]) for f in fields) for r in rows]
+        return texts, texts
+    if task.type == "rlvr":
+        prompts = [format_prompt(task, r) for r in rows]
+        return prompts, prompts
+    return [f"{r[task.prompt_field]} {r[task.response_field]}" for r in rows], [str(r[task.response_field]) for r in rows]
 
 
 # --- tokenisation ---------------------------------------------------------------------
-
-
-def sft_prompt(task: TaskSpec, prompt: str) -> str:
-    return task.prompt_template.format(prompt=prompt)
 
 
 def tokenize(task: TaskSpec, tokenizer, raw: datasets.DatasetDict) -> datasets.DatasetDict:
@@ -94,39 +143,73 @@ def tokenize(task: TaskSpec, tokenizer, raw: datasets.DatasetDict) -> datasets.D
     """
     check_columns(task, raw)
     max_len = task.max_length
+    keep: list[str] = []  # raw columns that stay beside the tokens (rlvr: what the rewards read)
+
+    def rows(batch):
+        return [dict(zip(batch, values)) for values in zip(*batch.values())]
 
     if task.type == "classification":
         fields, label = task.text_fields, task.label_field
+        as_label = float if task.num_labels == 1 else int  # regression: MSE on float labels
 
         def encode(batch):
             enc = tokenizer(*[batch[f] for f in fields], truncation=True, max_length=max_len)
-            return {
-                "input_ids": enc["input_ids"],
-                "attention_mask": enc["attention_mask"],
-                "labels": batch[label],
-                "length": [len(x) for x in enc["input_ids"]],
-            }
+            return {**enc, "labels": [as_label(x) for x in batch[label]]}
 
-    else:
-        prompts, responses = task.prompt_field, task.response_field
+    elif task.type == "lm":
 
         def encode(batch):
-            out = {"input_ids": [], "attention_mask": [], "labels": [], "length": [], "prompt_ids": [], "response": []}
-            for q, a in zip(batch[prompts], batch[responses]):
-                p_ids = tokenizer(sft_prompt(task, str(q)))["input_ids"]
-                r_ids = tokenizer(str(a), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-                ids = (p_ids + r_ids)[:max_len]
-                labels = ([-100] * len(p_ids) + r_ids)[:max_len]
-                out["input_ids"].append(ids)
-                out["attention_mask"].append([1] * len(ids))
-                out["labels"].append(labels)
-                out["length"].append(len(ids))
-                out["prompt_ids"].append(p_ids[:max_len])
-                out["response"].append(str(a))
+            enc = tokenizer([str(t) for t in batch[task.text_fields[0]]], truncation=True, max_length=max_len)
+            return {**enc, "labels": enc["input_ids"]}
+
+    elif task.type == "seq2seq":
+
+        def encode(batch):
+            enc = tokenizer([format_prompt(task, r) for r in rows(batch)], truncation=True, max_length=max_len)
+            targets = [str(a) for a in batch[task.response_field]]
+            labels = tokenizer(text_target=targets, truncation=True, max_length=max_len)["input_ids"]
+            return {**enc, "labels": labels, "response": targets}
+
+    elif task.type == "rlvr":
+        keep = [c for c in required_columns(task) if c != task.response_field]
+
+        def encode(batch):
+            prompts = [format_prompt(task, r, tokenizer) for r in rows(batch)]
+            enc = tokenizer(prompts, truncation=True, max_length=max_len)
+            out = {**enc, "prompt": prompts}
+            if "math" in task.rewards:
+                out["answer"] = [str(a) for a in batch[task.response_field]]
             return out
 
+    else:  # sft
+
+        def encode(batch):
+            out = {"input_ids": [], "attention_mask": [], "labels": [], "prompt_ids": [], "response": []}
+            for row in rows(batch):
+                a = str(row[task.response_field])
+                prompt = format_prompt(task, row, tokenizer)
+                p_ids = tokenizer(prompt, add_special_tokens=not task.chat_template)["input_ids"]  # a chat template has its own
+                r_ids = tokenizer(a, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+                ids = (p_ids + r_ids)[:max_len]
+                out["input_ids"].append(ids)
+                out["attention_mask"].append([1] * len(ids))
+                out["labels"].append(([-100] * len(p_ids) + r_ids)[:max_len])
+                out["prompt_ids"].append(p_ids[:max_len])
+                out["response"].append(a)
+            return out
+
+    def with_length(batch):
+        out = encode(batch)
+        out["length"] = [len(x) for x in out["input_ids"]]
+        return out
+
     return datasets.DatasetDict(
-        {split: part.map(encode, batched=True, remove_columns=part.column_names, desc=f"tokenize {split}") for split, part in raw.items()}
+        {
+            split: part.map(
+                with_length, batched=True, remove_columns=[c for c in part.column_names if c not in keep], desc=f"tokenize {split}"
+            )
+            for split, part in raw.items()
+        }
     )
 
 

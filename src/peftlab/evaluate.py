@@ -4,9 +4,15 @@
         --adapter results/runs/<run_id>/adapter --out results/runs/<run_id>/eval.json
 
 The adapter is loaded onto an untouched base model, as a user would load it.
-Classification: accuracy and macro-F1. SFT: eval loss and perplexity on the
-response tokens, and exact match of the extracted final answer from batched,
-greedy, left-padded generation.
+Generation is greedy and batched (left-padded for decoders).
+- classification: accuracy, macro-F1, F1, precision, recall, Matthews correlation;
+  regression (num_labels 1): Pearson, Spearman, MSE;
+- sft: eval loss and perplexity on the response tokens; exact match of the
+  extracted final answer (answer_format); ROUGE when `rouge: true`;
+- lm: eval loss and perplexity;
+- seq2seq: ROUGE-1/2/L of the generations, eval loss and perplexity;
+- rlvr: accuracy (the first reward scores 1 on the greedy answer), the share in
+  the answer format, and the mean of every reward.
 """
 
 from __future__ import annotations
@@ -18,9 +24,10 @@ import datasets
 import torch
 from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
 
-from peftlab import artifacts, cli, methods, metrics
+from peftlab import artifacts, cli, methods, metrics, rewards
 from peftlab.models import device_of, load_tokenizer
-from peftlab.spec import RunSpec
+from peftlab.spec import RunSpec, TaskSpec
+from peftlab.train import model_columns
 
 log = logging.getLogger(__name__)
 
@@ -40,24 +47,30 @@ def batches(ds: datasets.Dataset, size: int):
 
 
 @torch.no_grad()
-def evaluate_classification(model, tokenizer, ds, batch_size: int) -> dict:
+def predict(model, tokenizer, ds, batch_size: int, num_labels: int) -> tuple[list, list]:
+    """(labels, predictions) of a classifier: the argmax class, or the score of a regression head."""
     pad = DataCollatorWithPadding(tokenizer)
     predictions, labels = [], []
-    for rows in batches(ds.select_columns(["input_ids", "attention_mask", "labels"]), batch_size):
+    for rows in batches(ds.select_columns(model_columns(ds)), batch_size):
         batch = pad(rows.to_list())
         labels += batch.pop("labels").tolist()
-        predictions += model(**batch.to(device_of(model))).logits.argmax(-1).tolist()
-    return metrics.classification(labels, predictions)
+        out = model(**batch.to(device_of(model))).logits.float()
+        predictions += (out[:, 0] if num_labels == 1 else out.argmax(-1)).tolist()
+    return labels, predictions
 
 
 @torch.no_grad()
-def eval_loss(model, tokenizer, ds, batch_size: int) -> float:
-    """Mean cross-entropy over response tokens (prompt tokens are labelled -100)."""
+def eval_loss(model, tokenizer, ds, batch_size: int, shifted: bool = True) -> float:
+    """Mean cross-entropy over the labelled tokens (prompt tokens are labelled -100).
+
+    A decoder predicts token t+1 from t (`shifted`); an encoder-decoder predicts every label.
+    """
     pad = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
     total, count = 0.0, 0
-    for rows in batches(ds.select_columns(["input_ids", "attention_mask", "labels"]), batch_size):
+    for rows in batches(ds.select_columns(model_columns(ds)), batch_size):
         batch = pad(rows.to_list()).to(device_of(model))
-        n = int((batch["labels"][:, 1:] != -100).sum())
+        labels = batch["labels"][:, 1:] if shifted else batch["labels"]
+        n = int((labels != -100).sum())
         total += model(**batch).loss.item() * n
         count += n
     return total / max(count, 1)
@@ -65,8 +78,9 @@ def eval_loss(model, tokenizer, ds, batch_size: int) -> float:
 
 @torch.no_grad()
 def generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int, batch_size: int) -> list[str]:
-    """Greedy continuations of each prompt, batched with left padding."""
-    tokenizer.padding_side = "left"
+    """Greedy continuations of each prompt, batched; decoders get left padding, so every prompt ends where generation starts."""
+    encoder_decoder = model.config.is_encoder_decoder
+    tokenizer.padding_side = "right" if encoder_decoder else "left"
     outputs = []
     for start in range(0, len(prompt_ids), batch_size):
         chunk = prompt_ids[start : start + batch_size]
@@ -78,30 +92,63 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
         )
-        outputs += tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+        new = generated if encoder_decoder else generated[:, batch["input_ids"].shape[1] :]
+        outputs += tokenizer.batch_decode(new, skip_special_tokens=True)
+    tokenizer.padding_side = "right"
     return outputs
+
+
+def with_perplexity(loss: float) -> dict[str, float]:
+    return {"eval_loss": loss, "perplexity": math.exp(min(loss, 50))}
+
+
+def samples(references: list[str], generated: list[str], n: int = 5) -> list[dict]:
+    return [{"reference": r, "generated": g} for r, g in zip(references[:n], generated[:n])]
+
+
+def task_metrics(task: TaskSpec, model, tokenizer, ds: datasets.Dataset) -> dict:
+    """The task's metrics on one held-out split."""
+    bs = task.eval_batch_size
+    if task.type == "classification":
+        labels, predictions = predict(model, tokenizer, ds, bs, task.num_labels)
+        if task.num_labels == 1:
+            return metrics.regression(labels, predictions)
+        return metrics.classification(labels, predictions, task.num_labels)
+    if task.type == "lm":
+        return with_perplexity(eval_loss(model, tokenizer, ds, bs))
+    if task.type == "seq2seq":
+        texts = generate(model, tokenizer, ds["input_ids"], task.max_new_tokens, bs)
+        loss = eval_loss(model, tokenizer, ds, bs, shifted=False)
+        return {**metrics.rouge(texts, ds["response"]), **with_perplexity(loss), "samples": samples(ds["response"], texts)}
+    if task.type == "rlvr":
+        texts = generate(model, tokenizer, ds["input_ids"], task.max_new_tokens, bs)
+        columns = {c: ds[c] for r in task.rewards for c in rewards.COLUMNS[r]}
+        scores = {r: rewards.REWARDS[r](texts, **columns) for r in task.rewards}
+        correct = scores[task.rewards[0]]
+        return {
+            "accuracy": sum(s == 1.0 for s in correct) / max(len(correct), 1),
+            "format": sum(map(rewards.format_score, texts)) / max(len(texts), 1),
+            "mean_reward": {r: sum(v) / max(len(v), 1) for r, v in scores.items()},
+            "samples": [{"prompt": p[-200:], "generated": g, "score": s} for p, g, s in zip(ds["prompt"][:5], texts[:5], correct[:5])],
+        }
+    # sft; right padding for the loss: positions match training
+    result = with_perplexity(eval_loss(model, tokenizer, ds, bs))
+    texts = generate(model, tokenizer, ds["prompt_ids"], task.max_new_tokens, bs)
+    if task.answer_format != "none":
+        result["exact_match"] = metrics.exact_match(texts, ds["response"], task.answer_format)
+    if task.rouge:
+        result.update(metrics.rouge(texts, ds["response"]))
+    return {**result, "samples": samples(ds["response"], texts)}
 
 
 def evaluate(spec: RunSpec, adapter: str) -> dict:
     prov = artifacts.Provenance(spec.to_dict())
-    task = spec.task
     ds = datasets.load_from_disk(spec.data_dir)["eval"]
-    bs = task.eval_batch_size
     model, tokenizer = load_trained(spec, adapter)
     if torch.cuda.is_available():  # the job's one GPU (launch.Resources.single)
         model.to("cuda")
-    if task.type == "classification":
-        result = evaluate_classification(model, tokenizer, ds, bs)
-    else:
-        loss = eval_loss(model, tokenizer, ds, bs)  # right padding: positions match training
-        texts = generate(model, tokenizer, ds["prompt_ids"], task.max_new_tokens, bs)
-        result = {
-            "eval_loss": loss,
-            "perplexity": math.exp(min(loss, 50)),
-            "exact_match": metrics.exact_match(texts, ds["response"], task.answer_format),
-            "samples": [{"reference": r, "generated": g} for r, g in zip(ds["response"][:5], texts[:5])],
-        }
-    return {"run_id": spec.run_id, "task_type": task.type, "examples": len(ds), "metrics": result, **prov.record()}
+    result = task_metrics(spec.task, model, tokenizer, ds)
+    return {"run_id": spec.run_id, "task_type": spec.task.type, "examples": len(ds), "metrics": result, **prov.record()}
 
 
 def main(argv=None):

@@ -45,7 +45,7 @@ def merge(spec: RunSpec, adapter: str, merged: Path) -> dict:
             (tmp / "NOT_MERGED.txt").write_text(method.not_mergeable_reason + "\n")
             return {"run_id": spec.run_id, "mergeable": False, "reason": method.not_mergeable_reason, **prov.record()}
         model, tokenizer = load_trained(spec, adapter, quantized=False)
-        probe = probe_batch(datasets.load_from_disk(spec.data_dir)["eval"], tokenizer)
+        probe = probe_batch(datasets.load_from_disk(spec.data_dir)["eval"], tokenizer, spec.task)
         before = logits(model, probe)
         plain = model.merge_and_unload() if method.impl else model
         if fix := methods.hook(method, "after_merge"):

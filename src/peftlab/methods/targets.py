@@ -69,7 +69,7 @@ def _config_json(path: str) -> Path | None:
 def family(model: dict) -> str | None:
     """The model family of a config's model entry (`path` or `build`), or None if unknown."""
     if "build" in model:
-        return "llama"  # the pipeline builds Llama-architecture models
+        return model["build"].get("arch", "llama")  # the pipeline builds Llama or T5 models (families of the same names)
     config = _config_json(model["path"])
     if config is not None:
         return FAMILY_OF_MODEL_TYPE.get(json.loads(config.read_text()).get("model_type"))
