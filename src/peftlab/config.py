@@ -152,7 +152,7 @@ def _check_names(cfg: dict, check_files: bool) -> None:
         if gen is not None:
             if gen not in GENERATORS:
                 problems.append(f"tasks.{name}.data.generator: unknown generator {gen!r}; allowed: {', '.join(sorted(GENERATORS))}")
-        for split, file in task["data"].get("files", {}).items():
+        for split, file in data_files(task).items():
             if check_files and not Path(file).exists():
                 problems.append(f"tasks.{name}.data.files.{split}: file {file!r} does not exist")
     for name, model in cfg["models"].items():
@@ -163,6 +163,14 @@ def _check_names(cfg: dict, check_files: bool) -> None:
             )
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def data_files(task: dict) -> dict[str, str]:
+    """A task's local data files by key path under data.files (train, eval or eval.<name>)."""
+    out = {}
+    for split, value in task["data"].get("files", {}).items():
+        out.update({f"{split}.{k}": v for k, v in value.items()} if isinstance(value, dict) else {split: value})
+    return out
 
 
 def _deep_merge(base: dict, over: dict) -> dict:

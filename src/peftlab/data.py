@@ -56,28 +56,42 @@ def load_raw(task: TaskSpec) -> datasets.DatasetDict:
     return _load_splits(task).rename_columns(task.columns) if task.columns else _load_splits(task)
 
 
+def eval_names(task: TaskSpec) -> dict[str, str | None]:
+    """{split of the tokenised data: its name in eval.json}: one held-out split is `eval` (no name);
+    named ones ({matched: …, mismatched: …}) are `eval` for the first and `eval_<name>` for the rest."""
+    source = task.data["files"]["eval"] if "files" in task.data else task.data.get("hub", {}).get("eval_split", "eval")
+    if not isinstance(source, dict):
+        return {"eval": None}
+    return {("eval" if i == 0 else f"eval_{name}"): name for i, name in enumerate(source)}
+
+
+def _sources(task: TaskSpec, key: str) -> dict[str, str]:
+    """{split of the loaded data: file or hub split} for `key` (train or eval)."""
+    d = task.data
+    value = d["files"][key] if "files" in d else d["hub"][f"{key}_split"]
+    if key == "train":
+        return {"train": value}
+    return {split: value if name is None else value[name] for split, name in eval_names(task).items()}
+
+
 def _load_splits(task: TaskSpec) -> datasets.DatasetDict:
     d = task.data
+    sources = {**_sources(task, "train"), **_sources(task, "eval")} if "files" in d or "hub" in d else None
     if "files" in d:
         splits = {}
-        for split in ("train", "eval"):
-            path = Path(d["files"][split])
+        for split, file in sources.items():
+            path = Path(file)
             fmt = _FORMATS.get(path.suffix)
             if fmt is None:
                 raise ValueError(
-                    f"tasks.{task.name}.data.files.{split}: unsupported file type {path.suffix!r}; allowed: {', '.join(_FORMATS)}"
+                    f"tasks.{task.name}.data.files: {file}: unsupported file type {path.suffix!r}; allowed: {', '.join(_FORMATS)}"
                 )
             kwargs = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if path.suffix == ".tsv" else {}  # GLUE TSVs hold bare quotes
             splits[split] = datasets.load_dataset(fmt, data_files=str(path), split="train", **kwargs)
         return datasets.DatasetDict(splits)
     if "hub" in d:
         h = d["hub"]
-        return datasets.DatasetDict(
-            {
-                "train": datasets.load_dataset(h["id"], h["subset"], split=h["train_split"]),
-                "eval": datasets.load_dataset(h["id"], h["subset"], split=h["eval_split"]),
-            }
-        )
+        return datasets.DatasetDict({split: datasets.load_dataset(h["id"], h["subset"], split=source) for split, source in sources.items()})
     raise ValueError(f"tasks.{task.name}.data: generated data must be written by `generate` first")
 
 

@@ -25,6 +25,7 @@ import torch
 from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
 
 from peftlab import artifacts, cli, methods, metrics, rewards
+from peftlab.data import eval_names
 from peftlab.models import device_of, load_tokenizer
 from peftlab.spec import RunSpec, TaskSpec
 from peftlab.train import model_columns
@@ -142,13 +143,20 @@ def task_metrics(task: TaskSpec, model, tokenizer, ds: datasets.Dataset) -> dict
 
 
 def evaluate(spec: RunSpec, adapter: str) -> dict:
+    """The task's metrics on its held-out split; with named splits (MNLI's matched and
+    mismatched), the first one's at the top and every one's under `splits`."""
     prov = artifacts.Provenance(spec.to_dict())
-    ds = datasets.load_from_disk(spec.data_dir)["eval"]
+    data = datasets.load_from_disk(spec.data_dir)
     model, tokenizer = load_trained(spec, adapter)
     if torch.cuda.is_available():  # the job's one GPU (launch.Resources.single)
         model.to("cuda")
-    result = task_metrics(spec.task, model, tokenizer, ds)
-    return {"run_id": spec.run_id, "task_type": spec.task.type, "examples": len(ds), "metrics": result, **prov.record()}
+    names = eval_names(spec.task)
+    by_split = {split: task_metrics(spec.task, model, tokenizer, data[split]) for split in names}
+    result = by_split["eval"]
+    if names["eval"] is not None:
+        result = {**result, "splits": {names[split]: m for split, m in by_split.items()}}
+    examples = {names[split] or split: len(data[split]) for split in names}
+    return {"run_id": spec.run_id, "task_type": spec.task.type, "examples": sum(examples.values()), "metrics": result, **prov.record()}
 
 
 def main(argv=None):

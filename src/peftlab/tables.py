@@ -26,7 +26,14 @@ from peftlab.config import TASK_METRICS, metric_kind  # noqa: E402
 
 log = logging.getLogger(__name__)
 METRICS = list(dict.fromkeys(m for names in TASK_METRICS.values() for m in names))
-MAIN_METRIC = {"classification": "accuracy", "regression": "pearson", "sft": "exact_match", "lm": "perplexity", "seq2seq": "rougeL", "rlvr": "accuracy"}
+MAIN_METRIC = {
+    "classification": "accuracy",
+    "regression": "pearson",
+    "sft": "exact_match",
+    "lm": "perplexity",
+    "seq2seq": "rougeL",
+    "rlvr": "accuracy",
+}
 
 
 def main_metric(task: dict) -> str:
@@ -36,6 +43,8 @@ def main_metric(task: dict) -> str:
     if task["type"] == "sft" and task.get("answer_format") == "none":
         return "rougeL" if task.get("rouge") else "perplexity"
     return MAIN_METRIC[metric_kind({"num_labels": 2, **task})]
+
+
 SETTING = ["task", "model", "method", "r", "lr", "train_size"]
 
 
@@ -65,6 +74,9 @@ def run_row(run_dir: Path) -> dict | None:
         "train_time_s": round(tr["wall_time_s"], 1),
         "losses": tr["losses"],  # for the loss plot; not a table column
     }
+    main = row["main_metric"]
+    for split, m in ev["metrics"].get("splits", {}).items():  # named held-out sets: MNLI's accuracy[matched], [mismatched]
+        row[f"{main}[{split}]"] = m.get(main)
     check = run_dir / "merge_check.json"
     if check.exists():
         mc = artifacts.read_json(check)

@@ -4,7 +4,7 @@
 import re
 
 from peftlab import artifacts, launch
-from peftlab.config import ConfigError, plan
+from peftlab.config import ConfigError, data_files, plan
 
 try:
     CFG, RUNS, SPECS, RESOURCES = plan(config)
@@ -33,7 +33,7 @@ def task_data(task):
     data = CFG["tasks"][task]["data"]
     if "generator" in data:
         return [f"results/raw/{task}"]
-    return list(data.get("files", {}).values())
+    return list(data_files(CFG["tasks"][task]).values())
 
 
 def stage_resources(stage):
