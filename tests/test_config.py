@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, load_test_config, snakemake
-from peftlab.config import ConfigError, expand_matrix, load_config, plan
+from peftlab.config import ConfigError, expand_matrix, load_config, plan, selected
 from peftlab.launch import PRESETS, Resources
 from peftlab.spec import RunSpec
 
@@ -282,3 +282,48 @@ def test_experiment_resources_override_base():
     assert (r["t/m/a"].gpus, r["t/m/a"].runtime) == (4, 10)
     assert (r["t/m/b"].gpus, r["t/m/b"].runtime, r["t/m/b"].mem_mb) == (2, 10, 256000)
     assert r["t/m/c"] == PRESETS["tiny"]
+
+
+@pytest.mark.parametrize(
+    "only,exclude,expected",
+    [
+        (None, None, ["t/m/lora_s1", "t/m/lora_s2", "t/m/dora_s1", "t/m/lora_plus_s1"]),
+        ("lora_s1", None, ["t/m/lora_s1"]),  # a name
+        ("t/m/dora_s1", None, ["t/m/dora_s1"]),  # a whole run id
+        ("lora_*", None, ["t/m/lora_s1", "t/m/lora_s2", "t/m/lora_plus_s1"]),  # a glob
+        ("lora_s?,dora_*", None, ["t/m/lora_s1", "t/m/lora_s2", "t/m/dora_s1"]),  # comma-separated, as --config passes it
+        (["lora_s1", "dora_s1"], None, ["t/m/lora_s1", "t/m/dora_s1"]),  # a YAML list
+        (None, "*_s1", ["t/m/lora_s2"]),
+        ("lora*", "lora_plus*", ["t/m/lora_s1", "t/m/lora_s2"]),
+    ],
+)
+def test_selection_by_name_and_glob(only, exclude, expected):
+    ids = ["t/m/lora_s1", "t/m/lora_s2", "t/m/dora_s1", "t/m/lora_plus_s1"]
+    assert selected(ids, only, exclude) == expected
+
+
+def test_selection_that_leaves_nothing_is_an_error():
+    with pytest.raises(ConfigError, match=r"only=lroa_\* exclude=-: no run is left of 2; run ids look like t/m/lora_s1"):
+        selected(["t/m/lora_s1", "t/m/lora_s2"], "lroa_*")
+
+
+def test_config_cli_lists_the_selected_run_ids(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "peftlab.config",
+            str(ROOT / "config/experiments/stress_rank.yaml"),
+            "--only",
+            "pissa_*",
+            "--exclude",
+            "*_s123",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [f"countdown/r1-1.5b/pissa_r{r}_s42" for r in (4, 16, 64, 256)]

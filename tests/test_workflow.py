@@ -48,3 +48,64 @@ def test_python_code_passes_ruff():
     for cmd in (["ruff", "check", "src", "tests", "bench"], ["ruff", "format", "--check", "src", "tests", "bench"]):
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# The seeds' matrices: exactly the number of training jobs each seed ran.
+SEED_MATRICES = {
+    "core_1.5B.yaml": 24,  # PeRL: 8 methods x 3 seeds
+    "core_7B.yaml": 15,  # PeRL: 5 methods x 3 seeds
+    "stress_rank.yaml": 32,  # PeRL: 4 methods x 4 ranks x 2 seeds
+    "stress_data.yaml": 32,  # PeRL: 4 methods x 4 data sizes x 2 seeds
+    "glue_mrpc.yaml": 9,
+    "gsm8k.yaml": 6,
+    "metamath_qa.yaml": 3,
+    "code_feedback.yaml": 2,
+    "template.yaml": 4,
+    "gpt2_imdb.yaml": 4,
+    "llama2_samsum_qlora.yaml": 2,
+    "t5_samsum.yaml": 4,
+    "playground_glue.yaml": 24,
+    "playground_sva_cola.yaml": 18,
+}
+
+
+def test_every_experiment_file_has_a_count():
+    assert sorted(SEED_MATRICES) == sorted(p.name for p in (ROOT / "config/experiments").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name,count", SEED_MATRICES.items())
+def test_seed_matrix_plans_its_number_of_training_jobs(name, count, tmp_path):
+    proc = snakemake(tmp_path, "-n", config=ROOT / "config/experiments" / name)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = planned_jobs(proc)
+    assert jobs["train_run"] == jobs["evaluate_run"] == jobs["merge_run"] == count
+    runs = plan(yaml.safe_load((ROOT / "config/experiments" / name).read_text())).runs
+    assert jobs["data_tokenize"] == len({r["data_dir"] for r in runs.values()})  # once per task and model
+
+
+def test_perl_matrices_hold_103_runs_with_their_hyperparameters():
+    runs = {}
+    for name in "core_1.5B.yaml", "core_7B.yaml", "stress_rank.yaml", "stress_data.yaml":
+        runs |= plan(yaml.safe_load((ROOT / "config/experiments" / name).read_text())).runs
+    assert len(runs) == 103
+    lora = runs["countdown/r1-1.5b/lora_s42"]
+    assert (lora["peft"]["r"], lora["peft"]["lora_alpha"], lora["training"]["learning_rate"]) == (16, 32, 1e-5)
+    assert (lora["training"]["max_steps"], lora["training"]["batch_size"], lora["training"]["grad_accum"]) == (1000, 4, 8)
+    assert lora["training"]["rl"]["num_generations"] == 8 and lora["model"]["path"] == "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
+    assert runs["countdown/r1-1.5b/vera_s123"]["training"]["learning_rate"] == 1e-4
+    assert runs["countdown/r1-7b/dora_s456"]["training"]["batch_size"] == 2
+    assert runs["countdown/r1-1.5b/pissa_r256_s123"]["peft"]["r"] == 256
+    sizes = {r["training"]["train_size"] for k, r in runs.items() if "_n" in k}
+    assert sizes == {1000, 4000, 8500, 17000}
+    # runs that differ only in seed, method or data size share one tokenised dataset
+    assert len({r["data_dir"] for k, r in runs.items() if "r1-1.5b" in k}) == 1
+
+
+def test_selection_by_name_and_glob_through_snakemake(tmp_path):
+    config = ROOT / "config/experiments/core_1.5B.yaml"
+    proc = snakemake(tmp_path, "-n", "--config", "only=lora_*,dora_s42", "exclude=*_s456", config=config)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # lora_s42, lora_s123, lora_plus_s42, lora_plus_s123 (lora_* matches lora_plus too), dora_s42
+    assert planned_jobs(proc)["train_run"] == 5
+    proc = snakemake(tmp_path, "-n", "--config", "only=nothing_*", config=config)
+    assert proc.returncode != 0 and "only=nothing_* exclude=-: no run is left of 24" in proc.stdout + proc.stderr

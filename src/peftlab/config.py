@@ -308,6 +308,12 @@ def expand(cfg: dict, root: str = RESULTS) -> tuple[dict[str, dict], dict[str, l
         # GRPO settings belong to rlvr runs only, so a top-level `rl` reruns nothing else
         cell["training"]["rl"] = {**RL_DEFAULTS, **cell["training"]["rl"]} if cfg["tasks"][task]["type"] == "rlvr" else {}
         res = run_resources(cfg, model, levels, presets)
+        rl, t = cell["training"]["rl"], cell["training"]
+        if rl and (t["batch_size"] * t["grad_accum"] * res.world_size) % rl["num_generations"]:
+            raise ConfigError(
+                f"{where}.training: GRPO samples rl.num_generations={rl['num_generations']} completions per prompt, so batch_size x grad_accum x "
+                f"processes ({t['batch_size']} x {t['grad_accum']} x {res.world_size}) must be a multiple of it"
+            )
         spec = {
             "run_id": run_id,
             "task": {"name": task, **cfg["tasks"][task]},
@@ -421,15 +427,19 @@ def plan(raw: dict, root: str = RESULTS) -> Plan:
 
 
 def main(argv=None):
-    """`python -m peftlab.config CONFIG.yaml`: validate a config and print its run ids, one per line."""
+    """`python -m peftlab.config CONFIG.yaml [--only GLOBS] [--exclude GLOBS]`: validate a config and print its run ids, one per line."""
     import argparse
     import sys
 
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("config", help="config file")
+    p.add_argument("--only", help="keep runs whose id or name matches one of these comma-separated globs (as --config only=...)")
+    p.add_argument("--exclude", help="drop runs whose id or name matches one of these comma-separated globs")
     args = p.parse_args(argv)
+    raw = load_yaml(args.config)
+    raw.update({k: v for k, v in (("only", args.only), ("exclude", args.exclude)) if v is not None})
     try:
-        runs = expand_matrix(load_config(load_yaml(args.config)))
+        runs = expand_matrix(load_config(raw))
     except ConfigError as e:
         sys.exit(f"{args.config}: {e}")
     print(*runs, sep="\n")
