@@ -62,3 +62,11 @@ def test_a_run_started_with_the_wrong_number_of_processes_fails_before_training(
     with pytest.raises(RuntimeError, match="started as 1 process\\(es\\), but its resources give a world size of 2"):
         run(spec, tmp_path, "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_packed_batches_train_like_padded_ones(in_tiny, tmp_path):
+    """Padding-free batches (DataCollatorWithFlattening): attention stays within each example, so the losses match."""
+    padded = in_tiny("lora", task="arith", batch_size=8, **STEPS)
+    packed = dataclasses.replace(padded, task=dataclasses.replace(padded.task, packing=True))
+    a, b = run(padded, tmp_path, "padded"), run(packed, tmp_path, "packed")
+    assert losses(b) == pytest.approx(losses(a), abs=1e-4)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -326,3 +328,60 @@ def test_rlvr_runs_grpo_and_scores_greedy_answers(done):
     assert train["steps"] == 3 and len(train["rewards"]) == 3
     assert all(0 <= r["reward"] <= 2 for r in train["rewards"])  # countdown + format, each 0 or 1
     assert 0 <= m["accuracy"] <= 1 and 0 <= m["format"] <= 1 and set(m["mean_reward"]) == {"countdown", "format"}
+
+
+def infer(work: Path, *args: str) -> list[dict]:
+    proc = subprocess.run([sys.executable, "-m", "peftlab.infer", *args], cwd=work, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
+def test_inference_answers_with_the_adapter_and_the_merged_model_alike(done):
+    work, runs = done
+    run = "results/runs/" + next(r for r in runs if r.startswith("gsm8k/"))
+    (work / "questions.jsonl").write_text(
+        "".join(json.dumps({"question": f"Tom has {a} pens and buys {b} more. How many pens now?"}) + "\n" for a, b in ((2, 3), (4, 4)))
+    )
+    adapter = infer(work, "--run", run, "--inputs", "questions.jsonl")
+    merged = infer(work, "--run", run, "--merged", "--inputs", "questions.jsonl")
+    assert [a["output"] for a in adapter] == [m["output"] for m in merged]  # greedy: the same tokens
+    assert len(adapter) == 2 and all(a["output"] and "answer" in a for a in adapter)
+    one = infer(work, "--run", run, "--input", "Tom has 2 pens and buys 3 more. How many pens now?")
+    assert one[0]["output"] == adapter[0]["output"]  # a plain string fills the prompt column
+
+
+def test_inference_classifies_and_writes_json(done):
+    work, runs = done
+    run = "results/runs/" + next(r for r in runs if r.startswith("stsb/"))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "peftlab.infer",
+            "--run",
+            run,
+            "--out",
+            "scores.json",
+            "--input",
+            '{"sentence1": "good fine", "sentence2": "good fine"}',
+        ],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [answer] = artifacts.read_json(work / "scores.json")
+    assert isinstance(answer["score"], float)
+    run = "results/runs/" + next(r for r in runs if r.startswith("mnli/"))
+    [answer] = infer(work, "--run", run, "--input", '{"premise": "the film was good .", "hypothesis": "the film is good ."}')
+    assert answer["label"] in (0, 1, 2) and sum(answer["probabilities"]) == pytest.approx(1, abs=1e-5)
+
+
+def test_inference_names_the_columns_an_input_lacks(done):
+    work, runs = done
+    run = "results/runs/" + next(r for r in runs if r.startswith("countdown/"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "peftlab.infer", "--run", run, "--input", '{"nums": [1, 2]}'], cwd=work, capture_output=True, text=True
+    )
+    assert proc.returncode != 0 and "lacks the column(s) ['target']" in proc.stderr
