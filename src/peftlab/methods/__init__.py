@@ -50,7 +50,7 @@ class Method:
 class Context:
     """What a builder needs beyond the peft spec: known only once the model and data are loaded."""
 
-    task_type: str  # peft task type: SEQ_CLS | CAUSAL_LM
+    task_type: str  # peft task type: SEQ_CLS | CAUSAL_LM | SEQ_2_SEQ_LM
     total_steps: int  # optimiser steps of the run (AdaLoRA's schedule)
     targets: list[str] | None  # resolved target modules; None: the method's default for the architecture
 
