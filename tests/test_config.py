@@ -122,6 +122,49 @@ def test_test_config_is_valid():
 
 BAD = [
     (
+        "prompt template with bare braces",
+        lambda c: c["tasks"]["t"].update(type="sft", prompt_template="Put the answer in \\boxed{} please: {prompt}"),
+        r"tasks.t.prompt_template: a field needs a name: \{prompt\} or a column's name; write literal braces doubled, as in \\boxed\{\{\}\}",
+    ),
+    (
+        "rlvr without rewards",
+        lambda c: c["tasks"]["t"].update(type="rlvr"),
+        r"tasks.t.rewards: an rlvr task needs at least one reward; allowed: countdown, math, format",
+    ),
+    (
+        "unknown reward",
+        lambda c: c["tasks"]["t"].update(type="rlvr", rewards=["countdwn"]),
+        r"tasks.t.rewards\[0\]: 'countdwn' is not one of",
+    ),
+    (
+        "rewards on a classification task",
+        lambda c: c["tasks"]["t"].update(rewards=["format"]),
+        r"tasks.t.rewards: only rlvr tasks have rewards",
+    ),
+    (
+        "a metric the task type does not report",
+        lambda c: c["tasks"]["t"].update(num_labels=1, metric="mcc"),
+        r"tasks.t.metric: 'mcc' is not reported for regression tasks; allowed: pearson, spearman, mse",
+    ),
+    (
+        "GRPO batch not a multiple of the group",
+        lambda c: (
+            c["tasks"]["t"].update(type="rlvr", rewards=["format"]),
+            c.update(training={"batch_size": 6, "rl": {"num_generations": 4}}),
+        ),
+        r"sweep\[0\].training: GRPO samples rl.num_generations=4 completions per prompt, so batch_size x grad_accum x processes \(6 x 1 x 1\) must be a multiple of it",
+    ),
+    (
+        "a built T5 on a decoder task",
+        lambda c: c["models"].update(m={"build": {"corpus_task": "t", "arch": "t5"}}),
+        r"sweep\[0\].model: 'm' builds a t5 model, which cannot run classification task 't'; seq2seq tasks need arch t5",
+    ),
+    (
+        "unknown corpus task",
+        lambda c: c["models"].update(m={"build": {"corpus_task": "x"}}),
+        r"models.m.build.corpus_task: unknown task 'x'; defined in tasks: t",
+    ),
+    (
         "unknown top-level key",
         lambda c: c.update(sweeps=[]),
         r"<top level>: unknown key\(s\) 'sweeps'; allowed: base, exclude, experiments, models, only",

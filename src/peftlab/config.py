@@ -20,6 +20,7 @@ import copy
 import fnmatch
 import itertools
 import re
+import string
 from pathlib import Path
 from typing import NamedTuple
 
@@ -144,6 +145,12 @@ def _check_names(cfg: dict, check_files: bool) -> None:
         metric, kind = task["metric"], metric_kind(task)
         if metric is not None and metric not in TASK_METRICS[kind]:
             problems.append(f"tasks.{name}.metric: {metric!r} is not reported for {kind} tasks; allowed: {', '.join(TASK_METRICS[kind])}")
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(task["prompt_template"]) if f is not None]
+            if "" in fields or any(f[0].isdigit() for f in fields if f):
+                raise ValueError("a field needs a name: {prompt} or a column's name")
+        except ValueError as e:
+            problems.append(f"tasks.{name}.prompt_template: {e}; write literal braces doubled, as in \\boxed{{{{}}}}")
         if task["type"] == "rlvr" and not task["rewards"]:
             problems.append(f"tasks.{name}.rewards: an rlvr task needs at least one reward; allowed: countdown, math, format")
         if task["type"] != "rlvr" and task["rewards"]:

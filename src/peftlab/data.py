@@ -76,23 +76,21 @@ def _sources(task: TaskSpec, key: str) -> dict[str, str]:
 
 def _load_splits(task: TaskSpec) -> datasets.DatasetDict:
     d = task.data
-    sources = {**_sources(task, "train"), **_sources(task, "eval")} if "files" in d or "hub" in d else None
-    if "files" in d:
-        splits = {}
-        for split, file in sources.items():
-            path = Path(file)
-            fmt = _FORMATS.get(path.suffix)
-            if fmt is None:
-                raise ValueError(
-                    f"tasks.{task.name}.data.files: {file}: unsupported file type {path.suffix!r}; allowed: {', '.join(_FORMATS)}"
-                )
-            kwargs = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if path.suffix == ".tsv" else {}  # GLUE TSVs hold bare quotes
-            splits[split] = datasets.load_dataset(fmt, data_files=str(path), split="train", **kwargs)
-        return datasets.DatasetDict(splits)
+    if "files" not in d and "hub" not in d:
+        raise ValueError(f"tasks.{task.name}.data: generated data must be written by `generate` first")
+    sources = {**_sources(task, "train"), **_sources(task, "eval")}
     if "hub" in d:
         h = d["hub"]
         return datasets.DatasetDict({split: datasets.load_dataset(h["id"], h["subset"], split=source) for split, source in sources.items()})
-    raise ValueError(f"tasks.{task.name}.data: generated data must be written by `generate` first")
+    splits = {}
+    for split, file in sources.items():
+        path = Path(file)
+        fmt = _FORMATS.get(path.suffix)
+        if fmt is None:
+            raise ValueError(f"tasks.{task.name}.data.files: {file}: unsupported file type {path.suffix!r}; allowed: {', '.join(_FORMATS)}")
+        kwargs = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if path.suffix == ".tsv" else {}  # GLUE TSVs hold bare quotes
+        splits[split] = datasets.load_dataset(fmt, data_files=str(path), split="train", **kwargs)
+    return datasets.DatasetDict(splits)
 
 
 def template_fields(template: str) -> list[str]:

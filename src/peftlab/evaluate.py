@@ -155,8 +155,8 @@ def evaluate(spec: RunSpec, adapter: str) -> dict:
     result = by_split["eval"]
     if names["eval"] is not None:
         result = {**result, "splits": {names[split]: m for split, m in by_split.items()}}
-    examples = {names[split] or split: len(data[split]) for split in names}
-    return {"run_id": spec.run_id, "task_type": spec.task.type, "examples": sum(examples.values()), "metrics": result, **prov.record()}
+    examples = sum(len(data[split]) for split in names)
+    return {"run_id": spec.run_id, "task_type": spec.task.type, "examples": examples, "metrics": result, **prov.record()}
 
 
 def main(argv=None):
