@@ -119,11 +119,12 @@ def samsum(rng: random.Random, n: int) -> list[dict]:
 
 
 def countdown(rng: random.Random, n: int) -> list[dict]:
-    """Jiayi-Pan/Countdown-Tasks-3to4's columns: target and nums."""
+    """Jiayi-Pan/Countdown-Tasks-3to4's columns, target and nums, plus a reference solution
+    (the built base is pretrained on prompt + solution, so it starts out answering in the format)."""
     rows = []
     for _ in range(n):
         nums = [rng.randint(1, 9) for _ in range(3)]
-        rows.append({"target": nums[0] + nums[1] * nums[2], "nums": nums})
+        rows.append({"target": nums[0] + nums[1] * nums[2], "nums": nums, "solution": f"<answer>{nums[0]} + {nums[1]} * {nums[2]}</answer>"})
     return rows
 
 
@@ -203,6 +204,7 @@ def write_datasets(root: Path) -> dict[str, dict]:
             "type": "rlvr",
             "data": {"files": files["countdown"]},
             "prompt_field": "target",
+            "response_field": "solution",
             "prompt_template": countdown_prompt,
             "rewards": ["countdown", "format"],
             "max_length": 96,
@@ -327,7 +329,9 @@ def test_rlvr_runs_grpo_and_scores_greedy_answers(done):
     train, m = result(done, "countdown")
     assert train["steps"] == 3 and len(train["rewards"]) == 3
     assert all(0 <= r["reward"] <= 2 for r in train["rewards"])  # countdown + format, each 0 or 1
-    assert 0 <= m["accuracy"] <= 1 and 0 <= m["format"] <= 1 and set(m["mean_reward"]) == {"countdown", "format"}
+    assert max(r["reward"] for r in train["rewards"]) > 0  # the sampled groups earn rewards: GRPO has advantages to follow
+    assert 0 <= m["accuracy"] <= 1 and set(m["mean_reward"]) == {"countdown", "format"}
+    assert m["format"] > 0.5 and m["mean_reward"]["format"] == m["format"]  # greedy answers come in <answer> tags
 
 
 def infer(work: Path, *args: str) -> list[dict]:

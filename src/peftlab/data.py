@@ -139,9 +139,10 @@ def corpus_texts(task: TaskSpec, rows: datasets.Dataset) -> tuple[list[str], lis
         fields = task.text_fields if task.type == "classification" else task.text_fields[:1]
         texts = [" ".join(str(r[f]) for f in fields) for r in rows]
         return texts, texts
-    if task.type == "rlvr":
-        prompts = [format_prompt(task, r) for r in rows]
-        return prompts, prompts
+    if task.type == "rlvr":  # prompts, followed by their reference solutions where the data has them
+        solutions = rows[task.response_field] if task.response_field in rows.column_names else [""] * len(rows)
+        texts = [format_prompt(task, r) + str(s) for r, s in zip(rows, solutions)]
+        return texts, texts
     return [f"{r[task.prompt_field]} {r[task.response_field]}" for r in rows], [str(r[task.response_field]) for r in rows]
 
 
