@@ -124,7 +124,9 @@ def countdown(rng: random.Random, n: int) -> list[dict]:
     rows = []
     for _ in range(n):
         nums = [rng.randint(1, 9) for _ in range(3)]
-        rows.append({"target": nums[0] + nums[1] * nums[2], "nums": nums, "solution": f"<answer>{nums[0]} + {nums[1]} * {nums[2]}</answer>"})
+        rows.append(
+            {"target": nums[0] + nums[1] * nums[2], "nums": nums, "solution": f"<answer>{nums[0]} + {nums[1]} * {nums[2]}</answer>"}
+        )
     return rows
 
 
@@ -151,7 +153,10 @@ def write_datasets(root: Path) -> dict[str, dict]:
         files[name] = {"train": str(root / f"{name}_train.{ext}"), "eval": str(root / f"{name}_dev.{ext}")}
         for split, n in (("train", n_train), ("eval", n_eval)):
             rows = make(rng, n)
-            (write_tsv(Path(files[name][split]), glue_header[name], rows) if ext == "tsv" else write_jsonl(Path(files[name][split]), rows))
+            if ext == "tsv":
+                write_tsv(Path(files[name][split]), glue_header[name], rows)
+            else:
+                write_jsonl(Path(files[name][split]), rows)
     files["mnli"]["eval"] = {"matched": files["mnli"]["eval"], "mismatched": str(root / "mnli_dev_mismatched.jsonl")}
     write_jsonl(root / "mnli_dev_mismatched.jsonl", mnli(rng, 16))
     countdown_prompt = (
