@@ -82,15 +82,17 @@ def _load_splits(task: TaskSpec) -> datasets.DatasetDict:
     if "hub" in d:
         h = d["hub"]
         return datasets.DatasetDict({split: datasets.load_dataset(h["id"], h["subset"], split=source) for split, source in sources.items()})
-    splits = {}
-    for split, file in sources.items():
-        path = Path(file)
-        fmt = _FORMATS.get(path.suffix)
-        if fmt is None:
-            raise ValueError(f"tasks.{task.name}.data.files: {file}: unsupported file type {path.suffix!r}; allowed: {', '.join(_FORMATS)}")
-        kwargs = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if path.suffix == ".tsv" else {}  # GLUE TSVs hold bare quotes
-        splits[split] = datasets.load_dataset(fmt, data_files=str(path), split="train", **kwargs)
-    return datasets.DatasetDict(splits)
+    return datasets.DatasetDict({split: load_file(file, f"tasks.{task.name}.data.files") for split, file in sources.items()})
+
+
+def load_file(file: str | Path, where: str) -> datasets.Dataset:
+    """The rows of one local csv, tsv, json, jsonl or parquet file; `where` names it in errors."""
+    path = Path(file)
+    fmt = _FORMATS.get(path.suffix)
+    if fmt is None:
+        raise ValueError(f"{where}: {file}: unsupported file type {path.suffix!r}; allowed: {', '.join(_FORMATS)}")
+    kwargs = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if path.suffix == ".tsv" else {}  # GLUE TSVs hold bare quotes
+    return datasets.load_dataset(fmt, data_files=str(path), split="train", **kwargs)
 
 
 def template_fields(template: str) -> list[str]:

@@ -6,7 +6,7 @@
 An input is the task's prompt text (sft, seq2seq, rlvr; the run's prompt template
 and chat template are applied), the text (classification with one field, lm), or
 a JSON object with the task's columns (sentence pairs; Countdown's nums and target).
-`--inputs` reads one input per line of a .txt file, or the rows of a .jsonl/.json/.csv
+`--inputs` reads one input per line of a .txt file, or the rows of a .jsonl/.json/.csv/.tsv/.parquet
 file. Generation is greedy and batched. The answers go to `--out` as JSON, or to stdout.
 
 Output per input: classification: the label and the class probabilities (regression:
@@ -35,13 +35,10 @@ log = logging.getLogger(__name__)
 def read_inputs(path: Path) -> list:
     if path.suffix == ".txt":
         return [line for line in path.read_text().splitlines() if line.strip()]
-    if path.suffix in (".jsonl", ".json", ".csv", ".tsv"):
-        import datasets
-
-        fmt = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv"}[path.suffix]
-        kwargs = {"delimiter": "\t"} if path.suffix == ".tsv" else {}
-        return datasets.load_dataset(fmt, data_files=str(path), split="train", **kwargs).to_list()
-    raise SystemExit(f"--inputs {path}: unsupported file type {path.suffix!r}; allowed: .txt, .jsonl, .json, .csv, .tsv")
+    try:
+        return data.load_file(path, "--inputs").to_list()
+    except ValueError as e:
+        raise SystemExit(f"{e}, .txt") from None
 
 
 def as_row(task, item) -> dict:
@@ -113,7 +110,7 @@ def main(argv=None):
     p.add_argument("--merged", action="store_true", help="use the merged model (merged/) instead of base + adapter")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", help="one input: text, or a JSON object of the task's columns")
-    src.add_argument("--inputs", type=Path, help="a file of inputs: .txt (one per line), .jsonl, .json, .csv, .tsv")
+    src.add_argument("--inputs", type=Path, help="a file of inputs: .txt (one per line), .jsonl, .json, .csv, .tsv, .parquet")
     p.add_argument("--out", type=Path, help="JSON file for the answers (default: stdout)")
     p.add_argument("--max-new-tokens", type=int, help="generation budget (default: the task's max_new_tokens)")
     args = p.parse_args(argv)
