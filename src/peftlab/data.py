@@ -106,7 +106,7 @@ def required_columns(task: TaskSpec) -> list[str]:
     if task.type == "lm":
         return task.text_fields[:1]
     if task.type == "rlvr":
-        reward_columns = [c for r in task.rewards for c in rewards.COLUMNS[r] if c != "answer"]
+        reward_columns = [c for c in rewards.columns(task.rewards) if c != "answer"]
         answer = [task.response_field] if "math" in task.rewards else []
         return list(dict.fromkeys([task.prompt_field, *template_fields(task.prompt_template), *reward_columns, *answer]))
     return list(dict.fromkeys([task.prompt_field, task.response_field, *template_fields(task.prompt_template)]))

@@ -123,7 +123,7 @@ def task_metrics(task: TaskSpec, model, tokenizer, ds: datasets.Dataset) -> dict
         return {**metrics.rouge(texts, ds["response"]), **with_perplexity(loss), "samples": samples(ds["response"], texts)}
     if task.type == "rlvr":
         texts = generate(model, tokenizer, ds["input_ids"], task.max_new_tokens, bs)
-        columns = {c: ds[c] for r in task.rewards for c in rewards.COLUMNS[r]}
+        columns = {c: ds[c] for c in rewards.columns(task.rewards)}
         scores = {r: rewards.REWARDS[r](texts, **columns) for r in task.rewards}
         correct = scores[task.rewards[0]]
         return {

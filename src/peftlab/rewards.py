@@ -82,3 +82,8 @@ def format(completions: list[str], **_) -> list[float]:  # noqa: A001  (the rewa
 REWARDS = {"countdown": countdown, "math": math, "format": format}
 # the dataset columns each reward reads (beyond the completion); `math` reads the task's response_field as `answer`
 COLUMNS = {"countdown": ["nums", "target"], "math": ["answer"], "format": []}
+
+
+def columns(names: list[str]) -> list[str]:
+    """The dataset columns the named rewards read, each once."""
+    return list(dict.fromkeys(c for name in names for c in COLUMNS[name]))

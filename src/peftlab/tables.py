@@ -42,7 +42,7 @@ def main_metric(task: dict) -> str:
         return task["metric"]
     if task["type"] == "sft" and task.get("answer_format") == "none":
         return "rougeL" if task.get("rouge") else "perplexity"
-    return MAIN_METRIC[metric_kind({"num_labels": 2, **task})]
+    return MAIN_METRIC[metric_kind(task)]
 
 
 SETTING = ["task", "model", "method", "r", "lr", "train_size"]

@@ -176,7 +176,7 @@ def grpo_trainer(spec: RunSpec, model, tokenizer, train_ds: datasets.Dataset, co
 
     rl, task = spec.training.rl, spec.task
     args = GRPOConfig(**common, **rl)
-    columns = ["prompt", *dict.fromkeys(c for r in task.rewards for c in rewards.COLUMNS[r])]
+    columns = ["prompt", *rewards.columns(task.rewards)]
     return GRPOTrainer(
         model=model,
         reward_funcs=[rewards.REWARDS[r] for r in task.rewards],
