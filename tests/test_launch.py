@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from peftlab.launch import PRESETS, SLURM_KEYS, Resources, ResourcesError, for_stage, launcher, resolve, slurm_resources
@@ -59,10 +61,36 @@ def test_launch_follows_from_the_resources():
     assert launcher(PRESETS["4gpu"], "train") == "torchrun --standalone --nproc-per-node=4 -m peftlab.train"
     multi = launcher(Resources(nodes=2), "train")
     assert multi.startswith(': "${SLURM_JOB_ID:?a multi-node run needs a Slurm allocation')
-    assert 'srun --jobid="$SLURM_JOB_ID" --nodes=2 --ntasks=2 --ntasks-per-node=1 torchrun --nnodes=2 --nproc-per-node=1' in multi
-    assert '--rdzv-backend=c10d --rdzv-id="$SLURM_JOB_ID" --rdzv-endpoint="$(scontrol show hostnames' in multi
-    assert multi.endswith(':$((20000 + SLURM_JOB_ID % 20000))" -m peftlab.train')
+    assert 'srun --jobid="$SLURM_JOB_ID" --nodes=2 --ntasks=2 --ntasks-per-node=1 bash -c ' in multi
     assert "--nproc-per-node=4" in launcher(PRESETS["2x4gpu"], "train")
+
+
+def test_each_node_starts_torchrun_with_the_first_node_serving_the_rendezvous(tmp_path):
+    """The multi-node command run by bash, with an srun that starts its tasks as Slurm does
+    (SLURM_JOB_NODELIST and SLURM_NODEID set, nothing else of Slurm's) and a torchrun that
+    prints its arguments: each node's torchrun gets the same endpoint, only node 0 hosts it,
+    and the stage's arguments arrive whole."""
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    fakes = {
+        # srun --jobid=J --nodes=N --ntasks=N --ntasks-per-node=1 CMD...: one task per node, in order
+        "srun": 'shift 4; for i in 0 1; do SLURM_JOB_NODELIST="gpu[07-08]" SLURM_NODEID=$i "$@"; done',
+        "scontrol": '[ "$1 $2 $3" = "show hostnames gpu[07-08]" ] && printf "gpu07\\ngpu08\\n"',
+        "torchrun": 'printf "%s|" "$@"; echo',
+    }
+    for name, body in fakes.items():
+        (bin_ / name).write_text(f"#!/bin/bash\n{body}\n")
+        (bin_ / name).chmod(0o755)
+    command = launcher(PRESETS["2x4gpu"], "train") + " --spec 'a b.json' --threads 8"
+    env = {"PATH": f"{bin_}:/usr/bin:/bin", "SLURM_JOB_ID": "123"}
+    proc = subprocess.run(["bash", "-c", command], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    common = "--nnodes=2|--nproc-per-node=4|--rdzv-backend=c10d|--rdzv-id=123|--rdzv-endpoint=gpu07:20123"
+    assert proc.stdout.splitlines() == [
+        f"{common}|--rdzv-conf=is_host={host}|-m|peftlab.train|--spec|a b.json|--threads|8|" for host in (1, 0)
+    ]
+    unset = subprocess.run(["bash", "-c", command], capture_output=True, text=True, env={"PATH": env["PATH"]})
+    assert unset.returncode != 0 and "a multi-node run needs a Slurm allocation" in unset.stderr
 
 
 def test_every_key_slurm_resources_sets_is_one_the_rules_declare():

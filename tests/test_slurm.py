@@ -70,6 +70,12 @@ def sbatch_calls(proc: subprocess.CompletedProcess, rule: str, run_id: str) -> l
     return [" ".join(re.sub(r"-D \S+", "", f).split()) for f in flags]
 
 
+def failed_jobs(workdir: Path) -> str:
+    """The logs of the jobs that failed, for an assertion message: the plugin deletes those of jobs that succeeded."""
+    logs = sorted((workdir / ".snakemake" / "slurm_logs").rglob("*.log"))
+    return "\n".join(f"--- {p.relative_to(workdir)}\n{p.read_text()[-3000:]}" for p in logs) or "no failed job left a log"
+
+
 def write_config(workdir: Path, **changes) -> Path:
     raw = load_yaml(CONFIG)
     raw.update(changes)
@@ -96,6 +102,7 @@ def test_the_matrix_completes_through_slurm(matrix):
             assert (work / "results/runs" / run_id / f).exists(), f"{run_id}/{f}"
     assert (work / "results/tables/summary.md").read_text().count(RUN) == 4
     out = proc.stdout + proc.stderr
+    assert "Error in rule" not in out, failed_jobs(work)  # no job needed its retry
     # every job ran under Slurm but the tables (a localrule) and `all`: generate, build, tokenise, 4 x train/evaluate/merge
     assert len(re.findall(r"^sbatch call: ", out, re.M)) == 15
     assert "17 of 17 steps (100%) done" in out
@@ -168,6 +175,7 @@ def test_a_run_killed_for_memory_succeeds_on_its_retry_with_twice_the_memory(mat
         "-p cpu -t 10 --mem 450 --ntasks=1 --cpus-per-task=1",
         "-p cpu -t 20 --mem 900 --ntasks=1 --cpus-per-task=1",
     ]
+    assert "Error in rule train_run" in proc.stdout + proc.stderr  # what the matrix test looks for: a retried job says so
     logs = list((work / ".snakemake/slurm_logs/rule_train_run").glob("*small-mem/*.log"))
     assert any("exceeded memory limit" in p.read_text() for p in logs), [p.read_text()[-2000:] for p in logs]
     assert artifacts.read_json(work / "results/runs" / RUN / "small-mem" / "train.json")["steps"] == 8

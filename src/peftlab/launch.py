@@ -15,7 +15,7 @@ hit its limits. `launcher` is the one place that decides how a stage starts:
 - one process: `python -m peftlab.<stage>`;
 - several GPUs on one node: `torchrun --standalone --nproc-per-node=G -m peftlab.<stage>`;
 - several nodes (the plugin's MPI path, one task per node): `srun` starts one
-  torchrun per node, with c10d rendezvous on the first host of the allocation.
+  torchrun per node; the allocation's first node serves the c10d rendezvous.
 The backend follows the device: nccl on GPUs, gloo on CPU (the Trainer picks it).
 
 Pure functions: nothing here imports torch or talks to Slurm.
@@ -154,20 +154,31 @@ def launcher(r: Resources, stage: str) -> str:
         return shlex.join(["python", *module])
     if r.nodes == 1:
         return shlex.join(["torchrun", "--standalone", f"--nproc-per-node={r.procs_per_node}", *module])
-    # The plugin's MPI path runs this once inside the allocation, with every SLURM_*
-    # variable but the job id removed: srun joins the job by id, and the first host
-    # (asked of squeue) serves the rendezvous on a port drawn from the job id, so
-    # two jobs sharing a first node do not collide.
-    first_host = '$(scontrol show hostnames "$(squeue -h -j "$SLURM_JOB_ID" -o %N)" | head -n 1)'
-    port = "$((20000 + SLURM_JOB_ID % 20000))"
+    # The plugin's MPI path runs this once inside the allocation with every SLURM_*
+    # variable but the job id removed; srun joins the job by id and gives each of its
+    # tasks (one per node) SLURM_JOB_NODELIST and SLURM_NODEID back. Each task then
+    # works out the rendezvous itself, with no call to the controller: node 0, the
+    # allocation's first host, serves it (said outright, not guessed from host names)
+    # on a port drawn from the job id, so two jobs sharing a first node do not collide.
+    # The stage's arguments, appended after this, reach torchrun as "$@".
+    per_node = " ".join(
+        [
+            'set -euo pipefail; first=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p);',
+            f"exec torchrun --nnodes={r.nodes} --nproc-per-node={r.procs_per_node}",
+            '--rdzv-backend=c10d --rdzv-id="$SLURM_JOB_ID"',
+            '--rdzv-endpoint="$first:$((20000 + SLURM_JOB_ID % 20000))"',
+            "--rdzv-conf=is_host=$((SLURM_NODEID == 0))",
+            *module,
+            '"$@"',
+        ]
+    )
     return " ".join(
         [
             ': "${SLURM_JOB_ID:?a multi-node run needs a Slurm allocation: use --profile profiles/slurm, or nodes: 1}" &&',
             'srun --jobid="$SLURM_JOB_ID"',
             f"--nodes={r.nodes} --ntasks={r.nodes} --ntasks-per-node=1",
-            f"torchrun --nnodes={r.nodes} --nproc-per-node={r.procs_per_node}",
-            '--rdzv-backend=c10d --rdzv-id="$SLURM_JOB_ID"',
-            f'--rdzv-endpoint="{first_host}:{port}"',
-            *module,
+            "bash -c",
+            shlex.quote(per_node),
+            "torchrun",
         ]
     )
