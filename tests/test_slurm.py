@@ -89,7 +89,7 @@ def matrix(cluster, tmp_path_factory):
     """The Slurm test matrix, run once: (workdir, snakemake's output)."""
     work = tmp_path_factory.mktemp("slurm")
     proc = slurm_snakemake(work, CONFIG)
-    assert proc.returncode == 0, proc.stderr[-8000:]
+    assert proc.returncode == 0, proc.stderr[-8000:] + failed_jobs(work)
     return work, proc
 
 
