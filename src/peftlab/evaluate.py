@@ -61,11 +61,13 @@ def predict(model, tokenizer, ds, batch_size: int, num_labels: int) -> tuple[lis
 
 
 @torch.no_grad()
-def eval_loss(model, tokenizer, ds, batch_size: int, shifted: bool = True) -> float:
+def eval_loss(model, tokenizer, ds, batch_size: int) -> float:
     """Mean cross-entropy over the labelled tokens (prompt tokens are labelled -100).
 
-    A decoder predicts token t+1 from t (`shifted`); an encoder-decoder predicts every label.
+    A decoder predicts token t+1 from t, so its first label has no prediction; an
+    encoder-decoder predicts every label.
     """
+    shifted = not model.config.is_encoder_decoder
     pad = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
     total, count = 0.0, 0
     for rows in batches(ds.select_columns(model_columns(ds)), batch_size):
@@ -119,7 +121,7 @@ def task_metrics(task: TaskSpec, model, tokenizer, ds: datasets.Dataset) -> dict
         return with_perplexity(eval_loss(model, tokenizer, ds, bs))
     if task.type == "seq2seq":
         texts = generate(model, tokenizer, ds["input_ids"], task.max_new_tokens, bs)
-        loss = eval_loss(model, tokenizer, ds, bs, shifted=False)
+        loss = eval_loss(model, tokenizer, ds, bs)
         return {**metrics.rouge(texts, ds["response"]), **with_perplexity(loss), "samples": samples(ds["response"], texts)}
     if task.type == "rlvr":
         texts = generate(model, tokenizer, ds["input_ids"], task.max_new_tokens, bs)
