@@ -3,7 +3,10 @@
 #   snakemake --cores 2                                   # the embedded default, config/config.yaml
 #   snakemake --cores 2 --configfile config/test.yaml     # another matrix (replaces the default, never mixes)
 #   snakemake -n                                          # the plan; --dag | dot -Tsvg > dag.svg to draw it
-#   snakemake --cores 2 results/runs/<run_id>/eval.json   # exactly one experiment
+#   snakemake --cores 2 results/default/runs/<run_id>/eval.json   # exactly one experiment
+#
+# Every file of a matrix lies under results/<name>/ (name: the config's `name:` or its
+# file's name; config/config.yaml is `default`), so matrices never write over each other.
 #   snakemake --cores 1 tables                            # tables from finished runs, no training
 #
 # Rules only wire files to `python -m peftlab.<stage>`; the logic is in src/peftlab.
@@ -18,6 +21,7 @@ if not workflow.overwrite_configfiles:
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/specs.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
@@ -28,6 +32,6 @@ include: "workflow/rules/tables.smk"
 rule all:
     default_target: True
     input:
-        expand("results/runs/{run_id}/eval.json", run_id=RUNS),
-        expand("results/runs/{run_id}/merge_check.json", run_id=RUNS),
-        "results/tables/summary.md",
+        expand(f"{ROOT}/runs/{{run_id}}/eval.json", run_id=RUNS),
+        expand(f"{ROOT}/runs/{{run_id}}/merge_check.json", run_id=RUNS),
+        f"{ROOT}/tables/summary.md",

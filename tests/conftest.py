@@ -56,22 +56,20 @@ def tiny(tmp_path_factory):
         raw["tasks"]["arith"]["data"]["num_train"] = 600
         raw["tasks"]["sentiment"]["data"].update(num_train=64, num_eval=16)
         raw["models"]["tiny-llama"]["build"]["pretrain_steps"] = 60
-        _, runs, specs, _ = plan(raw)
+        _, runs, specs, _, root = plan(raw, "config/test.yaml")
         for task in "arith", "sentiment":
-            Path(f"results/raw/{task}").mkdir(parents=True)
-            data.generate(TaskSpec.from_dict(specs[f"raw/{task}"]), Path(f"results/raw/{task}"))
-        model_spec = specs["models/tiny-llama"]
+            Path(f"{root}/raw/{task}").mkdir(parents=True)
+            data.generate(specs["data_generate"][task]["data"], Path(f"{root}/raw/{task}"))
+        model_spec = specs["model_build"]["tiny-llama"]
         Path(model_spec["path"]).mkdir(parents=True)
         build_tiny(model_spec, Path(model_spec["path"]))
-        specs["data/sentiment/tiny-llama"] = {
-            "task": specs["data/sentiment/minilm"]["task"],
-            "model": specs["data/arith/tiny-llama"]["model"],
-        }
+        tokenize = specs["data_tokenize"]
+        tokenize["sentiment/tiny-llama"] = {"task": tokenize["sentiment/minilm"]["task"], "model": tokenize["arith/tiny-llama"]["model"]}
         for key in "arith/tiny-llama", "sentiment/minilm", "sentiment/tiny-llama":
-            task = TaskSpec.from_dict(specs[f"data/{key}"]["task"])
-            tok = load_tokenizer(ModelSpec.from_dict(specs[f"data/{key}"]["model"]))
-            data.tokenize(task, tok, data.load_raw(task)).save_to_disk(f"results/data/{key}")
-            artifacts.write_json(f"results/data/{key}/meta.json", {})
+            task = TaskSpec.from_dict(tokenize[key]["task"])
+            tok = load_tokenizer(ModelSpec.from_dict(tokenize[key]["model"]))
+            data.tokenize(task, tok, data.load_raw(task)).save_to_disk(f"{root}/data/{key}")
+            artifacts.write_json(f"{root}/data/{key}/meta.json", {})
     finally:
         os.chdir(cwd)
     return work, runs
@@ -92,7 +90,7 @@ def in_tiny(tiny, monkeypatch):
         s = copy.deepcopy(runs[base_run[model]])
         if task is not None and task != s["task"]["name"]:
             s["task"] = copy.deepcopy(next(r["task"] for r in runs.values() if r["task"]["name"] == task))
-            s["data_dir"] = f"results/data/{task}/{model}"
+            s["data_dir"] = s["data_dir"].rsplit("/data/", 1)[0] + f"/data/{task}/{model}"
         s["peft"]["type"] = method
         s["peft"]["options"] = options or {}
         s["run_id"] = f"{s['task']['name']}/{model}/{method}/test"

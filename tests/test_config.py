@@ -26,13 +26,15 @@ def runs(raw: dict) -> dict:
 
 def test_default_config_expands_to_16_runs_with_readable_ids():
     with open(ROOT / "config" / "config.yaml") as f:
-        _, table, specs, _ = plan(yaml.safe_load(f))
-    assert len(table) == 16
+        p = plan(yaml.safe_load(f))
+    table, specs = p.runs, p.specs
+    assert len(table) == 16 and p.root == "results/default"
     assert "sentiment/minilm/lora/r8-s1" in table and "arith/tiny-llama/ia3/s2" in table
     assert table["sentiment/minilm/pissa/r8-s2"]["peft"]["type"] == "pissa"
     assert table["sentiment/minilm/pissa/r8-s2"]["training"]["seed"] == 2
     # tokenised once per (task, model): 2 datasets for 16 runs
-    assert sorted(k for k in specs if k.startswith("data/")) == ["data/arith/tiny-llama", "data/sentiment/minilm"]
+    assert sorted(specs["data_tokenize"]) == ["arith/tiny-llama", "sentiment/minilm"]
+    assert sorted(specs["train_run"]) == sorted(specs["evaluate_run"]) == sorted(table)
 
 
 def test_sweep_is_the_product_of_its_axes_and_fills_defaults():
@@ -167,7 +169,7 @@ BAD = [
     (
         "unknown top-level key",
         lambda c: c.update(sweeps=[]),
-        r"<top level>: unknown key\(s\) 'sweeps'; allowed: base, exclude, experiments, models, only",
+        r"<top level>: unknown key\(s\) 'sweeps'; allowed: base, exclude, experiments, models, name, only",
     ),
     ("unknown training key", lambda c: c.update(training={"lr": 1}), r"training: unknown key\(s\) 'lr'; allowed: .*learning_rate"),
     ("wrong type", lambda c: c.update(training={"batch_size": "16"}), r"training.batch_size: '16' is not of type 'integer'"),

@@ -17,7 +17,7 @@ from peftlab.spec import ModelSpec, TaskSpec
 @pytest.fixture
 def tokenizer(tiny):
     work, _ = tiny
-    return load_tokenizer(ModelSpec(name="tiny-llama", path=str(work / "results/models/tiny-llama")))
+    return load_tokenizer(ModelSpec(name="tiny-llama", path=str(work / "results/test/models/tiny-llama")))
 
 
 def task(tmp_path: Path, type_: str, rows: list[dict], **keys) -> TaskSpec:

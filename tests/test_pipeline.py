@@ -46,9 +46,9 @@ def test_plan_tokenises_once_per_task_and_model(done):
 @pytest.mark.parametrize("run_id", sorted(RUNS))
 def test_run(done, run_id):
     work, _ = done
-    run = work / "results/runs" / run_id
+    run = work / "results/test/runs" / run_id
     train, ev = artifacts.read_json(run / "train.json"), artifacts.read_json(run / "eval.json")
-    spec = artifacts.read_json(work / "results/specs/runs" / f"{run_id}.json")
+    spec = artifacts.read_json(work / "results/test/specs/train_run" / f"{run_id}.json")
     assert train["spec"] == spec == ev["spec"]
     assert train["git_commit"] and train["versions"]["peft"] and train["peak_memory"]["cpu_rss_mb"] > 0
 
@@ -86,7 +86,7 @@ def test_run(done, run_id):
 
 def test_tables_list_every_run(done):
     work, _ = done
-    tables = work / "results/tables"
+    tables = work / "results/test/tables"
     summary = pd.read_csv(tables / "summary.csv")
     assert sorted(summary["run_id"]) == sorted(RUNS)
     md = (tables / "summary.md").read_text()
@@ -103,21 +103,21 @@ def test_nothing_left_to_do_and_no_checkpoints_left(done):
     work, _ = done
     proc = snakemake(work, "-n")
     assert proc.returncode == 0 and "Nothing to be done" in proc.stdout + proc.stderr
-    assert not any((work / "results/checkpoints").rglob("checkpoint-*"))
+    assert not any((work / "results/test/checkpoints").rglob("checkpoint-*"))
 
 
 def test_tables_target_trains_nothing(done):
     work, _ = done
-    (work / "results/tables/summary.md").unlink()
+    (work / "results/test/tables/summary.md").unlink()
     proc = snakemake(work, "--cores", "1", "tables")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert planned_jobs(proc) == {"tables": 1}
-    assert all(run_id in (work / "results/tables/summary.md").read_text() for run_id in RUNS)
+    assert all(run_id in (work / "results/test/tables/summary.md").read_text() for run_id in RUNS)
 
 
 def test_one_run_target_reruns_exactly_that_run(done):
     work, _ = done
-    target = "results/runs/arith/tiny-llama/lora/r8-s2/eval.json"
+    target = "results/test/runs/arith/tiny-llama/lora/r8-s2/eval.json"
     proc = snakemake(work, "-n", "--forcerun", "train_run", "--", target)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert planned_jobs(proc) == {"train_run": 1, "evaluate_run": 1}

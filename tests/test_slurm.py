@@ -99,8 +99,8 @@ def test_the_matrix_completes_through_slurm(matrix):
     assert len(runs) == 4
     for run_id in runs:
         for f in "adapter/adapter_config.json", "train.json", "eval.json", "merge_check.json", "merged/config.json":
-            assert (work / "results/runs" / run_id / f).exists(), f"{run_id}/{f}"
-    assert (work / "results/tables/summary.md").read_text().count(RUN) == 4
+            assert (work / "results/default/runs" / run_id / f).exists(), f"{run_id}/{f}"
+    assert (work / "results/default/tables/summary.md").read_text().count(RUN) == 4
     out = proc.stdout + proc.stderr
     assert "Error in rule" not in out, failed_jobs(work)  # no job needed its retry
     # every job ran under Slurm but the tables (a localrule) and `all`: generate, build, tokenise, 4 x train/evaluate/merge
@@ -125,7 +125,9 @@ def test_sbatch_flags_follow_each_runs_resources(matrix):
 
 def test_two_nodes_train_like_one_process_with_the_same_global_batch(matrix):
     work, _ = matrix
-    record = {name: artifacts.read_json(work / "results/runs" / RUN / name / "train.json") for name in ("one-process", "gpu2", "nodes2")}
+    record = {
+        name: artifacts.read_json(work / "results/default/runs" / RUN / name / "train.json") for name in ("one-process", "gpu2", "nodes2")
+    }
     assert (record["one-process"]["world_size"], record["one-process"]["backend"]) == (1, None)
     assert (record["nodes2"]["world_size"], record["nodes2"]["backend"], sorted(record["nodes2"]["hosts"])) == (2, "gloo", ["n1", "n2"])
     assert (record["gpu2"]["world_size"], len(set(record["gpu2"]["hosts"]))) == (2, 1)  # two processes on one node
@@ -158,18 +160,21 @@ def test_a_failed_run_is_detected_leaves_nothing_finished_and_the_others_go_on(m
     assert proc.returncode != 0
     assert re.search(r"SLURM-job '\d+' failed, SLURM status is: 'FAILED'", out), out[-5000:]
     assert len(sbatch_calls(proc, "train_run", "small/tiny-llama/too-big")) == 1
-    failed = work / "results/runs/small/tiny-llama/too-big"
+    failed = work / "results/default/runs/small/tiny-llama/too-big"
     assert not failed.exists() or not [p.name for p in failed.iterdir()], "a failed run left files in its run folder"
-    assert "train_size=50 but the training split has only 20" in (work / "results/logs/train_run/small/tiny-llama/too-big.log").read_text()
-    assert (work / "results/runs" / RUN / "other" / "eval.json").exists()  # --keep-going (the profile's): the other run finished
-    assert (work / "results/runs" / RUN / "other" / "merge_check.json").exists()
+    assert (
+        "train_size=50 but the training split has only 20"
+        in (work / "results/default/logs/train_run/small/tiny-llama/too-big.log").read_text()
+    )
+    assert (work / "results/default/runs" / RUN / "other" / "eval.json").exists()  # --keep-going (the profile's): the other run finished
+    assert (work / "results/default/runs" / RUN / "other" / "merge_check.json").exists()
 
 
 def test_a_run_killed_for_memory_succeeds_on_its_retry_with_twice_the_memory(matrix):
     work, _ = matrix
     # a training job peaks at about 750 MB here: Slurm kills the first attempt at 450 MB (OverMemoryKill), the second has 900
     config = write_config(work, experiments=[{"name": "small-mem", "resources": {"mem_mb": 450}, "common": {"seed": 3}}])
-    proc = slurm_snakemake(work, config, "--retries", "1", f"results/runs/{RUN}/small-mem/train.json")
+    proc = slurm_snakemake(work, config, "--retries", "1", f"results/default/runs/{RUN}/small-mem/train.json")
     assert proc.returncode == 0, proc.stderr[-8000:]
     assert sbatch_calls(proc, "train_run", f"{RUN}/small-mem") == [
         "-p cpu -t 10 --mem 450 --ntasks=1 --cpus-per-task=1",
@@ -178,4 +183,4 @@ def test_a_run_killed_for_memory_succeeds_on_its_retry_with_twice_the_memory(mat
     assert "Error in rule train_run" in proc.stdout + proc.stderr  # what the matrix test looks for: a retried job says so
     logs = list((work / ".snakemake/slurm_logs/rule_train_run").glob("*small-mem/*.log"))
     assert any("exceeded memory limit" in p.read_text() for p in logs), [p.read_text()[-2000:] for p in logs]
-    assert artifacts.read_json(work / "results/runs" / RUN / "small-mem" / "train.json")["steps"] == 8
+    assert artifacts.read_json(work / "results/default/runs" / RUN / "small-mem" / "train.json")["steps"] == 8

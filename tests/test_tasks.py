@@ -268,7 +268,7 @@ def done(tmp_path_factory):
 def result(done, task: str) -> tuple[dict, dict]:
     work, runs = done
     run_id = next(r for r in runs if r.startswith(f"{task}/"))
-    folder = work / "results/runs" / run_id
+    folder = work / "results/default/runs" / run_id
     assert (folder / "merge_check.json").exists()
     return artifacts.read_json(folder / "train.json"), artifacts.read_json(folder / "eval.json")["metrics"]
 
@@ -305,7 +305,7 @@ def test_three_classes_with_matched_and_mismatched_held_out_sets(done):
     for split in m["splits"].values():
         assert 0 <= split["accuracy"] <= 1 and 0 <= split["macro_f1"] <= 1
     work, _ = done
-    summary = (work / "results/tables/summary.csv").read_text()
+    summary = (work / "results/default/tables/summary.csv").read_text()
     assert "accuracy[matched]" in summary and "accuracy[mismatched]" in summary
 
 
@@ -347,7 +347,7 @@ def infer(work: Path, *args: str) -> list[dict]:
 
 def test_inference_answers_with_the_adapter_and_the_merged_model_alike(done):
     work, runs = done
-    run = "results/runs/" + next(r for r in runs if r.startswith("gsm8k/"))
+    run = "results/default/runs/" + next(r for r in runs if r.startswith("gsm8k/"))
     (work / "questions.jsonl").write_text(
         "".join(json.dumps({"question": f"Tom has {a} pens and buys {b} more. How many pens now?"}) + "\n" for a, b in ((2, 3), (4, 4)))
     )
@@ -361,7 +361,7 @@ def test_inference_answers_with_the_adapter_and_the_merged_model_alike(done):
 
 def test_inference_classifies_and_writes_json(done):
     work, runs = done
-    run = "results/runs/" + next(r for r in runs if r.startswith("stsb/"))
+    run = "results/default/runs/" + next(r for r in runs if r.startswith("stsb/"))
     proc = subprocess.run(
         [
             sys.executable,
@@ -382,14 +382,14 @@ def test_inference_classifies_and_writes_json(done):
     assert proc.returncode == 0, proc.stderr[-3000:]
     [answer] = artifacts.read_json(work / "scores.json")
     assert isinstance(answer["score"], float)
-    run = "results/runs/" + next(r for r in runs if r.startswith("mnli/"))
+    run = "results/default/runs/" + next(r for r in runs if r.startswith("mnli/"))
     [answer] = infer(work, "--run", run, "--input", '{"premise": "the film was good .", "hypothesis": "the film is good ."}')
     assert answer["label"] in (0, 1, 2) and sum(answer["probabilities"]) == pytest.approx(1, abs=1e-5)
 
 
 def test_inference_names_the_columns_an_input_lacks(done):
     work, runs = done
-    run = "results/runs/" + next(r for r in runs if r.startswith("countdown/"))
+    run = "results/default/runs/" + next(r for r in runs if r.startswith("countdown/"))
     proc = subprocess.run(
         [sys.executable, "-m", "peftlab.infer", "--run", run, "--input", '{"nums": [1, 2]}'], cwd=work, capture_output=True, text=True
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import resource
@@ -17,8 +18,20 @@ from pathlib import Path
 PACKAGES = ("torch", "transformers", "peft", "datasets", "accelerate", "trl", "bitsandbytes", "tokenizers", "peftlab")
 
 
+def _finite(obj):
+    """obj with every NaN or infinity replaced by None: JSON has no such numbers (a bare NaN is not JSON),
+    and a metric that is undefined (Pearson of a constant prediction) is recorded as null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def _json_text(obj) -> str:
-    return json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+    return json.dumps(_finite(obj), indent=2, sort_keys=True, default=str, allow_nan=False) + "\n"
 
 
 def write_json(path: str | Path, obj) -> None:
@@ -37,6 +50,13 @@ def write_json_if_changed(path: str | Path, obj) -> bool:
         return False
     write_json(path, obj)
     return True
+
+
+def write_spec(path: str | Path, spec: dict, log: str | Path, fingerprint: str) -> None:
+    """The workflow's spec_write job: the spec file a stage reads, and a log line naming its fingerprint."""
+    write_json(path, spec)
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
+    Path(log).write_text(f"{path}: fingerprint {fingerprint}\n")
 
 
 def read_json(path: str | Path):

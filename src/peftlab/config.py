@@ -35,6 +35,7 @@ from peftlab.spec import RunSpec
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 RESULTS = "results"
+DEFAULT_CONFIG = "config/config.yaml"
 
 # sweep axis -> where its value goes in a run
 AXES = {
@@ -122,14 +123,51 @@ def _describe(error: jsonschema.ValidationError) -> str:
     return f"{where}: {error.message}"
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+
+def _mapping(loader, node, deep=False):
+    seen = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(
+                f"{Path(node.start_mark.name).name} line {key_node.start_mark.line + 1}: key {key!r} appears twice in one section "
+                f"(first on line {seen[key] + 1}); YAML would silently keep only the last"
+            )
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
 def load_yaml(path: str | Path) -> dict:
+    """A config file, with every mapping's keys checked for duplicates."""
     with open(path) as f:
-        return yaml.safe_load(f) or {}
+        return yaml.load(f, Loader=_StrictLoader) or {}
+
+
+# YAML 1.1 (PyYAML's, and so Snakemake's) reads 1e-5 as a string: a float there needs a dot in
+# its mantissa (1.0e-5). Users write 1e-5 (the PeRL seed writes 1e-05); it is a number.
+_EXP_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def _numbers(obj):
+    """obj with every string that spells a number in exponent notation read as that number."""
+    if isinstance(obj, str) and _EXP_NUMBER.match(obj):
+        return float(obj)
+    if isinstance(obj, dict):
+        return {k: _numbers(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_numbers(v) for v in obj]
+    return obj
 
 
 def load_config(raw: dict, check_files: bool = True) -> dict:
     """Validate a raw config dict; return a copy with every default filled in."""
-    cfg = copy.deepcopy(raw)
+    cfg = _numbers(copy.deepcopy(raw))
     schema = load_yaml(SCHEMA_PATH)
     errors = sorted(_Validator(schema).iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
@@ -162,7 +200,14 @@ def _check_names(cfg: dict, check_files: bool) -> None:
         for split, file in data_files(task).items():
             if check_files and not Path(file).exists():
                 problems.append(f"tasks.{name}.data.files.{split}: file {file!r} does not exist")
+        names = task["label_names"]
+        if names is not None and len(names) != task["num_labels"]:
+            problems.append(f"tasks.{name}.label_names: {len(names)} names for num_labels={task['num_labels']}; give one name per class")
+        if names is not None and len(set(names)) != len(names):
+            problems.append(f"tasks.{name}.label_names: {names} names a class twice")
     for name, model in cfg["models"].items():
+        if "path" in model and (problem := _model_path_problem(model["path"])):
+            problems.append(f"models.{name}.path: {problem}")
         corpus = model.get("build", {}).get("corpus_task")
         if corpus is not None and corpus not in cfg["tasks"]:
             problems.append(
@@ -170,6 +215,23 @@ def _check_names(cfg: dict, check_files: bool) -> None:
             )
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def _model_path_problem(path: str) -> str | None:
+    """Why a model path cannot load, where that is knowable offline: a local folder that is
+    missing or holds no config.json, or a `package:` that ships no model folder. A hub id
+    (org/name, or a bare legacy name such as gpt2) is left to load time."""
+    if path.startswith("package:"):
+        module = path.removeprefix("package:")
+        if targets._config_json(path) is None:
+            return f"{path!r}: no installed package {module!r} ships a Hugging Face model folder (a config.json in it or in its model/)"
+        return None
+    local = Path(path).expanduser()
+    looks_local = path.startswith(("/", ".", "~")) or path.count("/") > 1 or local.exists()
+    if looks_local and not (local / "config.json").exists():
+        what = "is not a model folder (no config.json in it)" if local.is_dir() else "does not exist"
+        return f"{path!r} {what}; give a local Hugging Face model folder, a hub id such as Qwen/Qwen3-1.7B, or package:<module>"
+    return None
 
 
 def data_files(task: dict) -> dict[str, str]:
@@ -200,6 +262,12 @@ def _cells(cfg: dict):
     defaults = {"peft": cfg["peft"], "training": cfg["training"]}
     for i, block in enumerate(cfg.get("sweep", [])):
         axes = {a: _as_list(block[a]) for a in AXES if a in block}
+        for axis in axes:
+            section, *rest = AXES[axis]
+            if rest and rest[0] in block.get(section, {}):
+                raise ConfigError(
+                    f"sweep[{i}]: both the axis {axis!r} and {section}.{rest[0]} are set; the axis would silently win, so keep one of them"
+                )
         fixed = _deep_merge(defaults, {k: block[k] for k in ("peft", "training") if k in block})
         levels = [(f"sweep[{i}].resources", block.get("resources"))]
         for values in itertools.product(*axes.values()):
@@ -257,8 +325,11 @@ def _check_cell(where: str, cell: dict, cfg: dict) -> None:
             value = value[p]
         if axis in ("rank", "seed", "train_size") and value is not None and (not isinstance(value, int) or isinstance(value, bool)):
             raise ConfigError(f"{where}.{axis}: {value!r} is not an integer")
+        if axis == "seed" and not 0 <= value < 2**32:
+            raise ConfigError(f"{where}.seed: {value} is outside 0 to 2^32-1, the seeds numpy and torch accept")
         if axis == "lr" and (not isinstance(value, (int, float)) or value <= 0):
             raise ConfigError(f"{where}.lr: {value!r} is not a positive number")
+    _check_method_settings(where, cell, method, model, cfg["tasks"][cell["task"]])
     data, size = cfg["tasks"][cell["task"]]["data"], cell["training"]["train_size"]
     if "generator" in data and isinstance(size, int) and size > data["num_train"]:
         raise ConfigError(
@@ -272,6 +343,48 @@ def _check_cell(where: str, cell: dict, cfg: dict) -> None:
     for part in cell.get("name", "x"), cell["task"], cell["model"]:
         if not SAFE_NAME.match(part):
             raise ConfigError(f"{where}: name {part!r} is not path-safe")
+
+
+# peft keys with a place of their own in the spec: set in `options`, the run id and the tables would not know
+FIRST_CLASS_PEFT = ("r", "lora_alpha", "lora_dropout", "target_modules", "loraplus_lr_ratio")
+QLORA_MULTIPLE = 32  # bitsandbytes' packed 4-bit CPU kernels (AVX512-BF16 CPUs) need layer widths in multiples of 32
+
+
+def _check_method_settings(where: str, cell: dict, method: methods.Method, model: dict, task: dict) -> None:
+    """Settings that would train something other than what the run records, caught before any job starts."""
+    p = cell["peft"]
+    for key in p["options"]:
+        if key in FIRST_CLASS_PEFT:
+            raise ConfigError(f"{where}.peft.options.{key}: set peft.{key} instead; the run id, the spec and the tables read peft.{key}")
+        if key in method.fixed and p["options"][key] != method.fixed[key]:
+            raise ConfigError(
+                f"{where}.peft.options.{key}: {p['options'][key]!r} contradicts method {method.name} ({key}={method.fixed[key]!r}); pick the method instead"
+            )
+    if p["options"]:
+        try:
+            methods.check_options(p)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{where}.peft.options: method {method.name} refuses {p['options']}: {e}") from None
+    shape = targets.model_config(model)
+    if shape is None:
+        return
+    hidden = targets.width(shape)
+    if method.uses_rank and hidden is not None and p["r"] > hidden:
+        raise ConfigError(f"{where}.peft.r: rank {p['r']} is above the model's width {hidden}; a rank is at most the layer's smaller side")
+    if method.quantized and hidden is not None:
+        wide = {k: shape[k] for k in ("hidden_size", "intermediate_size", "d_model", "d_ff") if isinstance(shape.get(k), int)}
+        odd = {k: v for k, v in wide.items() if v % QLORA_MULTIPLE}
+        if odd:
+            raise ConfigError(
+                f"{where}.peft.type: {method.name} quantises the base with bitsandbytes, whose packed 4-bit CPU path needs layer widths "
+                f"that are multiples of {QLORA_MULTIPLE}; {cell['model']!r} has {odd}"
+            )
+    limit = targets.max_positions(shape)
+    if limit is not None and task["max_length"] > limit:
+        raise ConfigError(
+            f"{where}: task {cell['task']!r} has max_length {task['max_length']}, but model {cell['model']!r} has position embeddings "
+            f"for {limit} tokens; set tasks.{cell['task']}.max_length to at most {limit}"
+        )
 
 
 def site_presets(cfg: dict) -> dict[str, launch.Resources]:
@@ -385,26 +498,34 @@ def data_dir(task: str, model: str, root: str = RESULTS) -> str:
     return f"{root}/data/{task}/{model}"
 
 
-def step_specs(cfg: dict, runs: dict[str, dict], root: str = RESULTS) -> dict[str, dict]:
-    """Every spec file the workflow writes, by path under results/specs/ (no .json)."""
-    specs: dict[str, dict] = {}
+STAGES = ("data_generate", "model_build", "data_tokenize", "train_run", "evaluate_run", "merge_run")
+
+
+def step_specs(cfg: dict, runs: dict[str, dict], root: str = RESULTS) -> dict[str, dict[str, dict]]:
+    """Every spec file the workflow writes: {rule: {key: spec}}, written to <root>/specs/<rule>/<key>.json.
+
+    Train, evaluate and merge read the same run spec from three files, so that each
+    file is rewritten (and its stage rerun) only when what that stage reads changes.
+    """
+    specs: dict[str, dict[str, dict]] = {stage: {} for stage in STAGES}
     used_tasks = {r["task"]["name"] for r in runs.values()}
     used_models = {r["model"]["name"] for r in runs.values()}
     for name, model in cfg["models"].items():
         if name in used_models and "build" in model:
             used_tasks.add(model["build"]["corpus_task"])
             corpus = model["build"]["corpus_task"]
-            specs[f"models/{name}"] = {
+            specs["model_build"][name] = {
                 **model_spec(cfg, name, root),
                 "corpus_task": task_files({"name": corpus, **cfg["tasks"][corpus]}, root),
             }
-    for name in used_tasks:
+    for name in sorted(used_tasks):
         if "generator" in cfg["tasks"][name]["data"]:
-            specs[f"raw/{name}"] = {"name": name, **cfg["tasks"][name]}
+            specs["data_generate"][name] = {"name": name, "data": cfg["tasks"][name]["data"]}
     for run in runs.values():
         task, model = run["task"]["name"], run["model"]["name"]
-        specs[f"data/{task}/{model}"] = {"task": task_files(run["task"], root), "model": run["model"]}
-        specs[f"runs/{run['run_id']}"] = run
+        specs["data_tokenize"][f"{task}/{model}"] = {"task": task_files(run["task"], root), "model": run["model"]}
+        for stage in ("train_run", "evaluate_run", "merge_run"):
+            specs[stage][run["run_id"]] = run
     return specs
 
 
@@ -422,15 +543,32 @@ def task_files(task: dict, root: str = RESULTS) -> dict:
 class Plan(NamedTuple):
     cfg: dict  # the validated config, defaults filled in
     runs: dict[str, dict]  # run_id -> resolved run spec
-    specs: dict[str, dict]  # every step's spec, by path under results/specs/
+    specs: dict[str, dict[str, dict]]  # every step's spec: {rule: {key: spec}}
     resources: dict[str, launch.Resources]  # run_id -> its training job's resources
+    root: str  # results/<matrix name>: every file of this matrix lies under it
 
 
-def plan(raw: dict, root: str = RESULTS) -> Plan:
-    """raw config -> the validated config, the runs, every step's spec and every run's resources."""
+def matrix_name(cfg: dict, configfile: str | Path = DEFAULT_CONFIG) -> str:
+    """The matrix's `name:`, else its config file's name (config/test.yaml: test), and `default` for config/config.yaml."""
+    if cfg.get("name"):
+        return cfg["name"]
+    stem = Path(configfile).stem
+    return "default" if stem == "config" else stem
+
+
+def plan(raw: dict, configfile: str | Path = DEFAULT_CONFIG) -> Plan:
+    """raw config -> the validated config, the runs, every step's spec and every run's resources.
+
+    Every path lies under results/<matrix name>/, so two matrices in one checkout never
+    write to each other's runs, models, data or tables.
+    """
     cfg = load_config(raw)
+    name = matrix_name(cfg, configfile)
+    if not SAFE_NAME.match(name):
+        raise ConfigError(f"name: {name!r} is not path-safe (it names the folder results/<name>); set `name:` in the config")
+    root = f"{RESULTS}/{name}"
     runs, resources = expand(cfg, root)
-    return Plan(cfg, runs, step_specs(cfg, runs, root), resources)
+    return Plan(cfg, runs, step_specs(cfg, runs, root), resources, root)
 
 
 def main(argv=None):

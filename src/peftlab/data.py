@@ -8,8 +8,8 @@ Per task type, tokenisation gives:
 - rlvr: the formatted `prompt` text (GRPOTrainer tokenises it) and its ids, plus
   the columns the rewards read.
 
-    python -m peftlab.data generate --spec results/specs/raw/sentiment.json --out results/raw/sentiment
-    python -m peftlab.data tokenize --spec results/specs/data/sentiment/minilm.json --out results/data/sentiment/minilm
+    python -m peftlab.data generate --spec results/default/specs/data_generate/sentiment.json --out results/default/raw/sentiment
+    python -m peftlab.data tokenize --spec results/default/specs/data_tokenize/sentiment/minilm.json --out results/default/data/sentiment/minilm
 
 Tokenised data is a DatasetDict on disk with splits `train` and `eval` plus
 `meta.json`; it is shared by every run on that task and model.
@@ -33,9 +33,8 @@ from peftlab.spec import ModelSpec, TaskSpec
 log = logging.getLogger(__name__)
 
 
-def generate(task: TaskSpec, out: Path) -> dict[str, int]:
-    """Write train.jsonl and eval.jsonl; the eval split has its own seed stream."""
-    d = task.data
+def generate(d: dict, out: Path) -> dict[str, int]:
+    """Write train.jsonl and eval.jsonl from a task's `data` section; the eval split has its own seed stream."""
     gen = GENERATORS[d["generator"]]
     counts = {}
     for split, n, salt in (("train", d["num_train"], 0), ("eval", d["num_eval"], 1)):
@@ -82,17 +81,47 @@ def _load_splits(task: TaskSpec) -> datasets.DatasetDict:
     if "hub" in d:
         h = d["hub"]
         return datasets.DatasetDict({split: datasets.load_dataset(h["id"], h["subset"], split=source) for split, source in sources.items()})
-    return datasets.DatasetDict({split: load_file(file, f"tasks.{task.name}.data.files") for split, file in sources.items()})
+    fmt = d.get("format")
+    return datasets.DatasetDict({split: load_file(file, f"tasks.{task.name}.data.files", fmt) for split, file in sources.items()})
 
 
-def load_file(file: str | Path, where: str) -> datasets.Dataset:
-    """The rows of one local csv, tsv, json, jsonl or parquet file; `where` names it in errors."""
+class DataError(ValueError):
+    """A data file or its rows cannot be used; the message names the file, the column and the rows."""
+
+
+def load_file(file: str | Path, where: str, fmt: str | None = None) -> datasets.Dataset:
+    """The rows of one local csv, tsv, json, jsonl or parquet file; `where` names it in errors.
+
+    `fmt` (a task's `data.format`) reads a file whose extension says otherwise, such as
+    GLUE's msr_paraphrase_train.txt as tsv.
+    """
     path = Path(file)
-    fmt = _FORMATS.get(path.suffix)
-    if fmt is None:
-        raise ValueError(f"{where}: {file}: unsupported file type {path.suffix!r}; allowed: {', '.join(_FORMATS)}")
-    kwargs = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if path.suffix == ".tsv" else {}  # GLUE TSVs hold bare quotes
-    return datasets.load_dataset(fmt, data_files=str(path), split="train", **kwargs)
+    kind = fmt or path.suffix.lstrip(".")
+    if path.is_dir():
+        raise DataError(f"{where}: {file} is a folder; give a data file")
+    if not path.exists():
+        raise DataError(f"{where}: {file} does not exist")
+    if "." + kind not in _FORMATS:
+        raise DataError(
+            f"{where}: {file}: unsupported file type {path.suffix!r}; allowed: {', '.join(_FORMATS)}, or set the task's data.format"
+        )
+    if path.stat().st_size == 0:
+        raise DataError(f"{where}: {file} is empty")
+    if kind in ("json", "jsonl") and path.read_bytes().lstrip()[:1] != b"[":  # JSON lines: name the first broken one
+        with open(path) as f:
+            for n, line in enumerate(f, 1):
+                try:
+                    line.strip() and json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{where}: {file} line {n}: not valid JSON ({e.msg}): {line.strip()[:80]!r}") from None
+    kwargs = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if kind == "tsv" else {}  # GLUE TSVs hold bare quotes
+    try:
+        ds = datasets.load_dataset(_FORMATS["." + kind], data_files=str(path), split="train", **kwargs)
+    except Exception as e:  # the loaders' own errors bury the file in a traceback
+        raise DataError(f"{where}: {file} cannot be read as {kind}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+    if len(ds) == 0:
+        raise DataError(f"{where}: {file} has no rows")
+    return ds
 
 
 def template_fields(template: str) -> list[str]:
@@ -117,10 +146,96 @@ def check_columns(task: TaskSpec, ds: datasets.DatasetDict) -> None:
         missing = [c for c in required_columns(task) if c not in part.column_names]
         if missing:
             renamed = f" (after renaming {task.columns})" if task.columns else ""
-            raise ValueError(
+            raise DataError(
                 f"task {task.name!r}, split {split}: missing column(s) {missing}; the data has {part.column_names}{renamed}; "
                 "set the task's text_fields / label_field / prompt_field / response_field, or rename with `columns:`"
             )
+
+
+def _where(task: TaskSpec, split: str) -> str:
+    """The file (or hub split) a split of the loaded data came from, for error messages."""
+    source = _sources(task, "train" if split == "train" else "eval").get(split) if task.data.get("files") or task.data.get("hub") else None
+    return f"task {task.name!r}, {source or split}"
+
+
+def _lines(task: TaskSpec, rows: list[int]) -> str:
+    """Rows (0-based) as the file's line numbers: a csv or tsv has a header line first."""
+    header = 1 if (task.data.get("format") or "").endswith("sv") or any(str(f).endswith("sv") for f in _file_values(task)) else 0
+    shown = ", ".join(str(r + 1 + header) for r in rows[:5])
+    return f"line{'s' if len(rows) > 1 else ''} {shown}{f' and {len(rows) - 5} more' if len(rows) > 5 else ''}"
+
+
+def _file_values(task: TaskSpec) -> list[str]:
+    files = task.data.get("files", {})
+    return [v for value in files.values() for v in (value.values() if isinstance(value, dict) else [value])]
+
+
+def label_names(task: TaskSpec, ds: datasets.DatasetDict) -> list[str] | None:
+    """The class names string labels map to, in id order: the task's label_names, else the sorted names
+    of the training split; None when the labels are numbers already."""
+    if task.type != "classification" or task.num_labels == 1:
+        return None
+    if task.label_names is not None:
+        return list(task.label_names)
+    values = [v for v in ds["train"][task.label_field] if v is not None]
+    if not any(isinstance(v, str) for v in values):
+        return None
+    return sorted({str(v) for v in values})
+
+
+def trained_label_names(spec) -> list[str] | None:
+    """A run's class names: its task's label_names, or those tokenising found (meta.json of its data)."""
+    if spec.task.label_names is not None:
+        return list(spec.task.label_names)
+    meta = Path(spec.data_dir) / "meta.json"
+    return artifacts.read_json(meta).get("label_names") if meta.exists() else None
+
+
+def check_rows(task: TaskSpec, ds: datasets.DatasetDict, names: list[str] | None) -> None:
+    """Refuse data that would train on something else than it says: null or empty texts, and labels
+    that are null, out of range, fractional, or names not in `names`. Errors name the file, the
+    column and the first offending lines."""
+    label = task.label_field if task.type == "classification" else None
+    texts = [c for c in required_columns(task) if c != label]
+    if names is not None and len(names) != task.num_labels:
+        raise DataError(
+            f"task {task.name!r}: the labels name {len(names)} classes {names}, but num_labels is {task.num_labels}; set num_labels or label_names"
+        )
+    for split, part in ds.items():
+        where = _where(task, split)
+        for column in texts:
+            bad = [i for i, v in enumerate(part[column]) if v is None or (isinstance(v, str) and not v.strip())]
+            if bad:
+                raise DataError(f"{where}: column {column!r} is null or empty on {_lines(task, bad)}")
+        if label is None:
+            continue
+        values = part[label]
+        if task.num_labels == 1:
+            bad = [i for i, v in enumerate(values) if not isinstance(v, (int, float)) or isinstance(v, bool) or v != v]
+            if bad:
+                raise DataError(f"{where}: column {label!r} needs a number for regression (num_labels 1) on {_lines(task, bad)}")
+            continue
+        if names is not None:
+            bad = [i for i, v in enumerate(values) if str(v) not in names and not (isinstance(v, int) and 0 <= v < len(names))]
+            allowed = f"one of {names}"
+        else:
+            bad = [
+                i
+                for i, v in enumerate(values)
+                if not isinstance(v, (int, float)) or isinstance(v, bool) or v != int(v) or not 0 <= v < task.num_labels
+            ]
+            allowed = (
+                f"an integer from 0 to {task.num_labels - 1} (num_labels {task.num_labels}); class names need label_names or string labels"
+            )
+        if bad:
+            shown = ", ".join(repr(values[i]) for i in bad[:5])
+            raise DataError(f"{where}: column {label!r} holds {shown} on {_lines(task, bad)}; a label is {allowed}")
+
+
+def check_lengths(task: TaskSpec, limit: int | None) -> None:
+    """A task's max_length must fit the model's position embeddings (longer inputs would index past them)."""
+    if limit is not None and task.max_length > limit:
+        raise DataError(f"tasks.{task.name}.max_length: {task.max_length} is more than the model's {limit} positions")
 
 
 def format_prompt(task: TaskSpec, row: dict, tokenizer=None) -> str:
@@ -157,6 +272,8 @@ def tokenize(task: TaskSpec, tokenizer, raw: datasets.DatasetDict) -> datasets.D
     SFT eval rows keep `prompt_ids` and the reference `response` for generation.
     """
     check_columns(task, raw)
+    names = label_names(task, raw)
+    check_rows(task, raw, names)
     max_len = task.max_length
     keep: list[str] = []  # raw columns that stay beside the tokens (rlvr: what the rewards read)
 
@@ -165,7 +282,10 @@ def tokenize(task: TaskSpec, tokenizer, raw: datasets.DatasetDict) -> datasets.D
 
     if task.type == "classification":
         fields, label = task.text_fields, task.label_field
-        as_label = float if task.num_labels == 1 else int  # regression: MSE on float labels
+        ids = {n: i for i, n in enumerate(names or [])}
+
+        def as_label(x):  # regression: MSE on float labels; classes: an id, or a name's position in `names`
+            return float(x) if task.num_labels == 1 else ids[x] if isinstance(x, str) else int(x)
 
         def encode(batch):
             enc = tokenizer(*[batch[f] for f in fields], truncation=True, max_length=max_len)
@@ -235,23 +355,37 @@ def main(argv=None):
     args = p.parse_args(argv)
     spec = cli.start(args)
     prov = artifacts.Provenance(spec)
-    with artifacts.atomic_dir(args.out) as tmp:
-        if args.command == "generate":
-            meta = {"counts": generate(TaskSpec.from_dict(spec), tmp)}
-        else:
-            from peftlab.models import load_tokenizer
+    try:
+        run(args.command, spec, args.out, prov)
+    except DataError as e:  # one line that names the file, the column and the rows; no traceback to dig through
+        raise SystemExit(f"data error: {e}") from None
 
-            task = TaskSpec.from_dict(spec["task"])
-            ds = tokenize(task, load_tokenizer(ModelSpec.from_dict(spec["model"])), load_raw(task))
+
+def run(command: str, spec: dict, out: str, prov: artifacts.Provenance) -> None:
+    """Generate raw data, or tokenise a task for a model, into `out` (written whole or not at all)."""
+    with artifacts.atomic_dir(out) as tmp:
+        if command == "generate":
+            meta = {"counts": generate(spec["data"], tmp)}
+        else:
+            from transformers import AutoConfig
+
+            from peftlab.methods.targets import max_positions
+            from peftlab.models import load_tokenizer, resolve_path
+
+            task, model = TaskSpec.from_dict(spec["task"]), ModelSpec.from_dict(spec["model"])
+            check_lengths(task, max_positions(AutoConfig.from_pretrained(resolve_path(model.path)).to_dict()))
+            raw = load_raw(task)
+            ds = tokenize(task, load_tokenizer(model), raw)
             ds.save_to_disk(str(tmp))
             lengths = ds["train"]["length"]
             meta = {
+                "label_names": label_names(task, raw),
                 "counts": {k: len(v) for k, v in ds.items()},
                 "mean_train_length": sum(lengths) / len(lengths),
                 "max_train_length": max(lengths),
             }
         artifacts.write_json(tmp / "meta.json", {**meta, **prov.record()})
-    log.info("%s -> %s: %s", args.command, args.out, meta)
+    log.info("%s -> %s: %s", command, out, meta)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Evaluate a trained run with its task's metric, on the held-out split.
 
-    python -m peftlab.evaluate --spec results/specs/runs/<run_id>.json \
-        --adapter results/runs/<run_id>/adapter --out results/runs/<run_id>/eval.json
+    python -m peftlab.evaluate --spec results/default/specs/evaluate_run/<run_id>.json \
+        --adapter results/default/runs/<run_id>/adapter --out results/default/runs/<run_id>/eval.json
 
 The adapter is loaded onto an untouched base model, as a user would load it.
 Generation is greedy and batched (left-padded for decoders).

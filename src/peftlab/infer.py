@@ -1,7 +1,7 @@
 """Answer new inputs with a trained run: its adapter on the untouched base, or its merged model.
 
-    python -m peftlab.infer --run results/runs/<run_id> --input "Tom has 3 pens ..."
-    python -m peftlab.infer --run results/runs/<run_id> --merged --inputs questions.jsonl --out answers.json
+    python -m peftlab.infer --run results/default/runs/<run_id> --input "Tom has 3 pens ..."
+    python -m peftlab.infer --run results/default/runs/<run_id> --merged --inputs questions.jsonl --out answers.json
 
 An input is the task's prompt text (sft, seq2seq, rlvr; the run's prompt template
 and chat template are applied), the text (classification with one field, lm), or
@@ -84,8 +84,15 @@ def answer(spec: RunSpec, model, tokenizer, items: list, max_new_tokens: int | N
         if task.num_labels == 1:
             return [{"input": item, "score": float(s)} for item, s in zip(items, logits[:, 0])]
         probs = logits.softmax(-1)
+        names = data.trained_label_names(spec)  # string labels: answer with the class names
         return [
-            {"input": item, "label": int(p.argmax()), "probabilities": [round(float(x), 6) for x in p]} for item, p in zip(items, probs)
+            {
+                "input": item,
+                "label": names[int(p.argmax())] if names else int(p.argmax()),
+                "probabilities": [round(float(x), 6) for x in p],
+                **({"label_names": names} if names else {}),
+            }
+            for item, p in zip(items, probs)
         ]
     if task.type == "lm":
         prompts = [str(r[task.text_fields[0]]) for r in rows]
@@ -106,7 +113,7 @@ def answer(spec: RunSpec, model, tokenizer, items: list, max_new_tokens: int | N
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", required=True, type=Path, help="a finished run folder: results/runs/<run_id>")
+    p.add_argument("--run", required=True, type=Path, help="a finished run folder: results/default/runs/<run_id>")
     p.add_argument("--merged", action="store_true", help="use the merged model (merged/) instead of base + adapter")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", help="one input: text, or a JSON object of the task's columns")
@@ -116,7 +123,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not (args.run / "train.json").exists():
-        raise SystemExit(f"--run {args.run}: no train.json; give a finished run folder (results/runs/<run_id>)")
+        raise SystemExit(f"--run {args.run}: no train.json; give a finished run folder (results/default/runs/<run_id>)")
     if args.input is not None:
         try:
             item = json.loads(args.input)

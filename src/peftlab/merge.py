@@ -1,14 +1,16 @@
 """Merge a trained adapter into its base and check that nothing changed.
 
-    python -m peftlab.merge --spec results/specs/runs/<run_id>.json \
-        --adapter results/runs/<run_id>/adapter \
-        --merged results/runs/<run_id>/merged --check results/runs/<run_id>/merge_check.json
+    python -m peftlab.merge --spec results/default/specs/merge_run/<run_id>.json \
+        --adapter results/default/runs/<run_id>/adapter \
+        --merged results/default/runs/<run_id>/merged --check results/default/runs/<run_id>/merge_check.json
 
 `merge_and_unload` writes a plain transformers model to merged/. merge_check.json
 gives the largest absolute logit difference between the adapter model and the
 merged model *reloaded from merged/*, on a fixed batch of eval examples; above
-1e-4 the step fails and leaves no merged/. Checking the reloaded copy catches
-weights that the architecture's config cannot hold (and so silently drop on load).
+`numerics.MERGE_ULPS` float32 epsilons of the logits' scale (or on a NaN) the step
+fails and leaves no merged/. Checking the reloaded copy catches weights that the
+architecture's config cannot hold (and so silently drop on load). An adapter model
+whose own logits are not finite fails before merging, with a message that says so.
 
 Methods that cannot merge (prompt learning, bottleneck adapters) record why
 instead of failing. QLoRA merges into the float32 base (the usual way to ship a
@@ -23,14 +25,13 @@ from pathlib import Path
 
 import datasets
 
-from peftlab import artifacts, cli, methods
+from peftlab import artifacts, cli, methods, numerics
 from peftlab.evaluate import load_trained
 from peftlab.models import load_model
 from peftlab.spec import RunSpec
 from peftlab.train import logits, probe_batch
 
 log = logging.getLogger(__name__)
-TOLERANCE = 1e-4
 
 
 class MergeMismatch(RuntimeError):
@@ -47,6 +48,12 @@ def merge(spec: RunSpec, adapter: str, merged: Path) -> dict:
         model, tokenizer = load_trained(spec, adapter, quantized=False)
         probe = probe_batch(datasets.load_from_disk(spec.data_dir)["eval"], tokenizer, spec.task)
         before = logits(model, probe)
+        if not numerics.finite(before):
+            raise MergeMismatch(
+                f"{spec.run_id}: the adapter model itself gives non-finite logits on the probe batch: the adapter is broken "
+                "(did training diverge?), so there is nothing sound to merge"
+            )
+        tol = numerics.tolerance(before, numerics.MERGE_ULPS)
         plain = model.merge_and_unload() if method.impl else model
         if fix := methods.hook(method, "after_merge"):
             fix(plain)
@@ -54,14 +61,17 @@ def merge(spec: RunSpec, adapter: str, merged: Path) -> dict:
         tokenizer.save_pretrained(tmp)
         del model, plain
         reloaded = load_model(spec.model, spec.task, tokenizer, path=str(tmp))
-        diff = (logits(reloaded, probe) - before).abs().max().item()
-        if diff > TOLERANCE:  # leaves no merged/ behind
-            raise MergeMismatch(f"{spec.run_id}: the merged model, reloaded, differs from the adapter model by {diff:.3g} > {TOLERANCE}")
+        diff = numerics.max_abs_diff(logits(reloaded, probe), before)
+        if not numerics.within(diff, tol):  # leaves no merged/ behind
+            raise MergeMismatch(
+                f"{spec.run_id}: the merged model, reloaded, differs from the adapter model by {diff:.3g} > {tol:.3g} "
+                f"(the adapter model's largest |logit| is {before.abs().max().item():.3g})"
+            )
     return {
         "run_id": spec.run_id,
         "mergeable": True,
         "max_abs_logit_diff": diff,
-        "tolerance": TOLERANCE,
+        "tolerance": tol,
         "probe_examples": int(probe["input_ids"].shape[0]),
         "base": "float32 (trained on a quantised base)" if method.quantized else "as trained",
         **prov.record(),

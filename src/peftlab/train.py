@@ -1,43 +1,86 @@
 """Train one run: a plain function of its resolved spec.
 
-    python -m peftlab.train --spec results/specs/runs/<run_id>.json \
-        --adapter results/runs/<run_id>/adapter --record results/runs/<run_id>/train.json \
-        --checkpoints results/checkpoints/<run_id>
+    python -m peftlab.train --spec results/default/specs/train_run/<run_id>.json \
+        --adapter results/default/runs/<run_id>/adapter --record results/default/runs/<run_id>/train.json \
+        --checkpoints results/default/checkpoints/<run_id>
 
 Reads top to bottom: set up (data, model, adapter), train with the transformers
 Trainer (dynamic padding, length-grouped batches in a seeded order, checkpoints
 every `save_steps`; rlvr tasks: TRL's GRPOTrainer with the task's rewards), save
 the adapter in peft's format, check that it reloads onto an untouched base with
-the same logits, write train.json, drop the checkpoints.
+the same logits (within `numerics.RELOAD_ULPS` of their scale), write train.json,
+drop the checkpoints.
 
-A run started again after being killed resumes from its last complete checkpoint.
+A run started again after being killed resumes from its last complete checkpoint,
+but only one written from the same training settings: the checkpoint folder holds
+the fingerprint of the spec's training part (`spec.fingerprint`), and a mismatch
+discards it. A trainer holds a lock on the folder while it runs, so a second one
+started on the same run refuses; the kernel drops the lock of a dead process.
 Checkpoints live outside the run's declared outputs (Snakemake deletes those
-before it reruns a failed job).
+before it reruns a failed job). A non-finite loss or gradient norm stops training
+at the logging step that sees it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import logging
 import math
 import os
 import shutil
 import socket
+import time
 from pathlib import Path
 
 import datasets
 import torch
 import transformers
-from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening, DataCollatorWithPadding, TrainingArguments
+from transformers import (
+    DataCollatorForSeq2Seq,
+    DataCollatorWithFlattening,
+    DataCollatorWithPadding,
+    TrainerCallback,
+    TrainerState,
+    TrainingArguments,
+)
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
-from peftlab import artifacts, cli, methods, rewards
+from peftlab import artifacts, cli, methods, numerics, rewards
+from peftlab.data import trained_label_names
 from peftlab.methods import targets
 from peftlab.models import device_of, load_model, load_tokenizer, peft_task_type
-from peftlab.spec import RunSpec, TaskSpec, WandbSpec
+from peftlab.spec import RunSpec, TaskSpec, WandbSpec, fingerprint
 
 log = logging.getLogger(__name__)
-RELOAD_TOLERANCE = 1e-5
+
+
+class Diverged(RuntimeError):
+    """The training loss or gradient norm stopped being a finite number."""
+
+
+class CheckpointsInUse(RuntimeError):
+    """Another live trainer holds the run's checkpoint folder."""
+
+
+class Guard(TrainerCallback):
+    """Logs at every checkpoint and at the end, so the logged losses cover every step (a
+    resumed run's record included), and stops at the first non-finite loss or gradient norm."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save or control.should_training_stop:
+            control.should_log = True
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for key in ("loss", "grad_norm"):
+            if key in (logs or {}) and not numerics.finite(logs[key]):
+                finite = [e for e in state.log_history if "loss" in e and numerics.finite(e["loss"])]
+                last = f"the last finite loss was {finite[-1]['loss']:.4g} at step {finite[-1]['step']}" if finite else "no loss was finite"
+                raise Diverged(
+                    f"training diverged: {key} is {logs[key]} at step {state.global_step}; {last}. "
+                    "Lower training.learning_rate or set training.max_grad_norm"
+                )
 
 
 class SeededLengthGroupedSampler(LengthGroupedSampler):
@@ -106,6 +149,58 @@ def last_checkpoint(folder: Path) -> str | None:
     """Newest checkpoint-N whose trainer_state.json (written last) exists."""
     done = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
     return str(max(done, key=lambda p: int(p.name.split("-")[1]))) if done else None
+
+
+@contextlib.contextmanager
+def claimed(folder: Path, training_fingerprint: str):
+    """Hold a run's checkpoint folder for this trainer, with only checkpoints of these training settings in it.
+
+    The lock is an flock on `folder/LOCK`: a second trainer on the same run refuses with
+    the holder's pid and host, and a dead holder's lock is released by the kernel, so the
+    next trainer takes it over. Checkpoints whose `fingerprint` file differs (or is missing)
+    came from other settings: they are discarded, and the log says so.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "LOCK", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            raise CheckpointsInUse(
+                f"{folder} is in use by another trainer ({lock.read().strip() or 'unknown holder'}); "
+                "wait for it or stop it: two trainers on one run would write over each other's checkpoints"
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        lock.flush()
+        marker = folder / "fingerprint"
+        found = marker.read_text().strip() if marker.exists() else None
+        stale = [p for p in folder.iterdir() if p.name not in ("LOCK", "fingerprint")]
+        if found != training_fingerprint and stale:
+            log.warning(
+                "discarding %d checkpoint item(s) in %s: written from other training settings (fingerprint %s, now %s)",
+                len(stale),
+                folder,
+                found,
+                training_fingerprint,
+            )
+            for p in stale:
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+        marker.write_text(training_fingerprint + "\n")
+        yield
+
+
+def mean_loss(log_history: list[dict]) -> float | None:
+    """The training loss averaged over every step: each logged loss is the mean since the
+    previous log, so it weighs by its interval (Guard logs at every checkpoint, so a resumed
+    run's history has no gap)."""
+    total, previous = 0.0, 0
+    for e in log_history:
+        if "loss" in e:
+            total += e["loss"] * (e["step"] - previous)
+            previous = e["step"]
+    return total / previous if previous else None
 
 
 def probe_batch(ds: datasets.Dataset, tokenizer, task: TaskSpec, n: int = 8) -> dict[str, torch.Tensor]:
@@ -192,24 +287,32 @@ def train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path) ->
     """Train the run described by `spec`; write the adapter folder, then the record JSON.
 
     Under torchrun every process trains (the Trainer picks nccl on GPUs, gloo on CPU);
-    the first one saves, checks and records, and returns the record; the others return {}.
+    the first one holds the checkpoint folder, saves, checks and records, and returns
+    the record; the others return {}.
     """
-    prov = artifacts.Provenance(spec.to_dict())
-    task, t = spec.task, spec.training
-    method = methods.get(spec.peft.type)
     rank, world_size = distributed()
     if world_size != spec.world_size:
         raise RuntimeError(
             f"{spec.run_id}: started as {world_size} process(es), but its resources give a world size of {spec.world_size}; "
             "start it with the command peftlab.launch.launcher gives (the workflow does)"
         )
+    fp = fingerprint(spec.to_dict(), "train_run")
+    with claimed(checkpoints, fp) if rank == 0 else contextlib.nullcontext():
+        return _train(spec, adapter, record_path, checkpoints, fp)
+
+
+def _train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path, fp: str) -> dict:
+    prov = artifacts.Provenance(spec.to_dict())
+    task, t = spec.task, spec.training
+    method = methods.get(spec.peft.type)
+    rank, world_size = distributed()
     transformers.set_seed(t.seed)
 
     # --- set up: data, model, adapter
     data = datasets.load_from_disk(spec.data_dir)
     train_ds = train_subset(data["train"], t.train_size, t.data_seed)
     tokenizer = load_tokenizer(spec.model)
-    base = load_model(spec.model, task, tokenizer, quantization=methods.quantization(spec.peft))
+    base = load_model(spec.model, task, tokenizer, quantization=methods.quantization(spec.peft), label_names=trained_label_names(spec))
     total_params = base.num_parameters()  # counts a 4-bit base's packed weights as the parameters they hold
     ctx = methods.Context(
         task_type=peft_task_type(task),
@@ -250,7 +353,7 @@ def train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path) ->
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
-    trainer_callbacks = callbacks(model) if (callbacks := methods.hook(method, "callbacks")) else None
+    trainer_callbacks = [Guard(), *(callbacks(model) if (callbacks := methods.hook(method, "callbacks")) else [])]
     make_optimizer = functools.partial(optimizer, p=spec.peft) if (optimizer := methods.hook(method, "optimizer")) else None
     if task.type == "rlvr":
         trainer = grpo_trainer(spec, model, tokenizer, train_ds, common, trainer_callbacks, make_optimizer)
@@ -272,12 +375,21 @@ def train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path) ->
         # processes too large.
         trainer.model_accepts_loss_kwargs = trainer.model_accepts_loss_kwargs and task.type in ("sft", "lm")
     args = trainer.args
+    if torch.distributed.is_initialized():  # the first process has claimed the folder (and dropped stale checkpoints)
+        torch.distributed.barrier()
     resume = last_checkpoint(checkpoints)
-    tokens_before = 0
-    if resume:
-        log.info("resuming from %s", resume)
-        tokens_before = artifacts.read_json(Path(resume) / "trainer_state.json")["num_input_tokens_seen"]
-    result = trainer.train(resume_from_checkpoint=resume)
+    tokens_before, runtime = 0, 0.0
+    if resume and (done := TrainerState.load_from_json(str(Path(resume) / "trainer_state.json"))).global_step >= done.max_steps:
+        # a run that finished training and failed after it (say, in the reload check): resuming
+        # would take one more step past the target, so take the finished weights as they are
+        log.info("%s already holds the final step %d; loading it instead of training", resume, done.global_step)
+        trainer._load_from_checkpoint(resume)
+        trainer.state = done
+    else:
+        if resume:
+            log.info("resuming from %s", resume)
+            tokens_before = artifacts.read_json(Path(resume) / "trainer_state.json")["num_input_tokens_seen"]
+        runtime = trainer.train(resume_from_checkpoint=resume).metrics["train_runtime"]
     state = trainer.state
     ran_on = hosts()
     if rank != 0:  # the other processes are done; the first saves, checks and records
@@ -286,39 +398,45 @@ def train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path) ->
     # --- save, then check the saved adapter against the model in memory
     probe = probe_batch(data["eval"], tokenizer, task)
     trained_logits = logits(model, probe)
+    if not numerics.finite(trained_logits):
+        raise Diverged(f"{spec.run_id}: the trained model gives non-finite logits on the probe batch; the adapter is broken")
     with artifacts.atomic_dir(adapter) as tmp:
         methods.save(model, tmp, initial if method.init_changes_base else None)
         tokenizer.save_pretrained(tmp)
-    reload_diff = None
+        artifacts.write_json(tmp / methods.RUN_FILE, {"run_id": spec.run_id, "fingerprint": fp})
+    reload_diff = reload_tol = None
     if t.check_reload:
         reloaded, device = methods.load(spec, adapter, tokenizer), device_of(model)
         if device.type != "cpu":  # compare on one device: a GPU's kernels differ from the CPU's by more than the tolerance
             reloaded.to(device)
-        reload_diff = (logits(reloaded, probe) - trained_logits).abs().max().item()
-        if reload_diff > RELOAD_TOLERANCE:
+        reload_diff = numerics.max_abs_diff(logits(reloaded, probe), trained_logits)
+        reload_tol = numerics.tolerance(trained_logits, numerics.RELOAD_ULPS)
+        if not numerics.within(reload_diff, reload_tol):
             shutil.rmtree(adapter)
-            raise RuntimeError(f"{spec.run_id}: adapter reloaded onto the untouched base differs by {reload_diff:.3g} > {RELOAD_TOLERANCE}")
+            raise RuntimeError(f"{spec.run_id}: adapter reloaded onto the untouched base differs by {reload_diff:.3g} > {reload_tol:.3g}")
 
     losses = [{"step": e["step"], "loss": e["loss"]} for e in state.log_history if "loss" in e]
     rl_rewards = [{"step": e["step"], "reward": e["reward"]} for e in state.log_history if "reward" in e]  # GRPO's mean reward
     session_tokens = state.num_input_tokens_seen - tokens_before  # real (non-padding) tokens since start or resume
     record = {
         "run_id": spec.run_id,
+        "fingerprint": fp,
         "losses": losses,
         "first_loss": losses[0]["loss"] if losses else None,
         "final_loss": losses[-1]["loss"] if losses else None,
-        "train_loss": result.training_loss,
+        "train_loss": mean_loss(state.log_history),  # every step, across a resume
         "steps": state.global_step,
         "epochs": state.epoch,
         "examples": len(train_ds),
         "tokens_seen": state.num_input_tokens_seen,
-        "tokens_per_s": session_tokens / max(result.metrics["train_runtime"], 1e-9),
+        "tokens_per_s": session_tokens / runtime if runtime else None,
         "trainable_params": trainable,
         "total_params": total_params,
         "trainable_share": trainable / total_params,
         **({"rewards": rl_rewards} if task.type == "rlvr" else {}),
         "resumed_from": resume,
         "reload_max_abs_diff": reload_diff,
+        "reload_tolerance": reload_tol,
         "world_size": args.world_size,
         "hosts": ran_on,
         "backend": torch.distributed.get_backend() if torch.distributed.is_initialized() else None,
@@ -337,7 +455,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     record = train(RunSpec.from_dict(cli.start(args)), args.adapter, args.record, args.checkpoints)
     if record:
-        log.info("%s: loss %s -> %s, %.0f tokens/s", record["run_id"], record["first_loss"], record["final_loss"], record["tokens_per_s"])
+        log.info("%s: loss %s -> %s, %s tokens/s", record["run_id"], record["first_loss"], record["final_loss"], record["tokens_per_s"])
 
 
 if __name__ == "__main__":

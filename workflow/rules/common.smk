@@ -1,18 +1,32 @@
-# Validate the config, expand the matrix, and sync one spec file per step.
-# A spec file is rewritten only when its content changes, so editing one run's
-# hyperparameters reruns exactly that run (Snakemake sees a newer input).
+# Validate the config and expand the matrix. Nothing is written while the workflow is
+# parsed (a dry run, or a command refused by the lock, leaves results/ alone): the spec
+# files are written by the `spec_write` jobs below.
+#
+# Each stage reads its own spec file, <root>/specs/<rule>/<key>.json. spec_write rewrites
+# one only when that stage's fingerprint changes (peftlab.spec.NOT_READ lists the keys a
+# stage ignores), through Snakemake's params rerun trigger; the newer file then reruns the
+# stage and what follows it. So editing a learning rate retrains one run, and editing
+# max_new_tokens re-evaluates it without retraining.
 import re
+from pathlib import Path
 
 from peftlab import artifacts, launch
-from peftlab.config import ConfigError, data_files, plan
+from peftlab.config import ConfigError, data_files, load_yaml, plan
+from peftlab.spec import fingerprint
 
 try:
-    CFG, RUNS, SPECS, RESOURCES = plan(config)
+    for (
+        _file
+    ) in (
+        workflow.configfiles
+    ):  # Snakemake's YAML reader keeps the last of two equal keys; ours refuses
+        load_yaml(_file)
+    _CONFIGFILE = (
+        workflow.configfiles[-1] if workflow.configfiles else "config/config.yaml"
+    )
+    CFG, RUNS, SPECS, RESOURCES, ROOT = plan(config, _CONFIGFILE)
 except ConfigError as e:
     raise WorkflowError(str(e)) from None
-
-for _key, _spec in SPECS.items():
-    artifacts.write_json_if_changed(f"results/specs/{_key}.json", _spec)
 
 ENV = "../../envs/peftlab.yaml"
 
@@ -21,18 +35,24 @@ wildcard_constraints:
     run_id="|".join(map(re.escape, RUNS)),
     task="[A-Za-z0-9][A-Za-z0-9._+-]*",
     model="[A-Za-z0-9][A-Za-z0-9._+-]*",
+    stage="|".join(SPECS),
+
+
+def spec(stage, key):
+    """The spec file a stage's rule reads; `key` holds wildcards, e.g. '{run_id}'."""
+    return f"{ROOT}/specs/{stage}/{key}.json"
 
 
 def built_model(model):
     """The model folder a rule must wait for, if the pipeline builds that model."""
-    return [f"results/models/{model}"] if "build" in CFG["models"][model] else []
+    return [f"{ROOT}/models/{model}"] if "build" in CFG["models"][model] else []
 
 
 def task_data(task):
     """Files a task's raw data comes from: the generated folder or the user's files."""
     data = CFG["tasks"][task]["data"]
     if "generator" in data:
-        return [f"results/raw/{task}"]
+        return [f"{ROOT}/raw/{task}"]
     return list(data_files(CFG["tasks"][task]).values())
 
 

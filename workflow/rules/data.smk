@@ -1,10 +1,10 @@
 rule data_generate:
     input:
-        spec="results/specs/raw/{task}.json",
+        spec=spec("data_generate", "{task}"),
     output:
-        directory("results/raw/{task}"),
+        directory(f"{ROOT}/raw/{{task}}"),
     log:
-        "results/logs/data_generate/{task}.log",
+        f"{ROOT}/logs/data_generate/{{task}}.log",
     conda:
         ENV
     shell:
@@ -13,14 +13,14 @@ rule data_generate:
 
 rule model_build:
     input:
-        spec="results/specs/models/{model}.json",
+        spec=spec("model_build", "{model}"),
         corpus=lambda wc: task_data(CFG["models"][wc.model]["build"]["corpus_task"]),
     output:
-        directory("results/models/{model}"),
+        directory(f"{ROOT}/models/{{model}}"),
     log:
-        "results/logs/model_build/{model}.log",
+        f"{ROOT}/logs/model_build/{{model}}.log",
     benchmark:
-        "results/benchmarks/model_build/{model}.tsv"
+        f"{ROOT}/benchmarks/model_build/{{model}}.tsv"
     conda:
         ENV
     shell:
@@ -29,15 +29,15 @@ rule model_build:
 
 rule data_tokenize:
     input:
-        spec="results/specs/data/{task}/{model}.json",
+        spec=spec("data_tokenize", "{task}/{model}"),
         data=lambda wc: task_data(wc.task),
         model=lambda wc: built_model(wc.model),
     output:
-        directory("results/data/{task}/{model}"),
+        directory(f"{ROOT}/data/{{task}}/{{model}}"),
     log:
-        "results/logs/data_tokenize/{task}/{model}.log",
+        f"{ROOT}/logs/data_tokenize/{{task}}/{{model}}.log",
     benchmark:
-        "results/benchmarks/data_tokenize/{task}/{model}.tsv"
+        f"{ROOT}/benchmarks/data_tokenize/{{task}}/{{model}}.tsv"
     conda:
         ENV
     shell:

@@ -1,13 +1,13 @@
 rule evaluate_run:
     input:
-        spec="results/specs/runs/{run_id}.json",
-        adapter="results/runs/{run_id}/adapter",
+        spec=spec("evaluate_run", "{run_id}"),
+        adapter=f"{ROOT}/runs/{{run_id}}/adapter",
     output:
-        "results/runs/{run_id}/eval.json",
+        f"{ROOT}/runs/{{run_id}}/eval.json",
     log:
-        "results/logs/evaluate_run/{run_id}.log",
+        f"{ROOT}/logs/evaluate_run/{{run_id}}.log",
     benchmark:
-        "results/benchmarks/evaluate_run/{run_id}.tsv"
+        f"{ROOT}/benchmarks/evaluate_run/{{run_id}}.tsv"
     conda:
         ENV
     threads: stage_threads("evaluate")

@@ -1,14 +1,14 @@
 rule merge_run:
     input:
-        spec="results/specs/runs/{run_id}.json",
-        adapter="results/runs/{run_id}/adapter",
+        spec=spec("merge_run", "{run_id}"),
+        adapter=f"{ROOT}/runs/{{run_id}}/adapter",
     output:
-        merged=directory("results/runs/{run_id}/merged"),
-        check="results/runs/{run_id}/merge_check.json",
+        merged=directory(f"{ROOT}/runs/{{run_id}}/merged"),
+        check=f"{ROOT}/runs/{{run_id}}/merge_check.json",
     log:
-        "results/logs/merge_run/{run_id}.log",
+        f"{ROOT}/logs/merge_run/{{run_id}}.log",
     benchmark:
-        "results/benchmarks/merge_run/{run_id}.tsv"
+        f"{ROOT}/benchmarks/merge_run/{{run_id}}.tsv"
     conda:
         ENV
     threads: stage_threads("merge")

@@ -16,7 +16,9 @@ model), `save` (in peft's format, converted so it applies to the untouched base)
 
 from __future__ import annotations
 
+import functools
 import importlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -220,6 +222,20 @@ def peft_config(spec: PeftSpec, ctx: Context):
     return _resolve(method.impl)(spec, ctx, **method.fixed) if method.impl else None
 
 
+@functools.lru_cache(maxsize=None)
+def _check_options(peft_json: str) -> None:
+    from peftlab.spec import PeftSpec
+
+    peft_config(PeftSpec.from_dict(json.loads(peft_json)), Context("CAUSAL_LM", total_steps=100, targets=["q_proj", "v_proj"]))
+
+
+def check_options(peft: dict) -> None:
+    """Build the method's peft config from a config's `peft` section (placeholder targets), so that
+    an `options` key its config class lacks, or a value it refuses, fails when the config is
+    parsed (TypeError or ValueError). Imports peft (seconds): called only for runs that set options."""
+    _check_options(json.dumps(peft, sort_keys=True))
+
+
 def quantization(spec: PeftSpec):
     """BitsAndBytesConfig of a quantised method's base (QLoRA), else None."""
     if not get(spec.type).quantized:
@@ -270,17 +286,45 @@ def save(model, folder: Path, initial: Path | None = None) -> None:
     safetensors.torch.save_file(converted, weights, metadata={"format": "pt"})
 
 
+RUN_FILE = "peftlab_run.json"  # written into every trained adapter folder: the run and its training fingerprint
+
+
+class StaleAdapter(RuntimeError):
+    """An adapter folder trained from other settings than the spec at hand."""
+
+
+def check_trained_by(spec: RunSpec, folder: str | Path) -> None:
+    """Fail unless the adapter in `folder` was trained from `spec`'s training settings (spec.fingerprint)."""
+    from peftlab import artifacts
+    from peftlab.spec import fingerprint
+
+    path = Path(folder) / RUN_FILE
+    expected = fingerprint(spec.to_dict(), "train_run")
+    found = artifacts.read_json(path)["fingerprint"] if path.exists() else None
+    if found != expected:
+        raise StaleAdapter(
+            f"{spec.run_id}: the adapter in {folder} was trained from other settings (fingerprint {found}, the spec's is {expected}); "
+            "retrain it: snakemake --forcerun train_run <its eval.json>"
+        )
+
+
 def load(spec: RunSpec, folder: str | Path, tokenizer=None, quantized: bool = True):
     """The trained model of a run: its untouched base with the saved adapter in `folder` on top.
 
     For `full`, `folder` holds the whole trained model. A quantised method (QLoRA)
-    gets its quantised base unless `quantized=False` (merging uses float32).
+    gets its quantised base unless `quantized=False` (merging uses float32). The folder
+    must have been trained from `spec` (`check_trained_by`).
     """
     from peftlab.models import load_model
 
+    check_trained_by(spec, folder)
+
+    from peftlab.data import trained_label_names
+
     bnb = quantization(spec.peft) if quantized else None
+    names = trained_label_names(spec)
     if get(spec.peft.type).impl is None:
-        return load_model(spec.model, spec.task, tokenizer, quantization=bnb, path=str(folder))
+        return load_model(spec.model, spec.task, tokenizer, quantization=bnb, path=str(folder), label_names=names)
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(load_model(spec.model, spec.task, tokenizer, quantization=bnb), folder)
+    return PeftModel.from_pretrained(load_model(spec.model, spec.task, tokenizer, quantization=bnb, label_names=names), folder)

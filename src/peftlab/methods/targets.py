@@ -76,17 +76,50 @@ def family(model: dict) -> str | None:
     return next((fam for pattern, fam in FAMILY_OF_NAME if pattern.search(model["path"])), None)
 
 
+def model_config(model: dict) -> dict | None:
+    """What parsing can know of a model's shape: a built model's `build` settings, or a local
+    folder's (or a package's) config.json; None for a hub id (no network at parse time)."""
+    if "build" in model:
+        return {"model_type": model["build"].get("arch", "llama"), **model["build"]}
+    config = _config_json(model["path"])
+    return json.loads(config.read_text()) if config is not None else None
+
+
+def width(config: dict) -> int | None:
+    """The model's hidden width under its architecture's name for it."""
+    return next((config[k] for k in ("hidden_size", "d_model", "n_embd", "dim") if isinstance(config.get(k), int)), None)
+
+
+BUILT_MAX_POSITIONS = 512  # position embeddings of the Llama that peftlab.models builds
+
+
+def max_positions(config: dict) -> int | None:
+    """The longest input the model's position embeddings cover (None: no such limit, as with T5's relative positions)."""
+    if config.get("model_type") in ("t5", "mt5", "umt5"):
+        return None
+    if "corpus_task" in config:  # a model the pipeline builds
+        return BUILT_MAX_POSITIONS
+    return next((config[k] for k in ("max_position_embeddings", "n_positions") if isinstance(config.get(k), int)), None)
+
+
 def check(targets, model: dict, where: str) -> None:
-    """Raise TargetError for an unknown preset or a suffix that names no linear layer of the model's family."""
+    """Raise TargetError for an unknown preset, a preset of another model family, or a suffix
+    that names no linear layer of the model's family."""
     if targets is None or targets == [] or targets in ALL_LINEAR:
         return
+    fam = family(model)
     if isinstance(targets, str):
         if targets not in PRESETS:
             raise TargetError(
                 f"{where}: unknown preset {targets!r}; allowed: all-linear, {', '.join(PRESETS)}, or a list of module suffixes"
             )
+        preset_family = targets.split("-")[0]
+        if fam is not None and preset_family != fam:
+            same = [p for p in PRESETS if p.split("-")[0] == fam]
+            raise TargetError(
+                f"{where}: preset {targets!r} is for the {preset_family} family, but the model is {fam}; allowed: {', '.join(same)}"
+            )
         return
-    fam = family(model)
     known = set(LINEAR[fam]) if fam else {n for names in LINEAR.values() for n in names}
     for t in targets:
         if t.split(".")[-1] not in known:
