@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, load_test_config, snakemake
-from peftlab.config import ConfigError, expand_matrix, load_config, plan, selected
+from peftlab.config import ConfigError, expand_matrix, load_config, load_yaml, plan, selected
 from peftlab.launch import PRESETS, Resources
 from peftlab.spec import RunSpec
 
@@ -258,6 +258,65 @@ BAD = [
         lambda c: c["sweep"][0].update(train_size=[100, 5000]),
         r"sweep\[0\].train_size: 5000 is more than the 2000 training examples task 't' generates \(data.num_train\)",
     ),
+    # --- settings that would train something other than what the run records (issue 11)
+    ("rank in options", lambda c: c.update(peft={"options": {"r": 2}}), r"sweep\[0\].peft.options.r: set peft.r instead"),
+    (
+        "option contradicting the method",
+        lambda c: (c["sweep"][0].update(method="dora"), c.update(peft={"options": {"use_dora": False}})),
+        r"sweep\[0\].peft.options.use_dora: False contradicts method dora \(use_dora=True\)",
+    ),
+    (
+        "an option the method lacks",
+        lambda c: c.update(peft={"options": {"use_dorra": True}}),
+        r"sweep\[0\].peft.options: method lora refuses \{'use_dorra': True\}: .*use_dorra",
+    ),
+    (
+        "dropout of 1",
+        lambda c: c.update(peft={"lora_dropout": 1.0}),
+        r"peft.lora_dropout: 1.0 is greater than or equal to the maximum of 1",
+    ),
+    (
+        "method axis beside peft.type",
+        lambda c: c["sweep"][0].update(method="lora", peft={"type": "dora"}),
+        r"sweep\[0\]: both the axis 'method' and peft.type are set",
+    ),
+    (
+        "rank above the width",
+        lambda c: (c["models"].update(m={"build": {"corpus_task": "t", "hidden_size": 16}}), c.update(peft={"r": 32})),
+        r"sweep\[0\].peft.r: rank 32 is above the model's width 16",
+    ),
+    ("seed out of range", lambda c: c["sweep"][0].update(seed=[1, 2**32]), r"sweep\[0\].seed: 4294967296 is outside 0 to 2\^32-1"),
+    ("negative data_seed", lambda c: c.update(training={"data_seed": -1}), r"training.data_seed: -1 is less than the minimum of 0"),
+    (
+        "target preset of another family",
+        lambda c: (c["models"].update(m={"build": {"corpus_task": "t"}}), c.update(peft={"target_modules": "bert-attn"})),
+        r"peft.target_modules: preset 'bert-attn' is for the bert family, but the model is llama; allowed: llama, llama-attn, llama-mlp",
+    ),
+    (
+        "typo in a local model path",
+        lambda c: c["models"].update(m={"path": "./models/my-modle"}),
+        r"models.m.path: './models/my-modle' does not exist; give a local Hugging Face model folder",
+    ),
+    (
+        "package without a model",
+        lambda c: c["models"].update(m={"path": "package:json"}),
+        r"models.m.path: 'package:json': no installed package 'json' ships a Hugging Face model folder",
+    ),
+    (
+        "qlora on widths bitsandbytes' CPU path cannot pack",
+        lambda c: (c["models"].update(m={"build": {"corpus_task": "t", "hidden_size": 48}}), c["sweep"][0].update(method="qlora")),
+        r"sweep\[0\].peft.type: qlora quantises the base with bitsandbytes, .* multiples of 32; 'm' has \{'hidden_size': 48\}",
+    ),
+    (
+        "max_length past the positions",
+        lambda c: (c["models"].update(m={"build": {"corpus_task": "t"}}), c["tasks"]["t"].update(max_length=1024)),
+        r"sweep\[0\]: task 't' has max_length 1024, but model 'm' has position embeddings for 512 tokens",
+    ),
+    (
+        "label names for another number of classes",
+        lambda c: c["tasks"]["t"].update(label_names=["a", "b", "c"]),
+        r"tasks.t.label_names: 3 names for num_labels=2",
+    ),
     (
         "experiment without task",
         lambda c: (c.pop("sweep"), c.update(experiments=[{"name": "x", "model": "m"}])),
@@ -372,3 +431,35 @@ def test_config_cli_lists_the_selected_run_ids(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == [f"countdown/r1-1.5b/pissa_r{r}_s42" for r in (4, 16, 64, 256)]
+
+
+def test_numbers_in_exponent_notation_are_numbers():
+    """YAML 1.1 (PyYAML, Snakemake) reads 1e-5 as a string; the PeRL seed writes 1e-05."""
+    raw = cfg(sweep=[{"task": "t", "model": "m", "lr": ["1e-5", "3E-4"]}], training={"learning_rate": "1e-05"})
+    table = runs(raw)
+    assert sorted(r["training"]["learning_rate"] for r in table.values()) == [1e-5, 3e-4]
+    assert runs(cfg(sweep=[{"task": "t", "model": "m"}], training={"learning_rate": "1e-05"}))["t/m/lora/r8-s0"]["training"][
+        "learning_rate"
+    ] == pytest.approx(1e-5)
+
+
+def test_a_key_given_twice_in_a_config_file_is_an_error(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("tasks: {}\ntraining:\n  learning_rate: 0.1\ntraining:\n  seed: 3\n")
+    with pytest.raises(ConfigError, match=r"twice.yaml line 4: key 'training' appears twice in one section \(first on line 2\)"):
+        load_yaml(path)
+    bad = load_test_config()
+    (tmp_path / "twice2.yaml").write_text(yaml.safe_dump(bad) + "training: {seed: 1}\n")
+    proc = snakemake(tmp_path, "-n", config=tmp_path / "twice2.yaml")
+    assert proc.returncode != 0 and "key 'training' appears twice" in proc.stdout + proc.stderr
+
+
+def test_each_matrix_writes_under_its_own_name():
+    raw = load_test_config()
+    assert plan(raw, "config/test.yaml").root == "results/test"
+    assert plan(raw, "elsewhere/other.yaml").root == "results/other"
+    assert plan({**raw, "name": "mine"}, "config/test.yaml").root == "results/mine"
+    assert plan(raw, "config/config.yaml").root == "results/default"
+    p = plan(raw, "elsewhere/other.yaml")
+    run = p.runs["arith/tiny-llama/lora/r8-s1"]
+    assert run["data_dir"].startswith("results/other/") and run["model"]["path"] == "results/other/models/tiny-llama"

@@ -6,9 +6,9 @@ import datasets
 import pytest
 import torch
 
-from peftlab import artifacts, data, merge, methods
+from peftlab import artifacts, data, merge, methods, numerics
 from peftlab.models import load_model, load_tokenizer
-from peftlab.spec import TaskSpec
+from peftlab.spec import TaskSpec, fingerprint
 from peftlab.train import train_subset
 
 
@@ -30,7 +30,9 @@ def test_spec_files_keep_their_mtime_when_unchanged(tmp_path):
 def test_missing_column_names_the_column_and_the_columns_that_exist():
     task = TaskSpec(name="sst", type="classification", data={}, text_fields=["sentence"], label_field="label")
     raw = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["a"], "label": [0]})})
-    with pytest.raises(ValueError, match=r"task 'sst', split train: missing column\(s\) \['sentence'\]; the data has \['text', 'label'\]"):
+    with pytest.raises(
+        data.DataError, match=r"task 'sst', split train: missing column\(s\) \['sentence'\]; the data has \['text', 'label'\]"
+    ):
         data.check_columns(task, raw)
 
 
@@ -52,19 +54,22 @@ def lora_adapter(in_tiny, tmp_path):
                 p.normal_(0, 0.1)
     methods.save(model, tmp_path / "adapter")
     load_tokenizer(spec.model).save_pretrained(tmp_path / "adapter")
+    artifacts.write_json(
+        tmp_path / "adapter" / methods.RUN_FILE, {"run_id": spec.run_id, "fingerprint": fingerprint(spec.to_dict(), "train_run")}
+    )
     return spec, tmp_path / "adapter"
 
 
 def test_merge_writes_a_checked_model(lora_adapter, tmp_path):
     spec, adapter = lora_adapter
     record = merge.merge(spec, adapter, tmp_path / "merged")
-    assert record["mergeable"] and record["max_abs_logit_diff"] <= merge.TOLERANCE
+    assert record["mergeable"] and record["max_abs_logit_diff"] <= record["tolerance"]
     assert (tmp_path / "merged" / "config.json").exists()
 
 
 def test_merge_mismatch_fails_and_leaves_no_merged_model(lora_adapter, tmp_path, monkeypatch):
     spec, adapter = lora_adapter
-    monkeypatch.setattr(merge, "TOLERANCE", -1.0)  # any difference, even 0, is now too much
+    monkeypatch.setattr(numerics, "MERGE_ULPS", -1.0)  # any difference, even 0, is now too much
     with pytest.raises(merge.MergeMismatch, match="merged model, reloaded, differs"):
         merge.merge(spec, adapter, tmp_path / "merged")
     assert not (tmp_path / "merged").exists()

@@ -5,9 +5,12 @@ pipeline's trainer: method optimizers, callbacks, saving, the reload check onto 
 untouched base) and merges with `peftlab.merge.merge`, then asserts:
 - the exact number of trainable parameters, from the method's definition;
 - that the loss fell;
-- that the saved adapter, loaded onto an untouched base, gives the trained logits (<= 1e-5);
-- that the merged model, saved and reloaded, gives the adapter model's logits (<= 1e-4),
-  or that the method records why it cannot merge.
+- that the saved adapter, loaded onto an untouched base, gives the trained logits
+  (within numerics.RELOAD_ULPS float32 epsilons of the logits' scale);
+- that the merged model, saved and reloaded, gives the adapter model's logits
+  (within numerics.MERGE_ULPS epsilons), or that the method records why it cannot merge.
+These are the checks whose rounding differs between CPUs: .ci/run repeats them under
+ATEN_CPU_CAPABILITY=avx2 (marker `numerics`).
 
 Adding a method to peftlab.methods means adding its row here.
 """
@@ -21,10 +24,10 @@ import pytest
 from peft import PeftConfig
 
 from conftest import ROOT, load_test_config
-from peftlab import merge, methods
+from peftlab import merge, methods, numerics
 from peftlab.config import ConfigError, plan
 from peftlab.models import load_model
-from peftlab.train import RELOAD_TOLERANCE, train
+from peftlab.train import train
 
 R = 8  # the test config's rank
 
@@ -39,7 +42,7 @@ class Dims:
     head: int  # trainable classification head (modules_to_save) or 0
 
 
-LLAMA = Dims(hidden=48, layers=2, mlp=192, head=0)  # tiny Llama of config/test.yaml
+LLAMA = Dims(hidden=64, layers=2, mlp=256, head=0)  # tiny Llama of config/test.yaml (widths in multiples of 32: QLoRA)
 MINILM = Dims(hidden=384, layers=6, mlp=1536, head=384 * 2 + 2)  # all-MiniLM-L6-v2, 2 labels
 
 
@@ -101,6 +104,7 @@ def test_every_registered_method_has_a_row():
     assert sorted(ROWS) == sorted(methods.METHODS)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("model", sorted(MODELS))
 @pytest.mark.parametrize("name", sorted(ROWS))
 def test_method(name, model, in_tiny, tmp_path):
@@ -122,11 +126,11 @@ def test_method(name, model, in_tiny, tmp_path):
 
     losses = [e["loss"] for e in record["losses"]]
     assert losses[-1] < losses[0] - 0.02, losses
-    assert record["reload_max_abs_diff"] <= RELOAD_TOLERANCE
+    assert record["reload_max_abs_diff"] <= record["reload_tolerance"] <= numerics.RELOAD_ULPS * numerics.EPS * 100  # logits below 100
 
     check = merge.merge(spec, str(tmp_path / "adapter"), tmp_path / "merged")
     if method.mergeable:
-        assert check["max_abs_logit_diff"] <= merge.TOLERANCE
+        assert check["max_abs_logit_diff"] <= check["tolerance"] <= numerics.MERGE_ULPS * numerics.EPS * 100
         assert (tmp_path / "merged" / "config.json").exists()
     else:
         assert not check["mergeable"] and check["reason"] == method.not_mergeable_reason

@@ -40,6 +40,19 @@ def adapter_weights(out: Path) -> dict[str, torch.Tensor]:
     return safetensors.torch.load_file(out / "adapter" / "adapter_model.safetensors")
 
 
+def kill_after(cmd: list[str], marker: Path, env: dict) -> None:
+    """Start a training command and kill it with SIGKILL once `marker` exists."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not marker.exists():
+        assert proc.poll() is None, "training ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.numerics
 @pytest.mark.parametrize("method", ["lora", "pissa"])
 def test_kill_and_resume_gives_the_same_adapter(in_tiny, tmp_path, method):
     spec = in_tiny(method, max_steps=120, save_steps=20, batch_size=8).to_dict()
@@ -52,14 +65,7 @@ def test_kill_and_resume_gives_the_same_adapter(in_tiny, tmp_path, method):
     subprocess.run(train_cmd(spec_path, straight), check=True, env=env, capture_output=True)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(train_cmd(spec_path, killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (killed / "checkpoints/checkpoint-40/trainer_state.json").exists():
-        assert proc.poll() is None, "training ended before it could be killed"
-        assert time.time() < deadline
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after(train_cmd(spec_path, killed), killed / "checkpoints/checkpoint-40/trainer_state.json", env)
     assert not (killed / "train.json").exists() and not (killed / "adapter").exists()
 
     subprocess.run(train_cmd(spec_path, killed), check=True, env=env, capture_output=True)
@@ -74,3 +80,28 @@ def test_kill_and_resume_gives_the_same_adapter(in_tiny, tmp_path, method):
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
     straight_losses = artifacts.read_json(straight / "train.json")["losses"]
     assert [x["loss"] for x in record["losses"]] == pytest.approx([x["loss"] for x in straight_losses], abs=1e-5)
+    # the record covers every step, not only those after the resume
+    assert record["train_loss"] == pytest.approx(artifacts.read_json(straight / "train.json")["train_loss"], rel=1e-5)
+
+
+@pytest.mark.numerics
+def test_a_run_killed_and_restarted_with_another_learning_rate_trains_from_scratch(in_tiny, tmp_path):
+    """The old checkpoints belong to the old setting: resuming them would record 3e-4 for weights trained at 3e-3."""
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    first = in_tiny("lora", max_steps=60, save_steps=20, batch_size=8, learning_rate=3e-3).to_dict()
+    second = in_tiny("lora", max_steps=60, save_steps=20, batch_size=8, learning_rate=3e-4).to_dict()
+    artifacts.write_json(tmp_path / "first.json", first)
+    artifacts.write_json(tmp_path / "second.json", second)
+
+    run = tmp_path / "run"
+    kill_after(train_cmd(tmp_path / "first.json", run), run / "checkpoints/checkpoint-20/trainer_state.json", env)
+    proc = subprocess.run(train_cmd(tmp_path / "second.json", run), env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "discarding" in proc.stderr and "written from other training settings" in proc.stderr and "resuming" not in proc.stderr
+    record = artifacts.read_json(run / "train.json")
+    assert record["resumed_from"] is None and record["spec"]["training"]["learning_rate"] == 3e-4
+
+    straight = tmp_path / "straight"
+    subprocess.run(train_cmd(tmp_path / "second.json", straight), check=True, env=env, capture_output=True)
+    a, b = adapter_weights(straight), adapter_weights(run)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
