@@ -13,6 +13,7 @@ guessed from a hub id's name otherwise). Pure Python: no torch at parse time.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from importlib.util import find_spec
@@ -66,13 +67,20 @@ def _config_json(path: str) -> Path | None:
     return p if p.exists() else None
 
 
+@functools.lru_cache(maxsize=None)
+def _local_config(path: str) -> dict | None:
+    """A local or packaged model's config.json, read once per parse; None for a hub id."""
+    config = _config_json(path)
+    return json.loads(config.read_text()) if config is not None else None
+
+
 def family(model: dict) -> str | None:
     """The model family of a config's model entry (`path` or `build`), or None if unknown."""
     if "build" in model:
         return model["build"].get("arch", "llama")  # the pipeline builds Llama or T5 models (families of the same names)
-    config = _config_json(model["path"])
+    config = _local_config(model["path"])
     if config is not None:
-        return FAMILY_OF_MODEL_TYPE.get(json.loads(config.read_text()).get("model_type"))
+        return FAMILY_OF_MODEL_TYPE.get(config.get("model_type"))
     return next((fam for pattern, fam in FAMILY_OF_NAME if pattern.search(model["path"])), None)
 
 
@@ -81,8 +89,7 @@ def model_config(model: dict) -> dict | None:
     folder's (or a package's) config.json; None for a hub id (no network at parse time)."""
     if "build" in model:
         return {"model_type": model["build"].get("arch", "llama"), **model["build"]}
-    config = _config_json(model["path"])
-    return json.loads(config.read_text()) if config is not None else None
+    return _local_config(model["path"])
 
 
 def width(config: dict) -> int | None:
