@@ -81,6 +81,12 @@ BAD = [
     ("null label", [{"text": "a", "label": 0}, {"text": "b", "label": None}], {}, r"train.jsonl: column 'label' holds None on line 2"),
     ("float label", [{"text": "a", "label": 0.0}, {"text": "b", "label": 0.5}], {}, r"train.jsonl: column 'label' holds 0.5 on line 2"),
     (
+        "NaN label",
+        [{"text": "a", "label": 0.0}, {"text": "b", "label": float("nan")}],
+        {},
+        r"train.jsonl: column 'label' holds nan on line 2",
+    ),
+    (
         "label name not in label_names",
         [{"text": "a", "label": "yes"}, {"text": "b", "label": "maybe"}],
         {"label_names": ["no", "yes"]},

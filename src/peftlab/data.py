@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import random
 import string
 from pathlib import Path
@@ -222,7 +223,11 @@ def check_rows(task: TaskSpec, ds: datasets.DatasetDict, names: list[str] | None
             bad = [
                 i
                 for i, v in enumerate(values)
-                if not isinstance(v, (int, float)) or isinstance(v, bool) or v != int(v) or not 0 <= v < task.num_labels
+                if not isinstance(v, (int, float))
+                or isinstance(v, bool)
+                or not math.isfinite(v)
+                or v != int(v)
+                or not 0 <= v < task.num_labels
             ]
             allowed = (
                 f"an integer from 0 to {task.num_labels - 1} (num_labels {task.num_labels}); class names need label_names or string labels"
