@@ -17,6 +17,7 @@ Adding a method to peftlab.methods means adding its row here.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -50,6 +51,17 @@ def lora_like(d: Dims, r: int = R) -> int:  # A (r x H) and B (H x r) on q and v
     return d.layers * 2 * (r * d.hidden + d.hidden * r)
 
 
+def kronecker(h: int) -> tuple[int, int]:
+    """peft's LoKr factorisation of a width: a * b = h, a the largest divisor not above sqrt(h)."""
+    a = max(f for f in range(1, math.isqrt(h) + 1) if h % f == 0)
+    return a, h // a
+
+
+def lokr_w2(b: int, r: int = R) -> int:
+    """LoKr's second factor: b x b, or two rank-r factors when r < b/2."""
+    return 2 * b * r if r < b / 2 else b * b
+
+
 @dataclass(frozen=True)
 class Row:
     params: object  # Dims -> expected trainable parameters, head excluded
@@ -74,7 +86,7 @@ ROWS = {
     "ia3": Row(lambda d: d.layers * (2 * d.hidden + d.mlp) + (d.layers * d.hidden if d is MINILM else 0), lr=5e-2),
     "loha": Row(lambda d: d.layers * 2 * 2 * (R * d.hidden + d.hidden * R)),  # two low-rank pairs
     # Kronecker factors: H = a*b with a <= b closest to sqrt(H); w1 is a x a, w2 is b x b (low-rank r when r < b/2)
-    "lokr": Row(lambda d: d.layers * 2 * (6 * 6 + 8 * 8 if d is LLAMA else 16 * 16 + 2 * 24 * R)),
+    "lokr": Row(lambda d: d.layers * 2 * (kronecker(d.hidden)[0] ** 2 + lokr_w2(kronecker(d.hidden)[1]))),
     # H/16 orthogonal blocks of 16 x 16, each stored as its 16*15/2 skew-symmetric upper triangle
     "oft": Row(lambda d: d.layers * 2 * (d.hidden // 16) * (16 * 15 // 2)),
     # one butterfly factor of H/4 blocks of 4 x 4, plus a scale per output feature
