@@ -12,5 +12,8 @@ rule spec_write:
         fingerprint=lambda wc: fingerprint(SPECS[wc.stage][wc.key], wc.stage),
     run:
         artifacts.write_spec(
-            output[0], SPECS[wildcards.stage][wildcards.key], log[0], params.fingerprint
+            output[0],
+            SPECS[wildcards.stage][wildcards.key],
+            log[0],
+            params.fingerprint,
         )
