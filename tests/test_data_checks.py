@@ -147,3 +147,12 @@ def test_tokenise_step_prints_one_line_naming_the_file(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("data error: task 'sst', ") and "column 'label' holds 7 on line 2" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+
+
+def test_line_numbers_count_a_csv_header(tmp_path, tok):
+    (tmp_path / "train.csv").write_text("text,label\ngood,1\nbad,5\n")
+    t = TaskSpec(
+        name="sst", type="classification", data={"files": {"train": str(tmp_path / "train.csv"), "eval": str(tmp_path / "train.csv")}}
+    )
+    with pytest.raises(data.DataError, match=r"train.csv: column 'label' holds 5 on line 3; a label is an integer from 0 to 1"):
+        tokenize(t, tok)

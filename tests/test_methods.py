@@ -173,9 +173,9 @@ def test_readme_methods_table_matches_the_registry_and_the_counts():
         if m := re.match(r"\| `(\w+)` \| (.+?) \| (peft|custom|baseline) \| (yes|no) \| ([\d,]+|all) \|", line):
             rows[m[1]] = m.groups()[1:]
     assert sorted(rows) == sorted(methods.METHODS)
-    for name, (math, source, merges, tiny) in rows.items():
+    for name, (formula, source, merges, tiny) in rows.items():
         method = methods.get(name)
-        assert (math, source, merges == "yes") == (method.math, method.source, method.mergeable)
+        assert (formula, source, merges == "yes") == (method.math, method.source, method.mergeable)
         assert tiny == ("all" if name == "full" else f"{ROWS[name].params(LLAMA):,}")
 
 

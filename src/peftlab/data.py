@@ -153,22 +153,19 @@ def check_columns(task: TaskSpec, ds: datasets.DatasetDict) -> None:
             )
 
 
-def _where(task: TaskSpec, split: str) -> str:
-    """The file (or hub split) a split of the loaded data came from, for error messages."""
-    source = _sources(task, "train" if split == "train" else "eval").get(split) if task.data.get("files") or task.data.get("hub") else None
-    return f"task {task.name!r}, {source or split}"
+def _source(task: TaskSpec, split: str) -> str | None:
+    """The file (or hub split) a split of the loaded data came from."""
+    if not (task.data.get("files") or task.data.get("hub")):
+        return None
+    return _sources(task, "train" if split == "train" else "eval").get(split)
 
 
-def _lines(task: TaskSpec, rows: list[int]) -> str:
-    """Rows (0-based) as the file's line numbers: a csv or tsv has a header line first."""
-    header = 1 if (task.data.get("format") or "").endswith("sv") or any(str(f).endswith("sv") for f in _file_values(task)) else 0
+def _lines(task: TaskSpec, source: str | None, rows: list[int]) -> str:
+    """Rows (0-based) as the file's line numbers: a csv or tsv file has a header line first."""
+    kind = task.data.get("format") or Path(str(source)).suffix.lstrip(".")
+    header = 1 if kind in ("csv", "tsv") else 0
     shown = ", ".join(str(r + 1 + header) for r in rows[:5])
     return f"line{'s' if len(rows) > 1 else ''} {shown}{f' and {len(rows) - 5} more' if len(rows) > 5 else ''}"
-
-
-def _file_values(task: TaskSpec) -> list[str]:
-    files = task.data.get("files", {})
-    return [v for value in files.values() for v in (value.values() if isinstance(value, dict) else [value])]
 
 
 def label_names(task: TaskSpec, ds: datasets.DatasetDict) -> list[str] | None:
@@ -203,18 +200,19 @@ def check_rows(task: TaskSpec, ds: datasets.DatasetDict, names: list[str] | None
             f"task {task.name!r}: the labels name {len(names)} classes {names}, but num_labels is {task.num_labels}; set num_labels or label_names"
         )
     for split, part in ds.items():
-        where = _where(task, split)
+        source = _source(task, split)
+        where = f"task {task.name!r}, {source or split}"
         for column in texts:
             bad = [i for i, v in enumerate(part[column]) if v is None or (isinstance(v, str) and not v.strip())]
             if bad:
-                raise DataError(f"{where}: column {column!r} is null or empty on {_lines(task, bad)}")
+                raise DataError(f"{where}: column {column!r} is null or empty on {_lines(task, source, bad)}")
         if label is None:
             continue
         values = part[label]
         if task.num_labels == 1:
             bad = [i for i, v in enumerate(values) if not isinstance(v, (int, float)) or isinstance(v, bool) or v != v]
             if bad:
-                raise DataError(f"{where}: column {label!r} needs a number for regression (num_labels 1) on {_lines(task, bad)}")
+                raise DataError(f"{where}: column {label!r} needs a number for regression (num_labels 1) on {_lines(task, source, bad)}")
             continue
         if names is not None:
             bad = [i for i, v in enumerate(values) if str(v) not in names and not (isinstance(v, int) and 0 <= v < len(names))]
@@ -234,7 +232,7 @@ def check_rows(task: TaskSpec, ds: datasets.DatasetDict, names: list[str] | None
             )
         if bad:
             shown = ", ".join(repr(values[i]) for i in bad[:5])
-            raise DataError(f"{where}: column {label!r} holds {shown} on {_lines(task, bad)}; a label is {allowed}")
+            raise DataError(f"{where}: column {label!r} holds {shown} on {_lines(task, source, bad)}; a label is {allowed}")
 
 
 def check_lengths(task: TaskSpec, limit: int | None) -> None:
