@@ -1,6 +1,6 @@
 # Validate the config and expand the matrix. Nothing is written while the workflow is
 # parsed (a dry run, or a command refused by the lock, leaves results/ alone): the spec
-# files are written by the `spec_write` jobs below.
+# files are written by the `spec_write` jobs of specs.smk.
 #
 # Each stage reads its own spec file, <root>/specs/<rule>/<key>.json. spec_write rewrites
 # one only when that stage's fingerprint changes (peftlab.spec.NOT_READ lists the keys a
@@ -15,11 +15,8 @@ from peftlab.config import ConfigError, data_files, load_yaml, plan
 from peftlab.spec import fingerprint
 
 try:
-    for (
-        _file
-    ) in (
-        workflow.configfiles
-    ):  # Snakemake's YAML reader keeps the last of two equal keys; ours refuses
+    # Snakemake's YAML reader keeps the last of two equal keys; ours refuses them
+    for _file in workflow.configfiles:
         load_yaml(_file)
     _CONFIGFILE = (
         workflow.configfiles[-1] if workflow.configfiles else "config/config.yaml"
