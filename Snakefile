@@ -32,6 +32,6 @@ include: "workflow/rules/tables.smk"
 rule all:
     default_target: True
     input:
-        expand(f"{ROOT}/runs/{{run_id}}/eval.json", run_id=RUNS),
-        expand(f"{ROOT}/runs/{{run_id}}/merge_check.json", run_id=RUNS),
-        f"{ROOT}/tables/summary.md",
+        [paths.eval_record(ROOT, run_id) for run_id in RUNS],
+        [paths.merge_check(ROOT, run_id) for run_id in RUNS],
+        f"{paths.tables(ROOT)}/summary.md",

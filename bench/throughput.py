@@ -24,13 +24,15 @@ from peft import LoraConfig, get_peft_model
 from tokenizers import Tokenizer, models
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, TrainingArguments
 
+from peftlab.matrix import expand
 from peftlab.spec import RunSpec
 from peftlab.train import train
+from peftlab.validate import load_config
 
 MAX_LEN, VOCAB = 256, 1024
 
 
-def make_model_and_data(root: Path, n: int, hidden: int, layers: int) -> None:
+def make_model(root: Path, hidden: int, layers: int) -> None:
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{f"t{i}": i + 3 for i in range(VOCAB - 3)}}
     tok = PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<pad>")), pad_token="<pad>", bos_token="<s>", eos_token="</s>"
@@ -50,42 +52,40 @@ def make_model_and_data(root: Path, n: int, hidden: int, layers: int) -> None:
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(root / "model")
     tok.save_pretrained(root / "model")
+
+
+def make_data(data_dir: str, n: int) -> None:
+    """Variable-length token rows, tokenised already (so the task's data files are never read)."""
     rng = random.Random(0)
     rows = []
     for _ in range(n):
         ids = [rng.randrange(3, VOCAB) for _ in range(rng.randint(16, MAX_LEN))]
         rows.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": ids, "length": len(ids)})
     ds = datasets.Dataset.from_list(rows)
-    datasets.DatasetDict({"train": ds, "eval": ds.select(range(8))}).save_to_disk(str(root / "data"))
+    datasets.DatasetDict({"train": ds, "eval": ds.select(range(8))}).save_to_disk(data_dir)
 
 
-def spec_for(root: Path, steps: int, batch: int) -> dict:
-    return {
-        "run_id": "bench/throughput",
-        "task": {"name": "bench", "type": "sft", "data": {}},
-        "model": {"name": "bench", "path": str(root / "model")},
-        "peft": {"type": "lora", "r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear", "options": {}},
+def spec_for(root: Path, steps: int, batch: int) -> RunSpec:
+    """The run's spec, planned from a one-run config by the pipeline's own validation and expansion."""
+    raw = {
+        "tasks": {"bench": {"type": "sft", "data": {"files": {"train": "unread.jsonl", "eval": "unread.jsonl"}}, "max_length": MAX_LEN}},
+        "models": {"bench": {"path": str(root / "model")}},
+        "peft": {"type": "lora", "r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear"},
         "training": {
-            "seed": 0,
             "learning_rate": 1e-4,
-            "epochs": 1,
             "max_steps": steps,
             "batch_size": batch,
-            "grad_accum": 1,
             "warmup_ratio": 0.0,
-            "weight_decay": 0.0,
             "lr_scheduler": "constant",
-            "max_grad_norm": 1.0,
-            "train_size": None,
-            "data_seed": 0,
             "save_steps": 10_000,
             "logging_steps": 10,
             "check_reload": False,
         },
-        "world_size": 1,
-        "wandb": {"mode": "disabled", "project": "x", "entity": None, "dir": str(root)},
-        "data_dir": str(root / "data"),
+        "wandb": {"mode": "disabled"},
+        "sweep": [{"task": "bench", "model": "bench"}],
     }
+    runs, _ = expand(load_config(raw, check_files=False), root=str(root))
+    return RunSpec.from_dict(next(iter(runs.values())))
 
 
 def pad_to_max_baseline(spec: RunSpec, root: Path) -> float:
@@ -148,8 +148,9 @@ def main():
     transformers.logging.set_verbosity_error()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        make_model_and_data(root, n=args.steps * args.batch * 2, hidden=args.hidden, layers=args.layers)
-        spec = RunSpec.from_dict(spec_for(root, args.steps, args.batch))
+        make_model(root, hidden=args.hidden, layers=args.layers)
+        spec = spec_for(root, args.steps, args.batch)
+        make_data(spec.data_dir, n=args.steps * args.batch * 2)
         baseline, ours = [], []
         for i in range(args.rounds):  # alternate, so warm-up favours neither
             baseline.append(pad_to_max_baseline(spec, root))

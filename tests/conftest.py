@@ -46,7 +46,8 @@ def tiny(tmp_path_factory):
     Returns (workdir, runs) where runs are the resolved specs of config/test.yaml,
     whose relative paths resolve inside workdir.
     """
-    from peftlab.models import build_tiny, load_tokenizer
+    from peftlab.build import build_tiny
+    from peftlab.models import load_tokenizer
 
     work = tmp_path_factory.mktemp("tiny")
     cwd = os.getcwd()

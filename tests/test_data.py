@@ -12,6 +12,7 @@ import pytest
 from peftlab import data
 from peftlab.models import load_tokenizer
 from peftlab.spec import ModelSpec, TaskSpec
+from peftlab.tasks.base import format_prompt
 
 
 @pytest.fixture
@@ -67,7 +68,7 @@ def test_chat_template_wraps_the_prompt(tmp_path, tokenizer):
         "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
     )
     t = task(tmp_path, "sft", [{"question": "1 + 2", "answer": "3"}], chat_template=True, prompt_template="Solve: {prompt}")
-    assert data.format_prompt(t, {"question": "1 + 2"}, tokenizer) == "<|user|>Solve: 1 + 2<|assistant|>"
+    assert format_prompt(t, {"question": "1 + 2"}, tokenizer) == "<|user|>Solve: 1 + 2<|assistant|>"
     row = data.tokenize(t, tokenizer, data.load_raw(t))["train"][0]
     assert tokenizer.decode(row["prompt_ids"]) == "<|user|>Solve: 1 + 2<|assistant|>"  # no second BOS: the template has its own
 

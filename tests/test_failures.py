@@ -6,7 +6,7 @@ import datasets
 import pytest
 import torch
 
-from peftlab import artifacts, data, merge, methods, numerics
+from peftlab import artifacts, data, merge, methods, models, numerics
 from peftlab.models import load_model, load_tokenizer
 from peftlab.spec import TaskSpec, fingerprint
 from peftlab.train import train_subset
@@ -55,7 +55,7 @@ def lora_adapter(in_tiny, tmp_path):
     methods.save(model, tmp_path / "adapter")
     load_tokenizer(spec.model).save_pretrained(tmp_path / "adapter")
     artifacts.write_json(
-        tmp_path / "adapter" / methods.RUN_FILE, {"run_id": spec.run_id, "fingerprint": fingerprint(spec.to_dict(), "train_run")}
+        tmp_path / "adapter" / models.RUN_FILE, {"run_id": spec.run_id, "fingerprint": fingerprint(spec.to_dict(), "train_run")}
     )
     return spec, tmp_path / "adapter"
 

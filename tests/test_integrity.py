@@ -12,7 +12,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from peftlab import artifacts, merge, methods, numerics, train
+from peftlab import artifacts, checkpoints, merge, methods, models, numerics, train
 from peftlab.spec import fingerprint
 
 # --- tolerances -------------------------------------------------------------------------
@@ -44,29 +44,29 @@ def test_every_json_written_is_valid_json(tmp_path):
 
 def test_a_second_trainer_on_a_run_refuses_and_a_dead_ones_lock_is_taken_over(tmp_path):
     folder = tmp_path / "checkpoints"
-    with train.claimed(folder, "abc"):
-        with pytest.raises(train.CheckpointsInUse, match=r"checkpoints is in use by another trainer \(pid \d+ on "):
-            with train.claimed(folder, "abc"):
+    with checkpoints.claimed(folder, "abc"):
+        with pytest.raises(checkpoints.CheckpointsInUse, match=r"checkpoints is in use by another trainer \(pid \d+ on "):
+            with checkpoints.claimed(folder, "abc"):
                 pass
         # another process, too
-        code = f"from peftlab import train; from pathlib import Path\nwith train.claimed(Path({str(folder)!r}), 'abc'): pass"
+        code = f"from peftlab import checkpoints; from pathlib import Path\nwith checkpoints.claimed(Path({str(folder)!r}), 'abc'): pass"
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         assert proc.returncode != 0 and "CheckpointsInUse" in proc.stderr
     # a LOCK file left by a process killed with -9 holds no lock: the next trainer takes it over
-    code = f"import os\nfrom peftlab import train; from pathlib import Path\nwith train.claimed(Path({str(folder)!r}), 'abc'): os._exit(9)"
+    code = f"import os\nfrom peftlab import checkpoints; from pathlib import Path\nwith checkpoints.claimed(Path({str(folder)!r}), 'abc'): os._exit(9)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 9
     assert (folder / "LOCK").read_text().startswith("pid ")
-    with train.claimed(folder, "abc"):
+    with checkpoints.claimed(folder, "abc"):
         pass
 
 
 def test_checkpoints_of_other_training_settings_are_discarded(tmp_path, caplog):
     folder = tmp_path / "checkpoints"
-    with train.claimed(folder, "old"):
+    with checkpoints.claimed(folder, "old"):
         (folder / "checkpoint-40").mkdir()
-    with train.claimed(folder, "old"):  # same settings: kept
+    with checkpoints.claimed(folder, "old"):  # same settings: kept
         assert (folder / "checkpoint-40").exists()
-    with train.claimed(folder, "new"):
+    with checkpoints.claimed(folder, "new"):
         assert not (folder / "checkpoint-40").exists()
     assert "discarding 1 checkpoint item(s)" in caplog.text and "fingerprint old, now new" in caplog.text
 
@@ -132,7 +132,7 @@ def test_an_adapter_from_other_settings_is_refused_by_evaluate_and_merge(in_tiny
     spec = in_tiny("lora", max_steps=4, save_steps=1000)
     train.train(spec, tmp_path / "adapter", tmp_path / "train.json", tmp_path / "ckpt")
     other = in_tiny("lora", max_steps=4, save_steps=1000, learning_rate=spec.training.learning_rate / 10)
-    with pytest.raises(methods.StaleAdapter, match=r"was trained from other settings"):
+    with pytest.raises(models.StaleAdapter, match=r"was trained from other settings"):
         merge.merge(other, str(tmp_path / "adapter"), tmp_path / "merged")
     assert not (tmp_path / "merged").exists()
 

@@ -17,10 +17,10 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from conftest import load_test_config, planned_jobs, snakemake
 from peftlab import artifacts, numerics, tables
+from peftlab.compute import logits
 from peftlab.config import plan
-from peftlab.models import load_model, load_tokenizer
+from peftlab.models import load_model, load_tokenizer, probe_batch
 from peftlab.spec import RunSpec
-from peftlab.train import logits, probe_batch
 
 pytestmark = pytest.mark.slow
 RUNS = plan(load_test_config())[1]

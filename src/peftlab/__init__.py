@@ -1,7 +1,9 @@
 """peftlab: parameter-efficient fine-tuning experiments as a Snakemake pipeline.
 
-Stages, each runnable as `python -m peftlab.<stage>`:
-data (generate, tokenize), models (build), train, evaluate, merge, tables.
+Stages, each runnable as `python -m peftlab.<stage>`: data (generate, tokenize),
+build, train, evaluate, merge, tables; and infer, which answers new inputs with a
+finished run. The stages share the layers below them (models, trainers, tasks,
+compute, methods) and never import each other.
 
 `import peftlab` makes the custom methods (sva, ssl, ssb, flora, adapter, bitfit)
 known to peft, so `PeftModel.from_pretrained` loads their adapters. peft itself is

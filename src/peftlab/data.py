@@ -1,12 +1,7 @@
-"""Task data: generated datasets written to disk, loading from files or the hub, tokenisation.
+"""Task data: generated datasets written to disk, loading from files or the hub, checks, tokenisation.
 
-Per task type, tokenisation gives:
-- classification: input_ids of one or two text fields, integer labels (float for regression);
-- sft: prompt + response, labels -100 on the prompt (loss on the response only);
-- lm: the text, labels = input_ids;
-- seq2seq: the source as input_ids, the target as labels (encoder-decoder);
-- rlvr: the formatted `prompt` text (GRPOTrainer tokenises it) and its ids, plus
-  the columns the rewards read.
+What a task reads and how it tokenises is its task type's (peftlab.tasks); this module
+loads the splits, checks them (columns, empty texts, labels) and maps the type's encoder.
 
     python -m peftlab.data generate --spec results/default/specs/data_generate/sentiment.json --out results/default/raw/sentiment
     python -m peftlab.data tokenize --spec results/default/specs/data_tokenize/sentiment/minilm.json --out results/default/data/sentiment/minilm
@@ -20,14 +15,12 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 import random
-import string
 from pathlib import Path
 
 import datasets
 
-from peftlab import artifacts, cli, rewards
+from peftlab import artifacts, cli, tasks
 from peftlab.generators import GENERATORS
 from peftlab.spec import ModelSpec, TaskSpec
 
@@ -125,21 +118,8 @@ def load_file(file: str | Path, where: str, fmt: str | None = None) -> datasets.
     return ds
 
 
-def template_fields(template: str) -> list[str]:
-    """The {names} a prompt template uses, besides {prompt}."""
-    return [f for _, f, _, _ in string.Formatter().parse(template) if f and f != "prompt"]
-
-
 def required_columns(task: TaskSpec) -> list[str]:
-    if task.type == "classification":
-        return [*task.text_fields, task.label_field]
-    if task.type == "lm":
-        return task.text_fields[:1]
-    if task.type == "rlvr":
-        reward_columns = [c for c in rewards.columns(task.rewards) if c != "answer"]
-        answer = [task.response_field] if "math" in task.rewards else []
-        return list(dict.fromkeys([task.prompt_field, *template_fields(task.prompt_template), *reward_columns, *answer]))
-    return list(dict.fromkeys([task.prompt_field, task.response_field, *template_fields(task.prompt_template)]))
+    return tasks.of(task).columns(task)
 
 
 def check_columns(task: TaskSpec, ds: datasets.DatasetDict) -> None:
@@ -169,31 +149,16 @@ def _lines(task: TaskSpec, source: str | None, rows: list[int]) -> str:
 
 
 def label_names(task: TaskSpec, ds: datasets.DatasetDict) -> list[str] | None:
-    """The class names string labels map to, in id order: the task's label_names, else the sorted names
-    of the training split; None when the labels are numbers already."""
-    if task.type != "classification" or task.num_labels == 1:
-        return None
-    if task.label_names is not None:
-        return list(task.label_names)
-    values = [v for v in ds["train"][task.label_field] if v is not None]
-    if not any(isinstance(v, str) for v in values):
-        return None
-    return sorted({str(v) for v in values})
-
-
-def trained_label_names(spec) -> list[str] | None:
-    """A run's class names: its task's label_names, or those tokenising found (meta.json of its data)."""
-    if spec.task.label_names is not None:
-        return list(spec.task.label_names)
-    meta = Path(spec.data_dir) / "meta.json"
-    return artifacts.read_json(meta).get("label_names") if meta.exists() else None
+    """The class names string labels map to, in id order (None: the labels are numbers, or the type has no classes)."""
+    return tasks.of(task).class_names(task, ds)
 
 
 def check_rows(task: TaskSpec, ds: datasets.DatasetDict, names: list[str] | None) -> None:
     """Refuse data that would train on something else than it says: null or empty texts, and labels
     that are null, out of range, fractional, or names not in `names`. Errors name the file, the
     column and the first offending lines."""
-    label = task.label_field if task.type == "classification" else None
+    ttype = tasks.of(task)
+    label = ttype.label_column(task)
     texts = [c for c in required_columns(task) if c != label]
     if names is not None and len(names) != task.num_labels:
         raise DataError(
@@ -209,27 +174,7 @@ def check_rows(task: TaskSpec, ds: datasets.DatasetDict, names: list[str] | None
         if label is None:
             continue
         values = part[label]
-        if task.num_labels == 1:
-            bad = [i for i, v in enumerate(values) if not isinstance(v, (int, float)) or isinstance(v, bool) or v != v]
-            if bad:
-                raise DataError(f"{where}: column {label!r} needs a number for regression (num_labels 1) on {_lines(task, source, bad)}")
-            continue
-        if names is not None:
-            bad = [i for i, v in enumerate(values) if str(v) not in names and not (isinstance(v, int) and 0 <= v < len(names))]
-            allowed = f"one of {names}"
-        else:
-            bad = [
-                i
-                for i, v in enumerate(values)
-                if not isinstance(v, (int, float))
-                or isinstance(v, bool)
-                or not math.isfinite(v)
-                or v != int(v)
-                or not 0 <= v < task.num_labels
-            ]
-            allowed = (
-                f"an integer from 0 to {task.num_labels - 1} (num_labels {task.num_labels}); class names need label_names or string labels"
-            )
+        bad, allowed = ttype.label_problems(task, values, names)
         if bad:
             shown = ", ".join(repr(values[i]) for i in bad[:5])
             raise DataError(f"{where}: column {label!r} holds {shown} on {_lines(task, source, bad)}; a label is {allowed}")
@@ -241,100 +186,17 @@ def check_lengths(task: TaskSpec, limit: int | None) -> None:
         raise DataError(f"tasks.{task.name}.max_length: {task.max_length} is more than the model's {limit} positions")
 
 
-def format_prompt(task: TaskSpec, row: dict, tokenizer=None) -> str:
-    """The prompt text of one example: the template over its columns, in the chat template if asked."""
-    text = task.prompt_template.format(**{**row, "prompt": row[task.prompt_field]})
-    if task.chat_template:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
-    return text
-
-
-def corpus_texts(task: TaskSpec, rows: datasets.Dataset) -> tuple[list[str], list[str]]:
-    """(texts a built model's tokenizer learns from, texts its base is pretrained on).
-
-    For prompt -> response tasks the base sees only the responses, so it knows the
-    vocabulary and the answer format while the mapping is left for fine-tuning.
-    """
-    if task.type in ("classification", "lm"):
-        fields = task.text_fields if task.type == "classification" else task.text_fields[:1]
-        texts = [" ".join(str(r[f]) for f in fields) for r in rows]
-        return texts, texts
-    if task.type == "rlvr":  # prompts, followed by their reference solutions where the data has them
-        solutions = rows[task.response_field] if task.response_field in rows.column_names else [""] * len(rows)
-        texts = [format_prompt(task, r) + str(s) for r, s in zip(rows, solutions)]
-        return texts, texts
-    return [f"{r[task.prompt_field]} {r[task.response_field]}" for r in rows], [str(r[task.response_field]) for r in rows]
-
-
 # --- tokenisation ---------------------------------------------------------------------
 
 
 def tokenize(task: TaskSpec, tokenizer, raw: datasets.DatasetDict) -> datasets.DatasetDict:
-    """Token ids plus `length`; SFT labels are -100 on the prompt so loss is on the response only.
-
-    SFT eval rows keep `prompt_ids` and the reference `response` for generation.
-    """
+    """The task type's token ids and labels (peftlab.tasks), plus `length`, after checking columns and rows."""
     check_columns(task, raw)
     names = label_names(task, raw)
     check_rows(task, raw, names)
-    max_len = task.max_length
-    keep: list[str] = []  # raw columns that stay beside the tokens (rlvr: what the rewards read)
-
-    def rows(batch):
-        return [dict(zip(batch, values)) for values in zip(*batch.values())]
-
-    if task.type == "classification":
-        fields, label = task.text_fields, task.label_field
-        ids = {n: i for i, n in enumerate(names or [])}
-
-        def as_label(x):  # regression: MSE on float labels; classes: an id, or a name's position in `names`
-            return float(x) if task.num_labels == 1 else ids[x] if isinstance(x, str) else int(x)
-
-        def encode(batch):
-            enc = tokenizer(*[batch[f] for f in fields], truncation=True, max_length=max_len)
-            return {**enc, "labels": [as_label(x) for x in batch[label]]}
-
-    elif task.type == "lm":
-
-        def encode(batch):
-            enc = tokenizer([str(t) for t in batch[task.text_fields[0]]], truncation=True, max_length=max_len)
-            return {**enc, "labels": enc["input_ids"]}
-
-    elif task.type == "seq2seq":
-
-        def encode(batch):
-            enc = tokenizer([format_prompt(task, r) for r in rows(batch)], truncation=True, max_length=max_len)
-            targets = [str(a) for a in batch[task.response_field]]
-            labels = tokenizer(text_target=targets, truncation=True, max_length=max_len)["input_ids"]
-            return {**enc, "labels": labels, "response": targets}
-
-    elif task.type == "rlvr":
-        keep = [c for c in required_columns(task) if c != task.response_field]
-
-        def encode(batch):
-            prompts = [format_prompt(task, r, tokenizer) for r in rows(batch)]
-            enc = tokenizer(prompts, truncation=True, max_length=max_len)
-            out = {**enc, "prompt": prompts}
-            if "math" in task.rewards:
-                out["answer"] = [str(a) for a in batch[task.response_field]]
-            return out
-
-    else:  # sft
-
-        def encode(batch):
-            out = {"input_ids": [], "attention_mask": [], "labels": [], "prompt_ids": [], "response": []}
-            for row in rows(batch):
-                a = str(row[task.response_field])
-                prompt = format_prompt(task, row, tokenizer)
-                p_ids = tokenizer(prompt, add_special_tokens=not task.chat_template)["input_ids"]  # a chat template has its own
-                r_ids = tokenizer(a, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-                ids = (p_ids + r_ids)[:max_len]
-                out["input_ids"].append(ids)
-                out["attention_mask"].append([1] * len(ids))
-                out["labels"].append(([-100] * len(p_ids) + r_ids)[:max_len])
-                out["prompt_ids"].append(p_ids[:max_len])
-                out["response"].append(a)
-            return out
+    ttype = tasks.of(task)
+    encode = ttype.encoder(task, tokenizer, {n: i for i, n in enumerate(names or [])})
+    keep = ttype.kept_columns(task)  # raw columns that stay beside the tokens (rlvr: what the rewards read)
 
     def with_length(batch):
         out = encode(batch)

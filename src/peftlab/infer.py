@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from peftlab import artifacts, data, metrics, rewards
-from peftlab.evaluate import generate, load_trained
-from peftlab.models import device_of, load_model
+from peftlab import artifacts, data, tasks
+from peftlab.compute import place
+from peftlab.models import load_run, trained_label_names
 from peftlab.spec import RunSpec
 
 log = logging.getLogger(__name__)
@@ -42,73 +42,23 @@ def read_inputs(path: Path) -> list:
 
 
 def as_row(task, item) -> dict:
-    """An input as a row of the task's columns: a string fills the prompt (or the one text) column."""
+    """An input as a row of the task's columns: a string fills the task type's input column."""
     if isinstance(item, dict):
         return item
-    column = task.text_fields[0] if task.type in ("classification", "lm") else task.prompt_field
-    return {column: item}
-
-
-def load(run: Path, merged: bool):
-    """(spec, model, tokenizer) of a finished run folder."""
-    spec = RunSpec.from_dict(artifacts.read_json(run / "train.json")["spec"])
-    if not merged:
-        model, tokenizer = load_trained(spec, str(run / "adapter"))
-        return spec, model, tokenizer
-    if (run / "merged" / "NOT_MERGED.txt").exists():
-        raise SystemExit(f"{run}/merged: {(run / 'merged' / 'NOT_MERGED.txt').read_text().strip()}; use the adapter (drop --merged)")
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(run / "merged")
-    return spec, load_model(spec.model, spec.task, tokenizer, path=str(run / "merged")).eval(), tokenizer
+    return {tasks.of(task).input_column(task): item}
 
 
 @torch.no_grad()
 def answer(spec: RunSpec, model, tokenizer, items: list, max_new_tokens: int | None = None) -> list[dict]:
+    """One answer per input: the input and what the task type answers (a label, or generated text)."""
     task = spec.task
     rows = [as_row(task, item) for item in items]
     missing = sorted({c for r in rows for c in data.required_columns(task) if c not in r} - {task.label_field, task.response_field})
     if missing:
         raise SystemExit(f"an input lacks the column(s) {missing} that task {task.name!r} reads; give a JSON object with them")
-    if torch.cuda.is_available():
-        model.to("cuda")
-    if task.type == "classification":
-        enc = tokenizer(
-            *[[str(r[f]) for r in rows] for f in task.text_fields],
-            truncation=True,
-            max_length=task.max_length,
-            padding=True,
-            return_tensors="pt",
-        )
-        logits = model(**enc.to(device_of(model))).logits.float().cpu()
-        if task.num_labels == 1:
-            return [{"input": item, "score": float(s)} for item, s in zip(items, logits[:, 0])]
-        probs = logits.softmax(-1)
-        names = data.trained_label_names(spec)  # string labels: answer with the class names
-        return [
-            {
-                "input": item,
-                "label": names[int(p.argmax())] if names else int(p.argmax()),
-                "probabilities": [round(float(x), 6) for x in p],
-                **({"label_names": names} if names else {}),
-            }
-            for item, p in zip(items, probs)
-        ]
-    if task.type == "lm":
-        prompts = [str(r[task.text_fields[0]]) for r in rows]
-    else:
-        prompts = [data.format_prompt(task, r, tokenizer) for r in rows]
-    ids = [tokenizer(p, add_special_tokens=not task.chat_template)["input_ids"][-task.max_length :] for p in prompts]
-    texts = generate(model, tokenizer, ids, max_new_tokens or task.max_new_tokens, task.eval_batch_size)
-    out = []
-    for item, text in zip(items, texts):
-        record = {"input": item, "output": text}
-        if task.type == "sft" and task.answer_format not in ("none", "text"):
-            record["answer"] = metrics.extract_answer(text, task.answer_format)
-        if task.type == "rlvr":
-            record["answer"] = rewards.last_answer_tag(text)
-        out.append(record)
-    return out
+    model = place(model)
+    answers = tasks.of(task).answer(task, model, tokenizer, rows, trained_label_names(spec), max_new_tokens or task.max_new_tokens)
+    return [{"input": item, **a} for item, a in zip(items, answers)]
 
 
 def main(argv=None):
@@ -132,7 +82,7 @@ def main(argv=None):
         items = [item if isinstance(item, dict) else args.input]
     else:
         items = read_inputs(args.inputs)
-    spec, model, tokenizer = load(args.run, args.merged)
+    spec, model, tokenizer = load_run(args.run, args.merged)
     answers = answer(spec, model, tokenizer, items, args.max_new_tokens)
     if args.out:
         artifacts.write_json(args.out, answers)

@@ -11,9 +11,11 @@ or name a preset (`resources: 1gpu`, or `{preset: 4gpu, runtime: 2880}`).
 
 `slurm_resources` turns them into the resources snakemake-executor-plugin-slurm
 reads; memory and runtime grow with the attempt, so `--retries` helps a job that
-hit its limits. `launcher` is the one place that decides how a stage starts:
-- one process: `python -m peftlab.<stage>`;
-- several GPUs on one node: `torchrun --standalone --nproc-per-node=G -m peftlab.<stage>`;
+hit its limits. `launcher` gives the command that starts a training job (the only
+stage that runs on more than one process; evaluation and merging run `python -m`
+as their rules say):
+- one process: `python -m peftlab.train`;
+- several GPUs on one node: `torchrun --standalone --nproc-per-node=G -m peftlab.train`;
 - several nodes (the plugin's MPI path, one task per node): `srun` starts one
   torchrun per node; the allocation's first node serves the c10d rendezvous.
 The backend follows the device: nccl on GPUs, gloo on CPU (the Trainer picks it).
@@ -148,7 +150,7 @@ def slurm_resources(r: Resources, attempt: int = 1) -> dict:
 
 
 def launcher(r: Resources, stage: str) -> str:
-    """The shell words that start `peftlab.<stage>` on `r`; the stage's arguments follow them."""
+    """The shell words that start `python -m peftlab.<stage>` on `r` (the workflow's train_run: stage "train"); the stage's arguments follow them."""
     module = ["-m", f"peftlab.{stage}"]
     if r.world_size == 1:
         return shlex.join(["python", *module])

@@ -26,10 +26,9 @@ from pathlib import Path
 import datasets
 
 from peftlab import artifacts, cli, methods, numerics
-from peftlab.evaluate import load_trained
-from peftlab.models import load_model
+from peftlab.compute import logits
+from peftlab.models import load_model, load_tokenizer, load_trained, probe_batch
 from peftlab.spec import RunSpec
-from peftlab.train import logits, probe_batch
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +44,8 @@ def merge(spec: RunSpec, adapter: str, merged: Path) -> dict:
         if not method.mergeable:
             (tmp / "NOT_MERGED.txt").write_text(method.not_mergeable_reason + "\n")
             return {"run_id": spec.run_id, "mergeable": False, "reason": method.not_mergeable_reason, **prov.record()}
-        model, tokenizer = load_trained(spec, adapter, quantized=False)
+        tokenizer = load_tokenizer(spec.model)
+        model = load_trained(spec, adapter, tokenizer, quantized=False)
         probe = probe_batch(datasets.load_from_disk(spec.data_dir)["eval"], tokenizer, spec.task)
         before = logits(model, probe)
         if not numerics.finite(before):

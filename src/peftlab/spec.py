@@ -1,15 +1,18 @@
 """The resolved spec of one run, typed: what `python -m peftlab.train|evaluate|merge` reads.
 
-`peftlab.config` validates a user's config (schema, defaults) and expands it into
+`peftlab.config.plan` validates a user's config (schema, defaults) and expands it into
 these; `RunSpec.from_dict` is strict, so a spec file with a missing or unknown
 key fails when it is read, not halfway through a job.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
+
+from peftlab.schema import schema_default
 
 
 class _Strict:
@@ -25,28 +28,38 @@ class _Strict:
         return cls(**d)
 
 
+def _default(*path: str):
+    """A dataclass field whose default is the schema's (copied per instance), so a default has one home."""
+    value = schema_default(*path)
+    return field(default_factory=lambda: copy.deepcopy(value))
+
+
+def _task(key: str):
+    return _default("tasks", key)
+
+
 @dataclass(frozen=True)
 class TaskSpec(_Strict):
     name: str
-    type: str  # classification | sft | lm | seq2seq | rlvr
+    type: str  # a task type of peftlab.tasks.TASK_TYPES: classification | sft | lm | seq2seq | rlvr
     data: dict[str, Any]  # {generator: ...} | {files: {train, eval}} | {hub: {...}}
-    columns: dict[str, str] = field(default_factory=dict)  # renames applied on loading: {name in the data: name used here}
-    text_fields: list[str] = field(default_factory=lambda: ["text"])
-    label_field: str = "label"
-    num_labels: int = 2  # 1: regression (STS-B)
-    label_names: list[str] | None = None  # class names in id order (string labels map to their position)
-    prompt_field: str = "question"
-    response_field: str = "answer"
-    prompt_template: str = "Question: {prompt}\nAnswer: "
-    chat_template: bool = False  # wrap the prompt in the tokenizer's chat template
-    packing: bool = False  # sft/lm: padding-free batches (DataCollatorWithFlattening)
-    answer_format: str = "gsm8k"  # gsm8k | boxed | last_number | text | none
-    rouge: bool = False  # sft: also ROUGE of the generations (seq2seq always)
-    rewards: list[str] = field(default_factory=list)  # rlvr: reward functions by name; the first is the correctness reward
-    metric: str | None = None  # the main metric in tables and plots; None: the task type's
-    max_length: int = 128
-    max_new_tokens: int = 32
-    eval_batch_size: int = 32
+    columns: dict[str, str] = _task("columns")  # renames applied on loading: {name in the data: name used here}
+    text_fields: list[str] = _task("text_fields")
+    label_field: str = _task("label_field")
+    num_labels: int = _task("num_labels")  # 1: regression (STS-B)
+    label_names: list[str] | None = _task("label_names")  # class names in id order (string labels map to their position)
+    prompt_field: str = _task("prompt_field")
+    response_field: str = _task("response_field")
+    prompt_template: str = _task("prompt_template")
+    chat_template: bool = _task("chat_template")  # wrap the prompt in the tokenizer's chat template
+    packing: bool = _task("packing")  # sft/lm: padding-free batches (DataCollatorWithFlattening)
+    answer_format: str = _task("answer_format")  # gsm8k | boxed | last_number | text | none
+    rouge: bool = _task("rouge")  # sft: also ROUGE of the generations (seq2seq always)
+    rewards: list[str] = _task("rewards")  # rlvr: reward functions by name; the first is the correctness reward
+    metric: str | None = _task("metric")  # the main metric in tables and plots; None: the task type's
+    max_length: int = _task("max_length")
+    max_new_tokens: int = _task("max_new_tokens")
+    eval_batch_size: int = _task("eval_batch_size")
 
 
 @dataclass(frozen=True)
@@ -64,7 +77,7 @@ class PeftSpec(_Strict):
     lora_dropout: float
     target_modules: str | list[str] | None
     options: dict[str, Any]
-    loraplus_lr_ratio: float = 16.0  # lora_plus: B's learning rate / A's
+    loraplus_lr_ratio: float = _default("peft", "loraplus_lr_ratio")  # lora_plus: B's learning rate / A's
 
 
 @dataclass(frozen=True)
@@ -84,9 +97,11 @@ class TrainingSpec(_Strict):
     save_steps: int
     logging_steps: int
     check_reload: bool
-    bf16: bool = False  # bfloat16 mixed precision
-    gradient_checkpointing: bool = False  # recompute activations in the backward pass (less memory, ~30% slower)
-    rl: dict[str, Any] = field(default_factory=dict)  # rlvr: GRPO settings (num_generations, loss_type, beta, ...)
+    bf16: bool = _default("training", "bf16")  # bfloat16 mixed precision
+    gradient_checkpointing: bool = _default(
+        "training", "gradient_checkpointing"
+    )  # recompute activations in the backward pass (less memory, ~30% slower)
+    rl: dict[str, Any] = field(default_factory=dict)  # rlvr: GRPO settings (num_generations, loss_type, beta, ...); {} for other types
 
 
 @dataclass(frozen=True)

@@ -24,28 +24,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from peftlab import artifacts  # noqa: E402
-from peftlab.config import TASK_METRICS, metric_kind  # noqa: E402
+from peftlab import artifacts, paths, tasks  # noqa: E402
+from peftlab.spec import TaskSpec  # noqa: E402
 
 log = logging.getLogger(__name__)
-METRICS = list(dict.fromkeys(m for names in TASK_METRICS.values() for m in names))
-MAIN_METRIC = {
-    "classification": "accuracy",
-    "regression": "pearson",
-    "sft": "exact_match",
-    "lm": "perplexity",
-    "seq2seq": "rougeL",
-    "rlvr": "accuracy",
-}
+METRICS = tasks.all_metrics()
 
 
 def main_metric(task: dict) -> str:
-    """The metric a task is compared by: its config's `metric`, or its kind's usual one."""
-    if task.get("metric"):
-        return task["metric"]
-    if task["type"] == "sft" and task.get("answer_format") == "none":
-        return "rougeL" if task.get("rouge") else "perplexity"
-    return MAIN_METRIC[metric_kind(task)]
+    """The metric a task is compared by: its config's `metric`, or its type's default."""
+    return tasks.main_metric(TaskSpec.from_dict(task))
 
 
 SETTING = ["task", "model", "method", "r", "lr", "train_size"]
@@ -87,7 +75,6 @@ def run_row(run_dir: Path) -> dict | None:
     return row
 
 
-STAGE_OUTPUTS = (("train_run", "train.json"), ("evaluate_run", "eval.json"), ("merge_run", "merge_check.json"))
 ERROR_LINE = re.compile(r"^([\w.]*(Error|Exception|Diverged|Mismatch|InUse|Adapter)\b.*:|merge check failed:)")
 
 
@@ -102,10 +89,10 @@ def run_status(run_dir: Path) -> dict:
     """{run_id, status, stage, reason}: done when every stage wrote its output; otherwise the first stage
     without one is failed if its log says so (a log with no output means the stage ran and did not finish),
     and missing if it has not run."""
-    root, run_id = str(run_dir).split("/runs/", 1)
-    for stage, output in STAGE_OUTPUTS:
+    root, run_id = paths.split_run(run_dir)
+    for stage, output in paths.RUN_OUTPUTS:
         if not (run_dir / output).exists():
-            log_file = Path(root) / "logs" / stage / f"{run_id}.log"
+            log_file = Path(paths.log(root, stage, run_id))
             if log_file.exists():
                 return {"run_id": run_id, "status": "failed", "stage": stage, "reason": first_error_line(log_file)}
             return {"run_id": run_id, "status": "missing", "stage": stage, "reason": None}

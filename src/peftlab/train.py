@@ -4,10 +4,10 @@
         --adapter results/default/runs/<run_id>/adapter --record results/default/runs/<run_id>/train.json \
         --checkpoints results/default/checkpoints/<run_id>
 
-Reads top to bottom: set up (data, model, adapter), train with the transformers
-Trainer (dynamic padding, length-grouped batches in a seeded order, checkpoints
-every `save_steps`; rlvr tasks: TRL's GRPOTrainer with the task's rewards), save
-the adapter in peft's format, check that it reloads onto an untouched base with
+Reads top to bottom: set up (data, model, adapter), train with the task type's
+trainer (peftlab.trainers: dynamic padding and length-grouped batches in a seeded
+order; rlvr: TRL's GRPOTrainer with the task's rewards), checkpointing every
+`save_steps`, save the adapter in peft's format, check that it reloads onto an untouched base with
 the same logits (within `numerics.RELOAD_ULPS` of their scale), write train.json,
 drop the checkpoints.
 
@@ -24,44 +24,31 @@ at the logging step that sees it.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import logging
 import math
 import os
 import shutil
 import socket
-import time
 from pathlib import Path
 
 import datasets
 import torch
 import transformers
-from transformers import (
-    DataCollatorForSeq2Seq,
-    DataCollatorWithFlattening,
-    DataCollatorWithPadding,
-    TrainerCallback,
-    TrainerState,
-    TrainingArguments,
-)
-from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+from transformers import TrainerCallback, TrainerState
 
-from peftlab import artifacts, cli, methods, numerics, rewards
-from peftlab.data import trained_label_names
+from peftlab import artifacts, cli, methods, numerics, tasks
+from peftlab.checkpoints import claimed, last_checkpoint
+from peftlab.compute import device_of, logits
 from peftlab.methods import targets
-from peftlab.models import device_of, load_model, load_tokenizer, peft_task_type
-from peftlab.spec import RunSpec, TaskSpec, WandbSpec, fingerprint
+from peftlab.models import RUN_FILE, load_model, load_tokenizer, load_trained, probe_batch, trained_label_names
+from peftlab.spec import RunSpec, WandbSpec, fingerprint
 
 log = logging.getLogger(__name__)
 
 
 class Diverged(RuntimeError):
     """The training loss or gradient norm stopped being a finite number."""
-
-
-class CheckpointsInUse(RuntimeError):
-    """Another live trainer holds the run's checkpoint folder."""
 
 
 class Guard(TrainerCallback):
@@ -83,42 +70,6 @@ class Guard(TrainerCallback):
                 )
 
 
-class SeededLengthGroupedSampler(LengthGroupedSampler):
-    """Length-grouped order drawn from `seed + epoch`, so a resumed run sees exactly the same batches."""
-
-    def __init__(self, batch_size: int, lengths: list[int], seed: int):
-        super().__init__(batch_size, lengths=lengths)
-        self.seed, self.epoch = seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=g))
-
-
-class Trainer(transformers.Trainer):
-    """The transformers Trainer with a seeded length-grouped order and the method's own optimizer (LoRA+)."""
-
-    def __init__(self, *args, lengths: list[int], make_optimizer=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.lengths, self.make_optimizer = lengths, make_optimizer
-
-    def _get_train_sampler(self, train_dataset=None):
-        # Grouped by the global batch: every process draws the same order, and the
-        # Accelerate loader hands process i every i-th per-device batch of it, so a
-        # step sees the examples a single process with the global batch would.
-        mega_batch = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
-        return SeededLengthGroupedSampler(mega_batch, self.lengths, self.args.seed)
-
-    def create_optimizer(self, model=None):
-        if self.make_optimizer is None or self.optimizer is not None:
-            return super().create_optimizer(model)
-        self.optimizer = self.make_optimizer(self.model, self.args)
-        return self.optimizer
-
-
 def train_subset(ds: datasets.Dataset, size: int | None, seed: int) -> datasets.Dataset:
     """The first `size` examples of a seeded shuffle (all, in file order, when size is None).
 
@@ -132,65 +83,6 @@ def train_subset(ds: datasets.Dataset, size: int | None, seed: int) -> datasets.
     return ds.shuffle(seed=seed).select(range(size))
 
 
-def collator(task: TaskSpec, tokenizer):
-    if task.type == "classification":
-        return DataCollatorWithPadding(tokenizer)
-    if task.packing:  # one row per batch, position ids restart per example, so attention stays within each
-        return DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
-    return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
-
-
-def model_columns(ds: datasets.Dataset) -> list[str]:
-    """The tokenised columns a model's forward takes (BERT-style pairs keep their token_type_ids)."""
-    return [c for c in ("input_ids", "attention_mask", "token_type_ids", "labels") if c in ds.column_names]
-
-
-def last_checkpoint(folder: Path) -> str | None:
-    """Newest checkpoint-N whose trainer_state.json (written last) exists."""
-    done = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
-    return str(max(done, key=lambda p: int(p.name.split("-")[1]))) if done else None
-
-
-@contextlib.contextmanager
-def claimed(folder: Path, training_fingerprint: str):
-    """Hold a run's checkpoint folder for this trainer, with only checkpoints of these training settings in it.
-
-    The lock is an flock on `folder/LOCK`: a second trainer on the same run refuses with
-    the holder's pid and host, and a dead holder's lock is released by the kernel, so the
-    next trainer takes it over. Checkpoints whose `fingerprint` file differs (or is missing)
-    came from other settings: they are discarded, and the log says so.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "LOCK", "a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            raise CheckpointsInUse(
-                f"{folder} is in use by another trainer ({lock.read().strip() or 'unknown holder'}); "
-                "wait for it or stop it: two trainers on one run would write over each other's checkpoints"
-            ) from None
-        lock.seek(0)
-        lock.truncate()
-        lock.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        lock.flush()
-        marker = folder / "fingerprint"
-        found = marker.read_text().strip() if marker.exists() else None
-        stale = [p for p in folder.iterdir() if p.name not in ("LOCK", "fingerprint")]
-        if found != training_fingerprint and stale:
-            log.warning(
-                "discarding %d checkpoint item(s) in %s: written from other training settings (fingerprint %s, now %s)",
-                len(stale),
-                folder,
-                found,
-                training_fingerprint,
-            )
-            for p in stale:
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
-        marker.write_text(training_fingerprint + "\n")
-        yield
-
-
 def mean_loss(log_history: list[dict]) -> float | None:
     """The training loss averaged over every step: each logged loss is the mean since the
     previous log, so it weighs by its interval (Guard logs at every checkpoint, so a resumed
@@ -201,26 +93,6 @@ def mean_loss(log_history: list[dict]) -> float | None:
             total += e["loss"] * (e["step"] - previous)
             previous = e["step"]
     return total / previous if previous else None
-
-
-def probe_batch(ds: datasets.Dataset, tokenizer, task: TaskSpec, n: int = 8) -> dict[str, torch.Tensor]:
-    """A fixed padded batch (the first n eval examples) for logit comparisons.
-
-    An encoder-decoder's batch keeps its labels: the decoder's inputs are made from them.
-    """
-    rows = ds.select(range(min(n, len(ds))))
-    seq2seq = task.type == "seq2seq"
-    columns = [c for c in model_columns(rows) if c != "labels" or seq2seq]
-    pad = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100) if seq2seq else DataCollatorWithPadding(tokenizer)
-    return dict(pad(rows.select_columns(columns).to_list()))
-
-
-@torch.no_grad()
-def logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The model's float32 logits on `batch`, computed on the model's device, returned on the CPU."""
-    model.eval()
-    device = device_of(model)
-    return model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()
 
 
 def distributed() -> tuple[int, int]:
@@ -261,28 +133,6 @@ def total_steps(t, examples: int, world_size: int = 1) -> int:
     return math.ceil(t.epochs * max(math.ceil(batches / t.grad_accum), 1))
 
 
-def grpo_trainer(spec: RunSpec, model, tokenizer, train_ds: datasets.Dataset, common: dict, callbacks, make_optimizer):
-    """TRL's GRPOTrainer on the peft model: the task's rewards, its prompts, the run's `training.rl`.
-
-    The rewards read their columns from the dataset. With beta > 0 the reference
-    is the base itself (peft's adapter switched off), so no second copy is loaded.
-    """
-    from trl import GRPOConfig, GRPOTrainer
-
-    rl, task = spec.training.rl, spec.task
-    args = GRPOConfig(**common, **rl)
-    columns = ["prompt", *rewards.columns(task.rewards)]
-    return GRPOTrainer(
-        model=model,
-        reward_funcs=[rewards.REWARDS[r] for r in task.rewards],
-        args=args,
-        train_dataset=train_ds.select_columns(columns),
-        processing_class=tokenizer,
-        callbacks=callbacks,
-        optimizers=(make_optimizer(model, args) if make_optimizer else None, None),
-    )
-
-
 def train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path) -> dict:
     """Train the run described by `spec`; write the adapter folder, then the record JSON.
 
@@ -315,7 +165,7 @@ def _train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path, f
     base = load_model(spec.model, task, tokenizer, quantization=methods.quantization(spec.peft), label_names=trained_label_names(spec))
     total_params = base.num_parameters()  # counts a 4-bit base's packed weights as the parameters they hold
     ctx = methods.Context(
-        task_type=peft_task_type(task),
+        task_type=tasks.of(task).peft_task_type,
         total_steps=total_steps(t, len(train_ds), world_size),
         targets=targets.resolve(base, spec.peft.target_modules, method.default_targets),
     )
@@ -355,25 +205,7 @@ def _train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path, f
     )
     trainer_callbacks = [Guard(), *(callbacks(model) if (callbacks := methods.hook(method, "callbacks")) else [])]
     make_optimizer = functools.partial(optimizer, p=spec.peft) if (optimizer := methods.hook(method, "optimizer")) else None
-    if task.type == "rlvr":
-        trainer = grpo_trainer(spec, model, tokenizer, train_ds, common, trainer_callbacks, make_optimizer)
-    else:
-        trainer = Trainer(
-            model=model,
-            args=TrainingArguments(**common),
-            train_dataset=train_ds.select_columns(model_columns(train_ds)),
-            data_collator=collator(task, tokenizer),
-            processing_class=tokenizer,
-            lengths=train_ds["length"],
-            callbacks=trainer_callbacks,
-            make_optimizer=make_optimizer,
-        )
-        # The Trainer assumes a model whose forward takes **kwargs divides its loss by the
-        # global `num_items_in_batch`, and so skips the division by the accumulation steps
-        # and multiplies by the number of processes. Causal LMs do; the sequence-classification
-        # heads and T5 return a per-batch mean, which would make the gradient grad_accum x
-        # processes too large.
-        trainer.model_accepts_loss_kwargs = trainer.model_accepts_loss_kwargs and task.type in ("sft", "lm")
+    trainer = tasks.of(task).trainer(spec, model, tokenizer, train_ds, common, trainer_callbacks, make_optimizer)
     args = trainer.args
     if torch.distributed.is_initialized():  # the first process has claimed the folder (and dropped stale checkpoints)
         torch.distributed.barrier()
@@ -403,10 +235,10 @@ def _train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path, f
     with artifacts.atomic_dir(adapter) as tmp:
         methods.save(model, tmp, initial if method.init_changes_base else None)
         tokenizer.save_pretrained(tmp)
-        artifacts.write_json(tmp / methods.RUN_FILE, {"run_id": spec.run_id, "fingerprint": fp})
+        artifacts.write_json(tmp / RUN_FILE, {"run_id": spec.run_id, "fingerprint": fp})
     reload_diff = reload_tol = None
     if t.check_reload:
-        reloaded, device = methods.load(spec, adapter, tokenizer), device_of(model)
+        reloaded, device = load_trained(spec, adapter, tokenizer), device_of(model)
         if device.type != "cpu":  # compare on one device: a GPU's kernels differ from the CPU's by more than the tolerance
             reloaded.to(device)
         reload_diff = numerics.max_abs_diff(logits(reloaded, probe), trained_logits)
@@ -433,7 +265,7 @@ def _train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path, f
         "trainable_params": trainable,
         "total_params": total_params,
         "trainable_share": trainable / total_params,
-        **({"rewards": rl_rewards} if task.type == "rlvr" else {}),
+        **({"rewards": rl_rewards} if tasks.of(task).rewarded else {}),
         "resumed_from": resume,
         "reload_max_abs_diff": reload_diff,
         "reload_tolerance": reload_tol,

@@ -10,7 +10,7 @@
 import re
 from pathlib import Path
 
-from peftlab import artifacts, launch
+from peftlab import artifacts, launch, paths
 from peftlab.config import ConfigError, data_files, load_yaml, plan
 from peftlab.spec import fingerprint
 
@@ -37,19 +37,19 @@ wildcard_constraints:
 
 def spec(stage, key):
     """The spec file a stage's rule reads; `key` holds wildcards, e.g. '{run_id}'."""
-    return f"{ROOT}/specs/{stage}/{key}.json"
+    return paths.spec(ROOT, stage, key)
 
 
 def built_model(model):
     """The model folder a rule must wait for, if the pipeline builds that model."""
-    return [f"{ROOT}/models/{model}"] if "build" in CFG["models"][model] else []
+    return [paths.model(ROOT, model)] if "build" in CFG["models"][model] else []
 
 
 def task_data(task):
     """Files a task's raw data comes from: the generated folder or the user's files."""
     data = CFG["tasks"][task]["data"]
     if "generator" in data:
-        return [f"{ROOT}/raw/{task}"]
+        return [paths.raw(ROOT, task)]
     return list(data_files(CFG["tasks"][task]).values())
 
 

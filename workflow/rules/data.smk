@@ -2,9 +2,9 @@ rule data_generate:
     input:
         spec=spec("data_generate", "{task}"),
     output:
-        directory(f"{ROOT}/raw/{{task}}"),
+        directory(paths.raw(ROOT, "{task}")),
     log:
-        f"{ROOT}/logs/data_generate/{{task}}.log",
+        paths.log(ROOT, "data_generate", "{task}"),
     conda:
         ENV
     shell:
@@ -16,15 +16,15 @@ rule model_build:
         spec=spec("model_build", "{model}"),
         corpus=lambda wc: task_data(CFG["models"][wc.model]["build"]["corpus_task"]),
     output:
-        directory(f"{ROOT}/models/{{model}}"),
+        directory(paths.model(ROOT, "{model}")),
     log:
-        f"{ROOT}/logs/model_build/{{model}}.log",
+        paths.log(ROOT, "model_build", "{model}"),
     benchmark:
-        f"{ROOT}/benchmarks/model_build/{{model}}.tsv"
+        paths.benchmark(ROOT, "model_build", "{model}")
     conda:
         ENV
     shell:
-        "python -m peftlab.models build --spec {input.spec} --out {output} --threads {threads} > {log} 2>&1"
+        "python -m peftlab.build --spec {input.spec} --out {output} --threads {threads} > {log} 2>&1"
 
 
 rule data_tokenize:
@@ -33,11 +33,11 @@ rule data_tokenize:
         data=lambda wc: task_data(wc.task),
         model=lambda wc: built_model(wc.model),
     output:
-        directory(f"{ROOT}/data/{{task}}/{{model}}"),
+        directory(paths.data(ROOT, "{task}", "{model}")),
     log:
-        f"{ROOT}/logs/data_tokenize/{{task}}/{{model}}.log",
+        paths.log(ROOT, "data_tokenize", "{task}/{model}"),
     benchmark:
-        f"{ROOT}/benchmarks/data_tokenize/{{task}}/{{model}}.tsv"
+        paths.benchmark(ROOT, "data_tokenize", "{task}/{model}")
     conda:
         ENV
     shell:

@@ -1,13 +1,13 @@
 rule evaluate_run:
     input:
         spec=spec("evaluate_run", "{run_id}"),
-        adapter=f"{ROOT}/runs/{{run_id}}/adapter",
+        adapter=paths.adapter(ROOT, "{run_id}"),
     output:
-        f"{ROOT}/runs/{{run_id}}/eval.json",
+        paths.eval_record(ROOT, "{run_id}"),
     log:
-        f"{ROOT}/logs/evaluate_run/{{run_id}}.log",
+        paths.log(ROOT, "evaluate_run", "{run_id}"),
     benchmark:
-        f"{ROOT}/benchmarks/evaluate_run/{{run_id}}.tsv"
+        paths.benchmark(ROOT, "evaluate_run", "{run_id}")
     conda:
         ENV
     threads: stage_threads("evaluate")

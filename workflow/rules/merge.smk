@@ -1,14 +1,14 @@
 rule merge_run:
     input:
         spec=spec("merge_run", "{run_id}"),
-        adapter=f"{ROOT}/runs/{{run_id}}/adapter",
+        adapter=paths.adapter(ROOT, "{run_id}"),
     output:
-        merged=directory(f"{ROOT}/runs/{{run_id}}/merged"),
-        check=f"{ROOT}/runs/{{run_id}}/merge_check.json",
+        merged=directory(paths.merged(ROOT, "{run_id}")),
+        check=paths.merge_check(ROOT, "{run_id}"),
     log:
-        f"{ROOT}/logs/merge_run/{{run_id}}.log",
+        paths.log(ROOT, "merge_run", "{run_id}"),
     benchmark:
-        f"{ROOT}/benchmarks/merge_run/{{run_id}}.tsv"
+        paths.benchmark(ROOT, "merge_run", "{run_id}")
     conda:
         ENV
     threads: stage_threads("merge")

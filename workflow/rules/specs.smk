@@ -4,9 +4,9 @@
 
 rule spec_write:
     output:
-        f"{ROOT}/specs/{{stage}}/{{key}}.json",
+        paths.spec(ROOT, "{stage}", "{key}"),
     log:
-        f"{ROOT}/logs/spec_write/{{stage}}/{{key}}.log",
+        paths.log(ROOT, "spec_write", "{stage}/{key}"),
     localrule: True
     params:
         fingerprint=lambda wc: fingerprint(SPECS[wc.stage][wc.key], wc.stage),

@@ -1,20 +1,18 @@
-TABLES = multiext(f"{ROOT}/tables/summary", ".csv", "_grouped.csv", ".md", ".tex")
-RUN_DIRS = expand(f"{ROOT}/runs/{{run_id}}", run_id=RUNS)
+TABLES = multiext(
+    f"{paths.tables(ROOT)}/summary", ".csv", "_grouped.csv", ".md", ".tex"
+)
+RUN_DIRS = [paths.run(ROOT, run_id) for run_id in RUNS]
 
 
 rule tables_build:
     input:
-        expand(
-            f"{ROOT}/runs/{{run_id}}/{{f}}",
-            run_id=RUNS,
-            f=["train.json", "eval.json", "merge_check.json"],
-        ),
+        [f"{run}/{output}" for run in RUN_DIRS for _, output in paths.RUN_OUTPUTS],
     output:
         TABLES,
-        f"{ROOT}/tables/metrics.png",
-        f"{ROOT}/tables/loss.png",
+        f"{paths.tables(ROOT)}/metrics.png",
+        f"{paths.tables(ROOT)}/loss.png",
     log:
-        f"{ROOT}/logs/tables_build/tables.log",
+        paths.log(ROOT, "tables_build", "tables"),
     localrule: True
     conda:
         ENV
@@ -29,13 +27,13 @@ rule tables_build:
 # runs that failed or have not run are listed with their status.
 rule tables:
     log:
-        f"{ROOT}/logs/tables/tables.log",
+        paths.log(ROOT, "tables", "tables"),
     localrule: True
     conda:
         ENV
     params:
         runs=RUN_DIRS,
-        out=f"{ROOT}/tables",
+        out=paths.tables(ROOT),
     shell:
         "python -m peftlab.tables --out {params.out} {params.runs} > {log} 2>&1"
 
@@ -44,7 +42,9 @@ rule tables:
 # the tables list every run with its status and the first line of each failure.
 onerror:
     if RUNS:
+        ONERROR_LOG = paths.log(ROOT, "tables", "onerror")
+        TABLES_DIR = paths.tables(ROOT)
         shell(
-            "mkdir -p {ROOT}/logs && python -m peftlab.tables --out {ROOT}/tables {RUN_DIRS}"
-            " > {ROOT}/logs/tables_onerror.log 2>&1 || true"
+            "mkdir -p $(dirname {ONERROR_LOG}) && python -m peftlab.tables --out {TABLES_DIR} {RUN_DIRS}"
+            " > {ONERROR_LOG} 2>&1 || true"
         )

@@ -4,12 +4,12 @@ rule train_run:
         data=lambda wc: RUNS[wc.run_id]["data_dir"],
         model=lambda wc: built_model(RUNS[wc.run_id]["model"]["name"]),
     output:
-        adapter=directory(f"{ROOT}/runs/{{run_id}}/adapter"),
-        record=f"{ROOT}/runs/{{run_id}}/train.json",
+        adapter=directory(paths.adapter(ROOT, "{run_id}")),
+        record=paths.train_record(ROOT, "{run_id}"),
     log:
-        f"{ROOT}/logs/train_run/{{run_id}}.log",
+        paths.log(ROOT, "train_run", "{run_id}"),
     benchmark:
-        f"{ROOT}/benchmarks/train_run/{{run_id}}.tsv"
+        paths.benchmark(ROOT, "train_run", "{run_id}")
     conda:
         ENV
     threads: stage_threads("train")
@@ -19,7 +19,7 @@ rule train_run:
         # python, torchrun, or srun + torchrun per node: peftlab.launch.launcher
         launcher=lambda wc: launch.launcher(RESOURCES[wc.run_id], "train"),
         # outside every declared output: Snakemake deletes those before a rerun
-        checkpoints=f"{ROOT}/checkpoints/{{run_id}}",
+        checkpoints=paths.checkpoints(ROOT, "{run_id}"),
     shell:
         "{params.launcher} --spec {input.spec} --adapter {output.adapter} --record {output.record}"
         " --checkpoints {params.checkpoints} --threads {threads} > {log} 2>&1"

@@ -1,17 +1,21 @@
-"""Method registry: a config's `peft.type` -> how to attach, save and reload that method.
+"""Method registry: a config's `peft.type` -> how to attach and save that method.
 
-`METHODS` is the one table of every method: its name, one line of math, where it
-comes from (peft, custom, baseline), whether it merges, and `impl`, the
-`module:function` that builds its peft config. The table is plain data, so
-parsing a config (every Snakemake start) never imports peft or torch.
+`METHODS` is the one table of every method (a `Method` row, peftlab.methods.base):
+its name, one line of math, where it comes from (peft, custom, baseline), whether it
+merges, and `impl`, the `module:function` that builds its peft config. The table is
+plain data, so parsing a config (every Snakemake start) never imports peft or torch.
 
-Adding a peft method: one row here and one row in tests/test_methods.py.
-Adding a custom method: one file in this package (a tuner built on
-`peftlab.methods.tuner`, plus its `build` function), one row here, one test row.
+The files a new method touches:
+- a method peft has: one row here (its builder in peft_builtin.py if no existing one
+  fits), one row in tests/test_methods.py, and its line in the README's methods table
+  (that test checks the table against the registry and the counted parameters);
+- a custom method: one file in this package (a tuner built on `peftlab.methods.tuner`
+  and its `build` function), one row here with `peft_tuner=True` (so its adapters
+  load wherever peft does), and the same test row and table.
 
 The functions below are what the stages call: `attach` (base model -> trainable
 model), `save` (in peft's format, converted so it applies to the untouched base),
-`load` (untouched base + saved adapter), `quantization` (QLoRA's base).
+`quantization` (QLoRA's base). Loading a saved adapter is `peftlab.models.load_trained`.
 """
 
 from __future__ import annotations
@@ -19,42 +23,15 @@ from __future__ import annotations
 import functools
 import importlib
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from peftlab.methods.base import Context, Method
 
 if TYPE_CHECKING:
-    from peftlab.spec import PeftSpec, RunSpec
+    from peftlab.spec import PeftSpec
 
-
-@dataclass(frozen=True)
-class Method:
-    name: str
-    math: str  # one line for the README's methods table
-    source: str  # peft | custom | baseline
-    impl: str | None  # "module:function" building the peft config from (PeftSpec, Context, **fixed); None: no adapter (full)
-    fixed: dict[str, Any] = field(default_factory=dict)  # keyword arguments the method always passes to its builder
-    uses_rank: bool = True  # the run id carries r<rank>
-    init_changes_base: bool = False  # saved adapters are converted to apply to the untouched base
-    mergeable: bool = True
-    not_mergeable_reason: str = ""
-    after_init: str | None = None  # "module:function"(peft_model): re-initialise after peft built the layers (MiLoRA)
-    optimizer: str | None = None  # "module:function"(model, TrainingArguments, PeftSpec) -> optimizer (LoRA+)
-    callbacks: str | None = None  # "module:function"(model) -> [TrainerCallback] (AdaLoRA's rank budget)
-    after_merge: str | None = None  # "module:function"(merged model): fit its config to what merging added (BitFit's new biases)
-    quantized: bool = False  # the base is loaded quantised through bitsandbytes (QLoRA)
-    unsupported_task_types: tuple[str, ...] = ()  # task types it cannot run on, rejected at parse time; see not_supported_reason
-    not_supported_reason: str = ""
-    default_targets: str | None = None  # target_modules when the config says null; None: peft's default for the architecture
-
-
-@dataclass(frozen=True)
-class Context:
-    """What a builder needs beyond the peft spec: known only once the model and data are loaded."""
-
-    task_type: str  # peft task type: SEQ_CLS | CAUSAL_LM | SEQ_2_SEQ_LM
-    total_steps: int  # optimiser steps of the run (AdaLoRA's schedule)
-    targets: list[str] | None  # resolved target modules; None: the method's default for the architecture
+__all__ = ["METHODS", "Context", "Method", "attach", "check_options", "get", "hook", "peft_config", "quantization", "save"]
 
 
 _PEFT = "peftlab.methods.peft_builtin"
@@ -149,21 +126,42 @@ METHODS: dict[str, Method] = {
             init_changes_base=True,
             after_init="peftlab.methods.milora:initialise",
         ),
-        Method("sva", "W' = W + U_r diag(δ) V_rᵀ over the top-r singular triplets; train δ, δ₀ = 0", "custom", "peftlab.methods.sva:build"),
-        Method("ssl", "W' = D₁ W, D₁ diagonal, D₁₀ = I (subspace scaling, left)", "custom", "peftlab.methods.ssl:build", uses_rank=False),
+        Method(
+            "sva",
+            "W' = W + U_r diag(δ) V_rᵀ over the top-r singular triplets; train δ, δ₀ = 0",
+            "custom",
+            "peftlab.methods.sva:build",
+            peft_tuner=True,
+        ),
+        Method(
+            "ssl",
+            "W' = D₁ W, D₁ diagonal, D₁₀ = I (subspace scaling, left)",
+            "custom",
+            "peftlab.methods.ssl:build",
+            peft_tuner=True,
+            uses_rank=False,
+        ),
         Method(
             "ssb",
             "W' = D₁ W D₂, D₁, D₂ diagonal, = I at init (subspace scaling, both sides)",
             "custom",
             "peftlab.methods.ssb:build",
+            peft_tuner=True,
             uses_rank=False,
         ),
-        Method("flora", "ΔW = (α/r) A M B, trainable core M ∈ R^{r×r}, M₀ = 0 (FLoRA)", "custom", "peftlab.methods.flora:build"),
+        Method(
+            "flora",
+            "ΔW = (α/r) A M B, trainable core M ∈ R^{r×r}, M₀ = 0 (FLoRA)",
+            "custom",
+            "peftlab.methods.flora:build",
+            peft_tuner=True,
+        ),
         Method(
             "adapter",
             "h' = h + W_up σ(W_down h) after attention and MLP blocks (Houlsby), W_up₀ = 0",
             "custom",
             "peftlab.methods.adapter:build",
+            peft_tuner=True,
             uses_rank=False,
             mergeable=False,
             not_mergeable_reason="a bottleneck adapter is a nonlinear function of h; it is not a weight delta",
@@ -175,17 +173,13 @@ METHODS: dict[str, Method] = {
             "b' = b + δ, biases of the targeted linear layers only (added as zeros where missing)",
             "baseline",
             "peftlab.methods.bitfit:build",
+            peft_tuner=True,
             uses_rank=False,
             default_targets="all-linear",
             after_merge="peftlab.methods.bitfit:declare_biases",
         ),
     ]
 }
-
-# Modules that define a peft tuner, imported when peft loads. Only these: this runs while peft
-# (and possibly transformers) is still importing, and a module such as milora -> peft_builtin,
-# which imports transformers' Trainer classes, then fails on a partially initialised transformers.
-CUSTOM_TUNERS = [f"peftlab.methods.{name}" for name in ("sva", "ssl", "ssb", "flora", "adapter", "bitfit")]
 
 
 def get(name: str) -> Method:
@@ -210,10 +204,11 @@ def register_custom_tuners() -> None:
     """Register every custom tuner with peft, so `PeftModel.from_pretrained` loads their adapters.
 
     Runs when peft is first imported after `import peftlab` (see peftlab/__init__.py).
-    Importing a tuner's module registers it.
+    Importing a tuner's module registers it; the rows with `peft_tuner` name them.
     """
-    for module in CUSTOM_TUNERS:
-        importlib.import_module(module)
+    for method in METHODS.values():
+        if method.peft_tuner:
+            importlib.import_module(method.impl.split(":")[0])
 
 
 def peft_config(spec: PeftSpec, ctx: Context):
@@ -284,47 +279,3 @@ def save(model, folder: Path, initial: Path | None = None) -> None:
         if key not in converted and "lora_" not in key:
             converted[key] = value.detach().cpu().contiguous()
     safetensors.torch.save_file(converted, weights, metadata={"format": "pt"})
-
-
-RUN_FILE = "peftlab_run.json"  # written into every trained adapter folder: the run and its training fingerprint
-
-
-class StaleAdapter(RuntimeError):
-    """An adapter folder trained from other settings than the spec at hand."""
-
-
-def check_trained_by(spec: RunSpec, folder: str | Path) -> None:
-    """Fail unless the adapter in `folder` was trained from `spec`'s training settings (spec.fingerprint)."""
-    from peftlab import artifacts
-    from peftlab.spec import fingerprint
-
-    path = Path(folder) / RUN_FILE
-    expected = fingerprint(spec.to_dict(), "train_run")
-    found = artifacts.read_json(path)["fingerprint"] if path.exists() else None
-    if found != expected:
-        raise StaleAdapter(
-            f"{spec.run_id}: the adapter in {folder} was trained from other settings (fingerprint {found}, the spec's is {expected}); "
-            "retrain it: snakemake --forcerun train_run <its eval.json>"
-        )
-
-
-def load(spec: RunSpec, folder: str | Path, tokenizer=None, quantized: bool = True):
-    """The trained model of a run: its untouched base with the saved adapter in `folder` on top.
-
-    For `full`, `folder` holds the whole trained model. A quantised method (QLoRA)
-    gets its quantised base unless `quantized=False` (merging uses float32). The folder
-    must have been trained from `spec` (`check_trained_by`).
-    """
-    from peftlab.models import load_model
-
-    check_trained_by(spec, folder)
-
-    from peftlab.data import trained_label_names
-
-    bnb = quantization(spec.peft) if quantized else None
-    names = trained_label_names(spec)
-    if get(spec.peft.type).impl is None:
-        return load_model(spec.model, spec.task, tokenizer, quantization=bnb, path=str(folder), label_names=names)
-    from peft import PeftModel
-
-    return PeftModel.from_pretrained(load_model(spec.model, spec.task, tokenizer, quantization=bnb, label_names=names), folder)

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from peftlab.methods import Context, tuner
+from peftlab.methods import tuner
+from peftlab.methods.base import Context
 from peftlab.spec import PeftSpec
 
 ACTIVATIONS = {"relu": torch.relu, "gelu": nn.functional.gelu, "silu": nn.functional.silu, "tanh": torch.tanh}

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from peftlab.methods import Context, tuner
+from peftlab.methods import tuner
+from peftlab.methods.base import Context
 from peftlab.spec import PeftSpec
 
 

@@ -15,7 +15,7 @@ import torch
 from peft import LoraConfig
 from peft.tuners.lora import LoraLayer
 
-from peftlab.methods import Context
+from peftlab.methods.base import Context
 from peftlab.methods.peft_builtin import lora
 from peftlab.spec import PeftSpec
 

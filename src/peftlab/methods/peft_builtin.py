@@ -25,9 +25,8 @@ from peft import (
     PromptTuningConfig,
     VeraConfig,
 )
-from transformers import BitsAndBytesConfig, TrainerCallback
 
-from peftlab.methods import Context
+from peftlab.methods.base import Context
 from peftlab.methods.targets import HEADS
 from peftlab.spec import PeftSpec
 
@@ -51,8 +50,10 @@ def qlora(p: PeftSpec, ctx: Context) -> LoraConfig:
     return lora(replace(p, options=rest), ctx)
 
 
-def bnb_config(p: PeftSpec) -> BitsAndBytesConfig:
-    """4-bit NF4 with double quantisation (QLoRA's recipe), or int8 with `options.bits: 8`."""
+def bnb_config(p: PeftSpec):
+    """4-bit NF4 with double quantisation (QLoRA's recipe), or int8 with `options.bits: 8`: a BitsAndBytesConfig."""
+    from transformers import BitsAndBytesConfig
+
     bits = p.options.get("bits", 4)
     keep = list(HEADS)  # output and classification heads stay in full precision (and trainable)
     if bits == 8:
@@ -102,18 +103,19 @@ def adalora(p: PeftSpec, ctx: Context) -> AdaLoraConfig:
     return AdaLoraConfig(**{**kwargs, **p.options})
 
 
-class AdaLoraBudget(TrainerCallback):
-    """Calls AdaLoRA's rank allocator after every optimiser step, while the gradients still exist."""
+def adalora_callbacks(model) -> list:
+    """AdaLoRA's rank allocator, called after every optimiser step while the gradients still exist.
 
-    def __init__(self, model):
-        self.model = model
+    transformers is imported here, not at the top: this module is imported while peft
+    registers the custom tuners, and transformers may then be half-initialised.
+    """
+    from transformers import TrainerCallback
 
-    def on_optimizer_step(self, args, state, control, **kwargs):
-        self.model.base_model.update_and_allocate(state.global_step)
+    class AdaLoraBudget(TrainerCallback):
+        def on_optimizer_step(self, args, state, control, **kwargs):
+            model.base_model.update_and_allocate(state.global_step)
 
-
-def adalora_callbacks(model) -> list[TrainerCallback]:
-    return [AdaLoraBudget(model)]
+    return [AdaLoraBudget()]
 
 
 def vera(p: PeftSpec, ctx: Context) -> VeraConfig:

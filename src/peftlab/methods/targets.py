@@ -97,7 +97,7 @@ def width(config: dict) -> int | None:
     return next((config[k] for k in ("hidden_size", "d_model", "n_embd", "dim") if isinstance(config.get(k), int)), None)
 
 
-BUILT_MAX_POSITIONS = 512  # position embeddings of the Llama that peftlab.models builds
+BUILT_MAX_POSITIONS = 512  # position embeddings of the Llama that peftlab.build builds
 
 
 def max_positions(config: dict) -> int | None:

@@ -1,0 +1,228 @@
+"""Matrix expansion: a validated config -> one resolved spec per run, and every step's spec. Pure: touches no file.
+
+Two matrix forms expand to the same table:
+
+  sweep:                          # form 1: every combination of the axes
+    - {task: sst, model: minilm, method: [lora, dora], rank: [8, 16], seed: [1, 2]}
+
+  base: {task: countdown, model: r1-1.5b, peft: {type: lora, r: 16}}
+  experiments:                    # form 2 (PeRL): named runs overriding `base`
+    - {name: dora_s42, peft: {type: dora}, common: {seed: 42}}
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import itertools
+
+from peftlab import launch, methods, paths, tasks
+from peftlab.schema import SAFE_NAME, ConfigError
+from peftlab.spec import RunSpec
+from peftlab.validate import AXES, check_cell
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "options" else copy.deepcopy(v)
+    return out
+
+
+def _as_list(v) -> list:
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+def _cells(cfg: dict):
+    """Yield (where, cell, axes shown in the run id or None for a named experiment, resources levels) for every run.
+
+    The resources levels are the (key path, value) pairs that override the model's
+    resources, outermost first: a preset in one replaces what the levels before it set.
+    """
+    defaults = {"peft": cfg["peft"], "training": cfg["training"]}
+    for i, block in enumerate(cfg.get("sweep", [])):
+        axes = {a: _as_list(block[a]) for a in AXES if a in block}
+        for axis in axes:
+            section, *rest = AXES[axis]
+            if rest and rest[0] in block.get(section, {}):
+                raise ConfigError(
+                    f"sweep[{i}]: both the axis {axis!r} and {section}.{rest[0]} are set; the axis would silently win, so keep one of them"
+                )
+        fixed = _deep_merge(defaults, {k: block[k] for k in ("peft", "training") if k in block})
+        levels = [(f"sweep[{i}].resources", block.get("resources"))]
+        for values in itertools.product(*axes.values()):
+            cell = copy.deepcopy(fixed)
+            for axis, value in zip(axes, values):
+                *parents, leaf = AXES[axis]
+                target = cell
+                for p in parents:
+                    target = target[p]
+                target[leaf] = value
+            yield f"sweep[{i}]", cell, [a for a in ("lr", "train_size") if a in axes], levels
+    base = cfg.get("base", {})
+    base_levels = [("base.resources", base.get("resources"))]
+    base = _deep_merge(defaults, {k: v for k, v in base.items() if k != "resources"})
+    for i, exp in enumerate(cfg.get("experiments", [])):
+        cell = _deep_merge(base, {k: v for k, v in exp.items() if k != "resources"})
+        common = cell.pop("common", {})
+        if "seed" in common:
+            cell["training"]["seed"] = common["seed"]
+        yield f"experiments[{i}]", cell, None, [*base_levels, (f"experiments[{i}].resources", exp.get("resources"))]
+
+
+def _run_id(cell: dict, method: methods.Method, shown_axes) -> str:
+    if shown_axes is None:  # named experiment
+        return f"{cell['task']}/{cell['model']}/{cell['name']}"
+    parts = [f"r{cell['peft']['r']}"] if method.uses_rank else []
+    parts.append(f"s{cell['training']['seed']}")
+    if "lr" in shown_axes:
+        parts.append(f"lr{cell['training']['learning_rate']:g}")
+    if "train_size" in shown_axes:
+        parts.append(f"n{cell['training']['train_size']}")
+    return f"{cell['task']}/{cell['model']}/{method.name}/{'-'.join(parts)}"
+
+
+def site_presets(cfg: dict) -> dict[str, launch.Resources]:
+    """The config's `resource_presets`, resolved (each may start from a built-in preset)."""
+    try:
+        return {name: launch.resolve(keys) for name, keys in cfg["resource_presets"].items()}
+    except launch.ResourcesError as e:
+        raise ConfigError(f"resource_presets: {e}") from None
+
+
+def run_resources(cfg: dict, model: str, levels, presets: dict[str, launch.Resources]) -> launch.Resources:
+    """Top-level resources, then the model's, then each level's (a sweep block's, or base's and an experiment's)."""
+    r = launch.Resources()
+    for where, value in [("resources", cfg["resources"]), (f"models.{model}.resources", cfg["models"][model].get("resources")), *levels]:
+        try:
+            r = launch.resolve(value, r, presets)
+        except launch.ResourcesError as e:
+            raise ConfigError(f"{where}: {e}") from None
+    return r
+
+
+def expand(cfg: dict, root: str = paths.RESULTS) -> tuple[dict[str, dict], dict[str, launch.Resources]]:
+    """Validated config -> ({run_id: resolved run spec}, {run_id: its training job's resources}). Pure: touches no file.
+
+    The spec holds what changes a run's result (so editing it reruns the run): of the
+    resources, only the world size, which sets the global batch. Memory, time limits,
+    partitions and GPU models are not in it: raising a time limit reruns nothing.
+    """
+    runs: dict[str, dict] = {}
+    resources: dict[str, launch.Resources] = {}
+    presets = site_presets(cfg)
+    for where, cell, shown_axes, levels in _cells(cfg):
+        check_cell(where, cell, cfg)
+        method = methods.METHODS[cell["peft"]["type"]]
+        if not method.uses_rank:
+            cell["peft"]["r"] = None
+        run_id = _run_id(cell, method, shown_axes)
+        if ".." in run_id.split("/") or not all(SAFE_NAME.match(p) for p in run_id.split("/")):
+            raise ConfigError(f"{where}: run id {run_id!r} is not path-safe")
+        task, model = cell["task"], cell["model"]
+        # GRPO settings (defaults from the schema) belong to runs of rewarded task types only, so a top-level `rl` reruns nothing else
+        if not tasks.TASK_TYPES[cfg["tasks"][task]["type"]].rewarded:
+            cell["training"]["rl"] = {}
+        res = run_resources(cfg, model, levels, presets)
+        rl, t = cell["training"]["rl"], cell["training"]
+        if rl and (t["batch_size"] * t["grad_accum"] * res.world_size) % rl["num_generations"]:
+            raise ConfigError(
+                f"{where}.training: GRPO samples rl.num_generations={rl['num_generations']} completions per prompt, so batch_size x grad_accum x "
+                f"processes ({t['batch_size']} x {t['grad_accum']} x {res.world_size}) must be a multiple of it"
+            )
+        spec = {
+            "run_id": run_id,
+            "task": {"name": task, **cfg["tasks"][task]},
+            "model": model_spec(cfg, model, root),
+            "peft": cell["peft"],
+            "training": cell["training"],
+            "world_size": res.world_size,
+            "wandb": {**cfg["wandb"], "dir": root},  # wandb writes to <dir>/wandb
+            "data_dir": paths.data(root, task, model),
+        }
+        spec = RunSpec.from_dict(spec).to_dict()  # canonical form: exactly what the stages read and record
+        if run_id in runs and (runs[run_id], resources[run_id]) != (spec, res):
+            raise ConfigError(
+                f"{where}: run id {run_id!r} appears twice with different settings; add the differing value as a sweep axis (lr, train_size) or split it into a named experiment"
+            )
+        runs[run_id], resources[run_id] = spec, res
+    keep = selected(list(runs), cfg["only"], cfg["exclude"])
+    return {k: runs[k] for k in keep}, {k: resources[k] for k in keep}
+
+
+def _globs(value) -> list[str]:
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else value
+    return [g.strip() for g in items if str(g).strip()]
+
+
+def selected(run_ids: list[str], only=None, exclude=None) -> list[str]:
+    """The run ids that `only` keeps and `exclude` does not drop (PeRL's --only/--exclude).
+
+    Each is a glob, a list of globs or a comma-separated string of them, matched
+    against the whole run id and against its last part (an experiment's name).
+    `only` that matches nothing is an error: a typo must not plan an empty matrix.
+    """
+    only, exclude = _globs(only), _globs(exclude)
+
+    def hit(run_id: str, globs: list[str]) -> bool:
+        return any(fnmatch.fnmatchcase(run_id, g) or fnmatch.fnmatchcase(run_id.rsplit("/", 1)[-1], g) for g in globs)
+
+    keep = [r for r in run_ids if (not only or hit(r, only)) and not hit(r, exclude)]
+    if not keep:
+        raise ConfigError(
+            f"only={','.join(only) or '-'} exclude={','.join(exclude) or '-'}: no run is left of {len(run_ids)}; "
+            f"run ids look like {run_ids[0] if run_ids else '(none)'}"
+        )
+    return keep
+
+
+def expand_matrix(cfg: dict, root: str = paths.RESULTS) -> dict[str, dict]:
+    """Validated config -> {run_id: resolved run spec}. Pure: touches no file."""
+    return expand(cfg, root)[0]
+
+
+def model_spec(cfg: dict, name: str, root: str = paths.RESULTS) -> dict:
+    model = cfg["models"][name]
+    if "build" in model:
+        return {"name": name, "path": paths.model(root, name), "build": model["build"]}
+    return {"name": name, "path": model["path"]}
+
+
+STAGES = ("data_generate", "model_build", "data_tokenize", "train_run", "evaluate_run", "merge_run")
+
+
+def step_specs(cfg: dict, runs: dict[str, dict], root: str = paths.RESULTS) -> dict[str, dict[str, dict]]:
+    """Every spec file the workflow writes: {rule: {key: spec}}, written to <root>/specs/<rule>/<key>.json.
+
+    Train, evaluate and merge read the same run spec from three files, so that each
+    file is rewritten (and its stage rerun) only when what that stage reads changes.
+    """
+    specs: dict[str, dict[str, dict]] = {stage: {} for stage in STAGES}
+    used_tasks = {r["task"]["name"] for r in runs.values()}
+    used_models = {r["model"]["name"] for r in runs.values()}
+    for name, model in cfg["models"].items():
+        if name in used_models and "build" in model:
+            used_tasks.add(model["build"]["corpus_task"])
+            corpus = model["build"]["corpus_task"]
+            specs["model_build"][name] = {
+                **model_spec(cfg, name, root),
+                "corpus_task": task_files({"name": corpus, **cfg["tasks"][corpus]}, root),
+            }
+    for name in sorted(used_tasks):
+        if "generator" in cfg["tasks"][name]["data"]:
+            specs["data_generate"][name] = {"name": name, "data": cfg["tasks"][name]["data"]}
+    for run in runs.values():
+        task, model = run["task"]["name"], run["model"]["name"]
+        specs["data_tokenize"][f"{task}/{model}"] = {"task": task_files(run["task"], root), "model": run["model"]}
+        for stage in ("train_run", "evaluate_run", "merge_run"):
+            specs[stage][run["run_id"]] = run
+    return specs
+
+
+def task_files(task: dict, root: str = paths.RESULTS) -> dict:
+    """The task with generated data replaced by the files the generate rule writes."""
+    if "generator" not in task["data"]:
+        return task
+    return {**task, "data": {"files": paths.raw_files(root, task["name"])}}

@@ -1,0 +1,92 @@
+"""sft: prompt -> response on a causal LM, the loss on the response only.
+
+Tokenised: prompt + response + EOS, labels -100 on the prompt; eval rows keep
+`prompt_ids` and the reference `response` for generation. Evaluated: eval loss and
+perplexity on the response tokens, exact match of the extracted final answer
+(answer_format), ROUGE when `rouge: true`. Inference answers the generated text and,
+for a number-like answer format, the extracted answer.
+"""
+
+from __future__ import annotations
+
+from peftlab.tasks.base import (
+    Supervised,
+    causal_lm,
+    format_prompt,
+    packed_or_padded,
+    prompt_ids,
+    rows_of,
+    samples,
+    template_fields,
+    with_perplexity,
+)
+
+
+class Sft(Supervised):
+    name = "sft"
+    peft_task_type = "CAUSAL_LM"
+    encoder_decoder = False
+    loss_kwargs = True
+
+    def columns(self, task):
+        return list(dict.fromkeys([task.prompt_field, task.response_field, *template_fields(task.prompt_template)]))
+
+    def corpus_texts(self, task, rows):
+        # the base sees only the responses: it knows the vocabulary and the answer format,
+        # and the prompt -> response mapping is left for fine-tuning to learn
+        return [f"{r[task.prompt_field]} {r[task.response_field]}" for r in rows], [str(r[task.response_field]) for r in rows]
+
+    def encoder(self, task, tokenizer, label_ids):
+        def encode(batch):
+            out = {"input_ids": [], "attention_mask": [], "labels": [], "prompt_ids": [], "response": []}
+            for row in rows_of(batch):
+                a = str(row[task.response_field])
+                prompt = format_prompt(task, row, tokenizer)
+                p_ids = tokenizer(prompt, add_special_tokens=not task.chat_template)["input_ids"]  # a chat template has its own
+                r_ids = tokenizer(a, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+                ids = (p_ids + r_ids)[: task.max_length]
+                out["input_ids"].append(ids)
+                out["attention_mask"].append([1] * len(ids))
+                out["labels"].append(([-100] * len(p_ids) + r_ids)[: task.max_length])
+                out["prompt_ids"].append(p_ids[: task.max_length])
+                out["response"].append(a)
+            return out
+
+        return encode
+
+    def load_model(self, path, task, tokenizer, label_names, kwargs):
+        return causal_lm(path, kwargs)
+
+    def collator(self, task, tokenizer):
+        return packed_or_padded(task, tokenizer)
+
+    def metric_names(self, task):
+        return ["exact_match", "eval_loss", "perplexity", "rouge1", "rouge2", "rougeL"]
+
+    def default_metric(self, task):
+        if task.answer_format == "none":
+            return "rougeL" if task.rouge else "perplexity"
+        return "exact_match"
+
+    def evaluate(self, task, model, tokenizer, ds):
+        from peftlab import compute, metrics
+
+        result = with_perplexity(compute.eval_loss(model, tokenizer, ds, task.eval_batch_size))  # right padding: positions match training
+        texts = compute.generate(model, tokenizer, ds["prompt_ids"], task.max_new_tokens, task.eval_batch_size)
+        if task.answer_format != "none":
+            result["exact_match"] = metrics.exact_match(texts, ds["response"], task.answer_format)
+        if task.rouge:
+            result.update(metrics.rouge(texts, ds["response"]))
+        return {**result, "samples": samples(ds["response"], texts)}
+
+    def input_column(self, task):
+        return task.prompt_field
+
+    def answer(self, task, model, tokenizer, rows, label_names, max_new_tokens):
+        from peftlab import compute, metrics
+
+        prompts = [format_prompt(task, r, tokenizer) for r in rows]
+        texts = compute.generate(model, tokenizer, prompt_ids(task, tokenizer, prompts), max_new_tokens, task.eval_batch_size)
+        if task.answer_format in ("none", "text"):
+            return [{"output": t} for t in texts]
+        return [{"output": t, "answer": metrics.extract_answer(t, task.answer_format)} for t in texts]

@@ -1,0 +1,196 @@
+"""Config checks a schema cannot express: names against the registries and the config's own
+sections, files, and each run's settings against its method, model and task type.
+
+Every problem is a `ConfigError` whose message starts with the key path.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+from peftlab import methods, rewards, tasks
+from peftlab.generators import GENERATORS
+from peftlab.methods import targets
+from peftlab.schema import SAFE_NAME, ConfigError, validate
+from peftlab.spec import TaskSpec
+
+# sweep axis -> where its value goes in a run
+AXES = {
+    "task": ("task",),
+    "model": ("model",),
+    "method": ("peft", "type"),
+    "rank": ("peft", "r"),
+    "seed": ("training", "seed"),
+    "lr": ("training", "learning_rate"),
+    "train_size": ("training", "train_size"),
+}
+
+
+def load_config(raw: dict, check_files: bool = True) -> dict:
+    """Validate a raw config dict; return a copy with every default filled in."""
+    cfg = validate(raw)
+    _check_names(cfg, check_files)
+    return cfg
+
+
+def task_spec(name: str, task: dict) -> TaskSpec:
+    """A validated config's task as the stages will read it."""
+    return TaskSpec.from_dict({"name": name, **task})
+
+
+def _check_names(cfg: dict, check_files: bool) -> None:
+    """Cross-references that a schema cannot express."""
+    problems = []
+    for name, task in cfg["tasks"].items():
+        spec = task_spec(name, task)
+        ttype = tasks.of(spec)
+        reported = ttype.metric_names(spec)
+        if task["metric"] is not None and task["metric"] not in reported:
+            problems.append(
+                f"tasks.{name}.metric: {task['metric']!r} is not reported for {ttype.kind(spec)} tasks; allowed: {', '.join(reported)}"
+            )
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(task["prompt_template"]) if f is not None]
+            if "" in fields or any(f[0].isdigit() for f in fields if f):
+                raise ValueError("a field needs a name: {prompt} or a column's name")
+        except ValueError as e:
+            problems.append(f"tasks.{name}.prompt_template: {e}; write literal braces doubled, as in \\boxed{{{{}}}}")
+        if ttype.rewarded and not task["rewards"]:
+            problems.append(f"tasks.{name}.rewards: an {ttype.name} task needs at least one reward; allowed: {', '.join(rewards.REWARDS)}")
+        if not ttype.rewarded and task["rewards"]:
+            rewarded = ", ".join(t.name for t in tasks.TASK_TYPES.values() if t.rewarded)
+            problems.append(f"tasks.{name}.rewards: only {rewarded} tasks have rewards (this one is {task['type']})")
+        gen = task["data"].get("generator")
+        if gen is not None:
+            if gen not in GENERATORS:
+                problems.append(f"tasks.{name}.data.generator: unknown generator {gen!r}; allowed: {', '.join(sorted(GENERATORS))}")
+        for split, file in data_files(task).items():
+            if check_files and not Path(file).exists():
+                problems.append(f"tasks.{name}.data.files.{split}: file {file!r} does not exist")
+        names = task["label_names"]
+        if names is not None and len(names) != task["num_labels"]:
+            problems.append(f"tasks.{name}.label_names: {len(names)} names for num_labels={task['num_labels']}; give one name per class")
+        if names is not None and len(set(names)) != len(names):
+            problems.append(f"tasks.{name}.label_names: {names} names a class twice")
+    for name, model in cfg["models"].items():
+        if "path" in model and (problem := _model_path_problem(model["path"])):
+            problems.append(f"models.{name}.path: {problem}")
+        corpus = model.get("build", {}).get("corpus_task")
+        if corpus is not None and corpus not in cfg["tasks"]:
+            problems.append(
+                f"models.{name}.build.corpus_task: unknown task {corpus!r}; defined in tasks: {', '.join(sorted(cfg['tasks']))}"
+            )
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def _model_path_problem(path: str) -> str | None:
+    """Why a model path cannot load, where that is knowable offline: a local folder that is
+    missing or holds no config.json, or a `package:` that ships no model folder. A hub id
+    (org/name, or a bare legacy name such as gpt2) is left to load time."""
+    if path.startswith("package:"):
+        module = path.removeprefix("package:")
+        if targets._config_json(path) is None:
+            return f"{path!r}: no installed package {module!r} ships a Hugging Face model folder (a config.json in it or in its model/)"
+        return None
+    local = Path(path).expanduser()
+    looks_local = path.startswith(("/", ".", "~")) or path.count("/") > 1 or local.exists()
+    if looks_local and not (local / "config.json").exists():
+        what = "is not a model folder (no config.json in it)" if local.is_dir() else "does not exist"
+        return f"{path!r} {what}; give a local Hugging Face model folder, a hub id such as Qwen/Qwen3-1.7B, or package:<module>"
+    return None
+
+
+def data_files(task: dict) -> dict[str, str]:
+    """A task's local data files by key path under data.files (train, eval or eval.<name>)."""
+    out = {}
+    for split, value in task["data"].get("files", {}).items():
+        out.update({f"{split}.{k}": v for k, v in value.items()} if isinstance(value, dict) else {split: value})
+    return out
+
+
+def check_cell(where: str, cell: dict, cfg: dict) -> None:
+    for key, section in (("task", "tasks"), ("model", "models")):
+        if key not in cell:
+            raise ConfigError(f"{where}.{key}: required; set it here or in base")
+        value = cell[key]
+        if not isinstance(value, str) or value not in cfg[section]:
+            raise ConfigError(f"{where}.{key}: unknown {key} {value!r}; defined in {section}: {', '.join(sorted(cfg[section]))}")
+    mtype = cell["peft"]["type"]
+    if mtype not in methods.METHODS:
+        raise ConfigError(f"{where}.peft.type: unknown method {mtype!r}; allowed: {', '.join(sorted(methods.METHODS))}")
+    method, model, task_type = methods.METHODS[mtype], cfg["models"][cell["model"]], cfg["tasks"][cell["task"]]["type"]
+    if task_type in method.unsupported_task_types:
+        raise ConfigError(f"{where}.peft.type: {mtype} cannot run on {task_type} task {cell['task']!r}: {method.not_supported_reason}")
+    try:
+        targets.check(cell["peft"]["target_modules"], model, f"{where}.peft.target_modules")
+    except targets.TargetError as e:
+        raise ConfigError(str(e)) from None
+    for axis, path in AXES.items():
+        value = cell
+        for p in path:
+            value = value[p]
+        if axis in ("rank", "seed", "train_size") and value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise ConfigError(f"{where}.{axis}: {value!r} is not an integer")
+        if axis == "seed" and not 0 <= value < 2**32:
+            raise ConfigError(f"{where}.seed: {value} is outside 0 to 2^32-1, the seeds numpy and torch accept")
+        if axis == "lr" and (not isinstance(value, (int, float)) or value <= 0):
+            raise ConfigError(f"{where}.lr: {value!r} is not a positive number")
+    _check_method_settings(where, cell, method, model, cfg["tasks"][cell["task"]])
+    data, size = cfg["tasks"][cell["task"]]["data"], cell["training"]["train_size"]
+    if "generator" in data and isinstance(size, int) and size > data["num_train"]:
+        raise ConfigError(
+            f"{where}.train_size: {size} is more than the {data['num_train']} training examples task {cell['task']!r} generates (data.num_train)"
+        )
+    arch = model.get("build", {}).get("arch")
+    if arch is not None and (arch == "t5") != tasks.TASK_TYPES[task_type].encoder_decoder:
+        needs_t5 = ", ".join(t.name for t in tasks.TASK_TYPES.values() if t.encoder_decoder)
+        raise ConfigError(
+            f"{where}.model: {cell['model']!r} builds a {arch} model, which cannot run {task_type} task {cell['task']!r}; {needs_t5} tasks need arch t5, the others llama"
+        )
+    for part in cell.get("name", "x"), cell["task"], cell["model"]:
+        if not SAFE_NAME.match(part):
+            raise ConfigError(f"{where}: name {part!r} is not path-safe")
+
+
+# peft keys with a place of their own in the spec: set in `options`, the run id and the tables would not know
+FIRST_CLASS_PEFT = ("r", "lora_alpha", "lora_dropout", "target_modules", "loraplus_lr_ratio")
+QLORA_MULTIPLE = 32  # bitsandbytes' packed 4-bit CPU kernels (AVX512-BF16 CPUs) need layer widths in multiples of 32
+
+
+def _check_method_settings(where: str, cell: dict, method: methods.Method, model: dict, task: dict) -> None:
+    """Settings that would train something other than what the run records, caught before any job starts."""
+    p = cell["peft"]
+    for key in p["options"]:
+        if key in FIRST_CLASS_PEFT:
+            raise ConfigError(f"{where}.peft.options.{key}: set peft.{key} instead; the run id, the spec and the tables read peft.{key}")
+        if key in method.fixed and p["options"][key] != method.fixed[key]:
+            raise ConfigError(
+                f"{where}.peft.options.{key}: {p['options'][key]!r} contradicts method {method.name} ({key}={method.fixed[key]!r}); pick the method instead"
+            )
+    if p["options"]:
+        try:
+            methods.check_options(p)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{where}.peft.options: method {method.name} refuses {p['options']}: {e}") from None
+    shape = targets.model_config(model)
+    if shape is None:
+        return
+    hidden = targets.width(shape)
+    if method.uses_rank and hidden is not None and p["r"] > hidden:
+        raise ConfigError(f"{where}.peft.r: rank {p['r']} is above the model's width {hidden}; a rank is at most the layer's smaller side")
+    if method.quantized and hidden is not None:
+        wide = {k: shape[k] for k in ("hidden_size", "intermediate_size", "d_model", "d_ff") if isinstance(shape.get(k), int)}
+        odd = {k: v for k, v in wide.items() if v % QLORA_MULTIPLE}
+        if odd:
+            raise ConfigError(
+                f"{where}.peft.type: {method.name} quantises the base with bitsandbytes, whose packed 4-bit CPU path needs layer widths "
+                f"that are multiples of {QLORA_MULTIPLE}; {cell['model']!r} has {odd}"
+            )
+    limit = targets.max_positions(shape)
+    if limit is not None and task["max_length"] > limit:
+        raise ConfigError(
+            f"{where}: task {cell['task']!r} has max_length {task['max_length']}, but model {cell['model']!r} has position embeddings "
+            f"for {limit} tokens; set tasks.{cell['task']}.max_length to at most {limit}"
+        )
