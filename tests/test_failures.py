@@ -6,7 +6,9 @@ import datasets
 import pytest
 import torch
 
-from peftlab import artifacts, data, merge, methods, models, numerics
+from conftest import load_test_config
+from peftlab import artifacts, data, infer, merge, methods, models, numerics
+from peftlab.config import plan
 from peftlab.models import load_model, load_tokenizer
 from peftlab.spec import TaskSpec, fingerprint
 from peftlab.train import train_subset
@@ -80,3 +82,13 @@ def test_prompt_tuning_records_why_it_cannot_merge(in_tiny, tmp_path):
     record = merge.merge(in_tiny("prompt_tuning"), "unused", tmp_path / "merged")
     assert record["mergeable"] is False and "virtual tokens" in record["reason"]
     assert (tmp_path / "merged" / "NOT_MERGED.txt").read_text().strip() == record["reason"]
+
+
+def test_inference_with_merged_on_a_method_that_cannot_merge_says_why(tmp_path):
+    spec = next(s for s in plan(load_test_config(), "config/test.yaml").runs.values())
+    run = tmp_path / "run"
+    (run / "merged").mkdir(parents=True)
+    artifacts.write_json(run / "train.json", {"spec": spec})
+    (run / "merged" / "NOT_MERGED.txt").write_text("prompt learning adds virtual tokens\n")
+    with pytest.raises(SystemExit, match=r"run/merged: prompt learning adds virtual tokens; use the adapter \(drop --merged\)"):
+        infer.main(["--run", str(run), "--merged", "--input", "1 + 2"])

@@ -26,7 +26,7 @@ import torch
 
 from peftlab import artifacts, data, tasks
 from peftlab.compute import place
-from peftlab.models import load_run, trained_label_names
+from peftlab.models import NotMerged, load_run, trained_label_names
 from peftlab.spec import RunSpec
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,10 @@ def main(argv=None):
         items = [item if isinstance(item, dict) else args.input]
     else:
         items = read_inputs(args.inputs)
-    spec, model, tokenizer = load_run(args.run, args.merged)
+    try:
+        spec, model, tokenizer = load_run(args.run, args.merged)
+    except NotMerged as e:
+        raise SystemExit(str(e)) from None
     answers = answer(spec, model, tokenizer, items, args.max_new_tokens)
     if args.out:
         artifacts.write_json(args.out, answers)

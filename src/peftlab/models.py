@@ -30,6 +30,10 @@ class StaleAdapter(RuntimeError):
     """An adapter folder trained from other settings than the spec at hand."""
 
 
+class NotMerged(RuntimeError):
+    """A run whose method cannot merge has no merged model (merged/NOT_MERGED.txt says why)."""
+
+
 def resolve_path(path: str) -> str:
     """`package:<module>` -> the Hugging Face folder inside that installed package."""
     if not path.startswith("package:"):
@@ -108,7 +112,7 @@ def load_run(run: Path, merged: bool = False):
         tokenizer = load_tokenizer(spec.model)
         return spec, load_trained(spec, str(run / "adapter"), tokenizer), tokenizer
     if (run / "merged" / "NOT_MERGED.txt").exists():
-        raise SystemExit(f"{run}/merged: {(run / 'merged' / 'NOT_MERGED.txt').read_text().strip()}; use the adapter (drop --merged)")
+        raise NotMerged(f"{run}/merged: {(run / 'merged' / 'NOT_MERGED.txt').read_text().strip()}; use the adapter (drop --merged)")
     tokenizer = AutoTokenizer.from_pretrained(run / "merged")
     return spec, load_model(spec.model, spec.task, tokenizer, path=str(run / "merged")).eval(), tokenizer
 
