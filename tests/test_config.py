@@ -406,9 +406,16 @@ def test_selection_by_name_and_glob(only, exclude, expected):
     assert selected(ids, only, exclude) == expected
 
 
+def test_a_pattern_that_matches_no_run_is_an_error_naming_it():
+    with pytest.raises(ConfigError, match=r"only: 'lroa_\*' matches no run of 2; run ids look like t/m/lora_s1"):
+        selected(["t/m/lora_s1", "t/m/lora_s2"], "lora_s1,lroa_*")
+    with pytest.raises(ConfigError, match=r"exclude: 'lora_s3', 'dora_\*' matches no run of 2"):
+        selected(["t/m/lora_s1", "t/m/lora_s2"], None, "lora_s3,lora_s2,dora_*")
+
+
 def test_selection_that_leaves_nothing_is_an_error():
-    with pytest.raises(ConfigError, match=r"only=lroa_\* exclude=-: no run is left of 2; run ids look like t/m/lora_s1"):
-        selected(["t/m/lora_s1", "t/m/lora_s2"], "lroa_*")
+    with pytest.raises(ConfigError, match=r"only=lora_s1 exclude=lora_\*: no run is left of 2; run ids look like t/m/lora_s1"):
+        selected(["t/m/lora_s1", "t/m/lora_s2"], "lora_s1", "lora_*")
 
 
 def test_config_cli_lists_the_selected_run_ids(tmp_path):

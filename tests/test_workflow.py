@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -83,29 +86,64 @@ def test_seed_matrix_plans_its_number_of_training_jobs(name, count, tmp_path):
     assert jobs["data_tokenize"] == len({r["data_dir"] for r in runs.values()})  # once per task and model
 
 
-def test_perl_matrices_hold_103_runs_with_their_hyperparameters():
-    runs = {}
+def test_perl_matrices_hold_103_runs_with_their_hyperparameters_under_the_seeds_names():
+    runs, names, count = {}, {}, 0
     for name in "core_1.5B.yaml", "core_7B.yaml", "stress_rank.yaml", "stress_data.yaml":
-        runs |= plan(yaml.safe_load((ROOT / "config/experiments" / name).read_text())).runs
-    assert len(runs) == 103
-    lora = runs["countdown/r1-1.5b/lora_s42"]
+        planned = plan(yaml.safe_load((ROOT / "config/experiments" / name).read_text())).runs
+        runs |= planned  # stress_rank's r16 runs share their ids with core_1.5B's, as in PeRL; each matrix has its own results/<name>/
+        names[name] = {run_id.rsplit("/", 1)[1] for run_id in planned}
+        count += len(planned)
+    assert count == 103
+    core = ["lora", "dora", "adalora", "pissa", "milora", "vera", "lora_plus", "miss"]
+    assert names["core_1.5B.yaml"] == {f"{m}_r16_s{s}" for m in core for s in (42, 123, 456)}
+    # PeRL's config generator: lora, dora, adalora, pissa, milora on the 7B model
+    assert names["core_7B.yaml"] == {f"{m}_r16_s{s}" for m in ("lora", "dora", "adalora", "pissa", "milora") for s in (42, 123, 456)}
+    stress = {run_id.rsplit("/", 1)[1].split("_d")[0] for run_id in runs if "_d1k_" in run_id}
+    assert names["stress_data.yaml"] == {f"{m}_d{n // 1000}k_s{s}" for m in stress for n in (1000, 4000, 8500, 17000) for s in (42, 123)}
+    assert names["stress_rank.yaml"] == {f"{m}_r{r}_s{s}" for m in stress for r in (4, 16, 64, 256) for s in (42, 123)}
+    lora = runs["countdown/r1-1.5b/lora_r16_s42"]
     assert (lora["peft"]["r"], lora["peft"]["lora_alpha"], lora["training"]["learning_rate"]) == (16, 32, 1e-5)
     assert (lora["training"]["max_steps"], lora["training"]["batch_size"], lora["training"]["grad_accum"]) == (1000, 4, 8)
     assert lora["training"]["rl"]["num_generations"] == 8 and lora["model"]["path"] == "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
-    assert runs["countdown/r1-1.5b/vera_s123"]["training"]["learning_rate"] == 1e-4
-    assert runs["countdown/r1-7b/dora_s456"]["training"]["batch_size"] == 2
+    assert (lora["wandb"]["project"], lora["wandb"]["mode"]) == ("peft-rlvr-mechanistic", "online")
+    assert runs["countdown/r1-1.5b/vera_r16_s123"]["training"]["learning_rate"] == 1e-4
+    assert runs["countdown/r1-7b/dora_r16_s456"]["training"]["batch_size"] == 2
     assert runs["countdown/r1-1.5b/pissa_r256_s123"]["peft"]["r"] == 256
-    sizes = {r["training"]["train_size"] for k, r in runs.items() if "_n" in k}
+    sizes = {r["training"]["train_size"] for k, r in runs.items() if re.search(r"_d\d+k_s", k)}
     assert sizes == {1000, 4000, 8500, 17000}
     # runs that differ only in seed, method or data size share one tokenised dataset
     assert len({r["data_dir"] for k, r in runs.items() if "r1-1.5b" in k}) == 1
 
 
+def selected_names(config: Path, *args: str) -> list[str]:
+    """The experiment names `python -m peftlab.config` keeps, or its error."""
+    proc = subprocess.run([sys.executable, "-m", "peftlab.config", str(config), *args], capture_output=True, text=True)
+    return [r.rsplit("/", 1)[1] for r in proc.stdout.split()] if proc.returncode == 0 else proc.stderr.strip().splitlines()[-1:]
+
+
+def test_the_seeds_only_and_exclude_examples_select_their_names():
+    """PeRL's README, verbatim: --only "lora_r16_s42,dora_r16_s42" and --exclude "vera_r16_s42,vera_r16_s123" on core_1.5B."""
+    config = ROOT / "config/experiments/core_1.5B.yaml"
+    assert selected_names(config, "--only", "lora_r16_s42,dora_r16_s42") == ["lora_r16_s42", "dora_r16_s42"]
+    kept = selected_names(config, "--exclude", "vera_r16_s42,vera_r16_s123")
+    assert len(kept) == 22 and "vera_r16_s456" in kept and not {"vera_r16_s42", "vera_r16_s123"} & set(kept)
+    # a glob matches across "_": lora_* is lora and lora_plus (documented); lora_r* is lora alone
+    assert selected_names(config, "--only", "lora_*", "--exclude", "*_s456") == [
+        "lora_r16_s42",
+        "lora_r16_s123",
+        "lora_plus_r16_s42",
+        "lora_plus_r16_s123",
+    ]
+    assert selected_names(config, "--only", "lora_r*", "--exclude", "*_s456") == ["lora_r16_s42", "lora_r16_s123"]
+    # a pattern that matches nothing names itself, for only and exclude alike
+    (error,) = selected_names(config, "--exclude", "vera_s42,vera_r16_s123")
+    assert error.endswith("core_1.5B.yaml: exclude: 'vera_s42' matches no run of 24; run ids look like countdown/r1-1.5b/lora_r16_s42")
+
+
 def test_selection_by_name_and_glob_through_snakemake(tmp_path):
     config = ROOT / "config/experiments/core_1.5B.yaml"
-    proc = snakemake(tmp_path, "-n", "--config", "only=lora_*,dora_s42", "exclude=*_s456", config=config)
+    proc = snakemake(tmp_path, "-n", "--config", "only=lora_r16_s42,dora_r16_s42", config=config)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    # lora_s42, lora_s123, lora_plus_s42, lora_plus_s123 (lora_* matches lora_plus too), dora_s42
-    assert planned_jobs(proc)["train_run"] == 5
+    assert planned_jobs(proc)["train_run"] == 2
     proc = snakemake(tmp_path, "-n", "--config", "only=nothing_*", config=config)
-    assert proc.returncode != 0 and "only=nothing_* exclude=-: no run is left of 24" in proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "only: 'nothing_*' matches no run of 24" in proc.stdout + proc.stderr

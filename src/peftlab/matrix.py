@@ -161,20 +161,24 @@ def selected(run_ids: list[str], only=None, exclude=None) -> list[str]:
     """The run ids that `only` keeps and `exclude` does not drop (PeRL's --only/--exclude).
 
     Each is a glob, a list of globs or a comma-separated string of them, matched
-    against the whole run id and against its last part (an experiment's name).
-    `only` that matches nothing is an error: a typo must not plan an empty matrix.
+    against the whole run id and against its last part (an experiment's name). A glob
+    matches across `_`: `lora_*` matches lora_plus_r16_s42 too (`lora_r*` does not).
+    A pattern that matches no run is an error naming it (a typo must not select or
+    drop nothing in silence), and so is a selection that leaves no run.
     """
     only, exclude = _globs(only), _globs(exclude)
 
     def hit(run_id: str, globs: list[str]) -> bool:
         return any(fnmatch.fnmatchcase(run_id, g) or fnmatch.fnmatchcase(run_id.rsplit("/", 1)[-1], g) for g in globs)
 
+    example = f"run ids look like {run_ids[0] if run_ids else '(none)'}"
+    for key, globs in (("only", only), ("exclude", exclude)):
+        unmatched = [g for g in globs if not any(hit(r, [g]) for r in run_ids)]
+        if unmatched:
+            raise ConfigError(f"{key}: {', '.join(map(repr, unmatched))} matches no run of {len(run_ids)}; {example}")
     keep = [r for r in run_ids if (not only or hit(r, only)) and not hit(r, exclude)]
     if not keep:
-        raise ConfigError(
-            f"only={','.join(only) or '-'} exclude={','.join(exclude) or '-'}: no run is left of {len(run_ids)}; "
-            f"run ids look like {run_ids[0] if run_ids else '(none)'}"
-        )
+        raise ConfigError(f"only={','.join(only) or '-'} exclude={','.join(exclude) or '-'}: no run is left of {len(run_ids)}; {example}")
     return keep
 
 
