@@ -179,6 +179,17 @@ def packed_or_padded(task, tokenizer):
     return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
 
 
+def prompt_response_columns(task: TaskSpec) -> list[str]:
+    """A prompt -> response type's columns: the prompt, the response and any other column its template names."""
+    return list(dict.fromkeys([task.prompt_field, task.response_field, *template_fields(task.prompt_template)]))
+
+
+def prompt_response_corpus(task: TaskSpec, rows) -> tuple[list[str], list[str]]:
+    """A prompt -> response type's corpus: the tokenizer learns both sides; the base is pretrained on the
+    responses only, so it knows the vocabulary and the answer format and the mapping is left for fine-tuning."""
+    return [f"{r[task.prompt_field]} {r[task.response_field]}" for r in rows], [str(r[task.response_field]) for r in rows]
+
+
 class Supervised(TaskType, partial=True):
     """Types trained with peftlab's Trainer on labelled token batches (every type but rlvr)."""
 
@@ -188,3 +199,17 @@ class Supervised(TaskType, partial=True):
         return trainers.supervised(
             model, tokenizer, train_ds, args, callbacks, make_optimizer, self.collator(spec.task, tokenizer), self.loss_kwargs
         )
+
+
+class CausalLM(Supervised, partial=True):
+    """Supervised types on a decoder (sft, lm): AutoModelForCausalLM, which divides its loss by the global token count."""
+
+    peft_task_type = "CAUSAL_LM"
+    encoder_decoder = False
+    loss_kwargs = True
+
+    def load_model(self, path, task, tokenizer, label_names, kwargs):
+        return causal_lm(path, kwargs)
+
+    def collator(self, task, tokenizer):
+        return packed_or_padded(task, tokenizer)

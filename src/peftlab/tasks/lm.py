@@ -6,14 +6,11 @@ Inference continues the given text.
 
 from __future__ import annotations
 
-from peftlab.tasks.base import Supervised, causal_lm, packed_or_padded, prompt_ids, with_perplexity
+from peftlab.tasks.base import CausalLM, prompt_ids, with_perplexity
 
 
-class Lm(Supervised):
+class Lm(CausalLM):
     name = "lm"
-    peft_task_type = "CAUSAL_LM"
-    encoder_decoder = False
-    loss_kwargs = True
 
     def columns(self, task):
         return task.text_fields[:1]
@@ -28,12 +25,6 @@ class Lm(Supervised):
             return {**enc, "labels": enc["input_ids"]}
 
         return encode
-
-    def load_model(self, path, task, tokenizer, label_names, kwargs):
-        return causal_lm(path, kwargs)
-
-    def collator(self, task, tokenizer):
-        return packed_or_padded(task, tokenizer)
 
     def metric_names(self, task):
         return ["eval_loss", "perplexity"]

@@ -7,7 +7,17 @@ generated text.
 
 from __future__ import annotations
 
-from peftlab.tasks.base import Supervised, format_prompt, packed_or_padded, prompt_ids, rows_of, samples, template_fields, with_perplexity
+from peftlab.tasks.base import (
+    Supervised,
+    format_prompt,
+    packed_or_padded,
+    prompt_ids,
+    prompt_response_columns,
+    prompt_response_corpus,
+    rows_of,
+    samples,
+    with_perplexity,
+)
 
 
 class Seq2Seq(Supervised):
@@ -17,10 +27,10 @@ class Seq2Seq(Supervised):
     loss_kwargs = False  # T5 returns a per-batch mean
 
     def columns(self, task):
-        return list(dict.fromkeys([task.prompt_field, task.response_field, *template_fields(task.prompt_template)]))
+        return prompt_response_columns(task)
 
     def corpus_texts(self, task, rows):
-        return [f"{r[task.prompt_field]} {r[task.response_field]}" for r in rows], [str(r[task.response_field]) for r in rows]
+        return prompt_response_corpus(task, rows)
 
     def encoder(self, task, tokenizer, label_ids):
         def encode(batch):

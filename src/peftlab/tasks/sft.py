@@ -10,31 +10,25 @@ for a number-like answer format, the extracted answer.
 from __future__ import annotations
 
 from peftlab.tasks.base import (
-    Supervised,
-    causal_lm,
+    CausalLM,
     format_prompt,
-    packed_or_padded,
     prompt_ids,
+    prompt_response_columns,
+    prompt_response_corpus,
     rows_of,
     samples,
-    template_fields,
     with_perplexity,
 )
 
 
-class Sft(Supervised):
+class Sft(CausalLM):
     name = "sft"
-    peft_task_type = "CAUSAL_LM"
-    encoder_decoder = False
-    loss_kwargs = True
 
     def columns(self, task):
-        return list(dict.fromkeys([task.prompt_field, task.response_field, *template_fields(task.prompt_template)]))
+        return prompt_response_columns(task)
 
     def corpus_texts(self, task, rows):
-        # the base sees only the responses: it knows the vocabulary and the answer format,
-        # and the prompt -> response mapping is left for fine-tuning to learn
-        return [f"{r[task.prompt_field]} {r[task.response_field]}" for r in rows], [str(r[task.response_field]) for r in rows]
+        return prompt_response_corpus(task, rows)
 
     def encoder(self, task, tokenizer, label_ids):
         def encode(batch):
@@ -53,12 +47,6 @@ class Sft(Supervised):
             return out
 
         return encode
-
-    def load_model(self, path, task, tokenizer, label_names, kwargs):
-        return causal_lm(path, kwargs)
-
-    def collator(self, task, tokenizer):
-        return packed_or_padded(task, tokenizer)
 
     def metric_names(self, task):
         return ["exact_match", "eval_loss", "perplexity", "rouge1", "rouge2", "rougeL"]
