@@ -19,3 +19,13 @@ def test_throughput_benchmark_prints_both_rates_and_their_ratio():
     ratio = float(re.search(r"ratio peftlab / baseline: ([\d.]+)x", proc.stdout)[1])
     assert len(rates) == 2 and all(r > 0 for r in rates)
     assert ratio == pytest.approx(rates[1] / rates[0], rel=0.01)
+
+
+def test_load_memory_benchmark_loads_both_dtypes_and_prints_the_ratios():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench/load_memory.py"), "--hidden", "64", "--layers", "1"], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = dict(re.findall(r"^(float32|bfloat16) +: held .*weights +([\d.]+) MiB \(torch\.\1\)$", proc.stdout, re.M))
+    assert float(rows["bfloat16"]) == pytest.approx(float(rows["float32"]) / 2, rel=1e-3)  # the weights really are 16-bit
+    assert re.search(r"^ratio bfloat16 / float32 held: [\d.]+x$", proc.stdout, re.M)

@@ -169,7 +169,7 @@ BAD = [
     (
         "unknown top-level key",
         lambda c: c.update(sweeps=[]),
-        r"<top level>: unknown key\(s\) 'sweeps'; allowed: base, exclude, experiments, models, name, only",
+        r"<top level>: unknown key\(s\) 'sweeps'; allowed: base, description, exclude, experiments, models, name, only",
     ),
     ("unknown training key", lambda c: c.update(training={"lr": 1}), r"training: unknown key\(s\) 'lr'; allowed: .*learning_rate"),
     ("wrong type", lambda c: c.update(training={"batch_size": "16"}), r"training.batch_size: '16' is not of type 'integer'"),
@@ -230,7 +230,7 @@ BAD = [
     (
         "unknown target preset",
         lambda c: c.update(peft={"target_modules": "llama-atn"}),
-        r"peft.target_modules: unknown preset 'llama-atn'; allowed: all-linear, llama, llama-attn",
+        r"peft.target_modules: unknown preset 'llama-atn'; allowed: default, all-linear, llama, llama-attn",
     ),
     (
         "method the task type cannot run",

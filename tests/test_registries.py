@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from peftlab import data, launch, methods, metrics, rewards, tasks
+from peftlab import data, launch, methods, metrics, models, rewards, tasks
 from peftlab.schema import SCHEMA_PATH, load_yaml
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "peftlab"
@@ -22,6 +22,7 @@ ENUMS = {
     "properties.tasks.additionalProperties.properties.type": lambda: tasks.TASK_TYPES,
     "properties.tasks.additionalProperties.properties.rewards.items": lambda: rewards.REWARDS,
     "properties.tasks.additionalProperties.properties.answer_format": lambda: metrics.ANSWER_FORMATS,
+    "properties.models.additionalProperties.properties.dtype": lambda: models.DTYPES,
     "properties.tasks.additionalProperties.properties.data.properties.format": lambda: (
         [f.lstrip(".") for f in data._FORMATS] + ["tsv", None]
     ),
@@ -33,6 +34,7 @@ FOREIGN = {
     "definitions.training.properties.rl.properties.scale_rewards",
     "properties.models.additionalProperties.properties.build.properties.arch",  # peftlab.build's two tiny architectures
     "properties.wandb.properties.mode",
+    "properties.models.additionalProperties.properties.attn_implementation",  # transformers' attention kernels
 }
 
 

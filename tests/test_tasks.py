@@ -357,6 +357,17 @@ def test_inference_answers_with_the_adapter_and_the_merged_model_alike(done):
     assert len(adapter) == 2 and all(a["output"] and "answer" in a for a in adapter)
     one = infer(work, "--run", run, "--input", "Tom has 2 pens and buys 3 more. How many pens now?")
     assert one[0]["output"] == adapter[0]["output"]  # a plain string fills the prompt column
+    # lora-ns' batch inference, its own flags: a text file of questions in, a JSON file of answers out
+    (work / "inputs.txt").write_text("".join(f"Tom has {a} pens and buys {b} more. How many pens now?\n" for a, b in ((2, 3), (4, 4))))
+    proc = subprocess.run(
+        [sys.executable, "-m", "peftlab.infer", "--run", run, "--input_file", "inputs.txt", "--output_file", "results.json"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0 and not proc.stdout.strip(), proc.stderr[-3000:]
+    assert [a["output"] for a in artifacts.read_json(work / "results.json")] == [a["output"] for a in adapter]
 
 
 def test_inference_classifies_and_writes_json(done):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -62,9 +63,9 @@ SEED_MATRICES = {
     "glue_mrpc.yaml": 9,
     "gsm8k.yaml": 6,
     "metamath_qa.yaml": 3,
-    "code_feedback.yaml": 2,
+    "code_feedback.yaml": 4,
     "template.yaml": 4,
-    "gpt2_imdb.yaml": 4,
+    "gpt2_imdb.yaml": 2,
     "llama2_samsum_qlora.yaml": 2,
     "t5_samsum.yaml": 4,
     "playground_glue.yaml": 24,
@@ -113,6 +114,55 @@ def test_perl_matrices_hold_103_runs_with_their_hyperparameters_under_the_seeds_
     assert sizes == {1000, 4000, 8500, 17000}
     # runs that differ only in seed, method or data size share one tokenised dataset
     assert len({r["data_dir"] for k, r in runs.items() if "r1-1.5b" in k}) == 1
+
+
+# The seeds' own settings, copied from ../shared/seeds (finetune_leveling's example commands, lora-ns' task notes).
+SEED_SETTINGS = {
+    "gpt2_imdb.yaml": {  # finetune_with_lora.py --lora_r 8 --lora_alpha 16 --lora_dropout 0.05 --target_modules "c_attn,c_proj" ...
+        "model.path": "openai-community/gpt2",
+        "peft.r": 8,
+        "peft.lora_alpha": 16,
+        "peft.lora_dropout": 0.05,
+        "peft.target_modules": ["c_attn", "c_proj"],
+        "training.epochs": 3,
+        "training.learning_rate": 5e-4,
+        "training.batch_size": 4,
+        "training.grad_accum": 1,
+    },
+    "llama2_samsum_qlora.yaml": {  # finetune_with_qlora.py --quantization_type 4bit --double_quant --quant_type nf4 ...
+        "model.path": "meta-llama/Llama-2-7b-hf",
+        "peft.type": "qlora",
+        "peft.r": 16,
+        "peft.lora_alpha": 32,
+        "peft.lora_dropout": 0.05,
+        "peft.target_modules": ["q_proj", "v_proj", "k_proj", "o_proj", "gate_proj", "down_proj", "up_proj"],
+        "training.epochs": 3,
+        "training.learning_rate": 2e-4,
+        "training.batch_size": 2,
+        "training.grad_accum": 4,
+    },
+    "gsm8k.yaml": {"model.path": "mistralai/Mistral-7B-v0.1", "peft.r": 32, "peft.lora_alpha": 64},  # GSM8K: Mistral-7B, r=32, alpha=64
+    "metamath_qa.yaml": {"peft.r": 16, "peft.lora_alpha": 32, "peft.target_modules": "all-linear"},  # r=16, alpha=32, all layers
+    "code_feedback.yaml": {"peft.r": 16, "peft.lora_alpha": 32},  # CodeLlama, DeepSeek-Coder: r=16, alpha=32
+}
+
+
+@pytest.mark.parametrize("name", sorted(SEED_SETTINGS))
+def test_seed_configs_use_the_seeds_settings(name):
+    runs = plan(yaml.safe_load((ROOT / "config/experiments" / name).read_text())).runs.values()
+    for key, value in SEED_SETTINGS[name].items():
+        section, field = key.split(".")
+        assert {json.dumps(r[section][field]) for r in runs} == {json.dumps(value)}, key
+    if name in ("gsm8k.yaml", "metamath_qa.yaml", "code_feedback.yaml"):  # lora-ns: causal LM learning rates 1e-4 to 2e-4
+        assert {1e-4 <= r["training"]["learning_rate"] <= 2e-4 for r in runs} == {True}
+    if name == "code_feedback.yaml":
+        assert {r["model"]["path"] for r in runs} == {"codellama/CodeLlama-7b-hf", "deepseek-ai/deepseek-coder-6.7b-base"}
+    if name == "llama2_samsum_qlora.yaml":
+        from peftlab import methods
+        from peftlab.spec import PeftSpec
+
+        bnb = methods.quantization(PeftSpec(**next(iter(runs))["peft"]))
+        assert (bnb.load_in_4bit, bnb.bnb_4bit_quant_type, bnb.bnb_4bit_use_double_quant) == (True, "nf4", True)
 
 
 def selected_names(config: Path, *args: str) -> list[str]:

@@ -9,6 +9,9 @@ compute, methods) and never import each other.
 known to peft, so `PeftModel.from_pretrained` loads their adapters. peft itself is
 slow to import (about 10 s), and parsing a config must stay fast, so the
 registration runs when peft is imported, not here.
+
+From Python: `from peftlab.api import run, load` runs a matrix through Snakemake's API
+and loads a finished run's model and tokenizer.
 """
 
 import importlib.abc

@@ -235,10 +235,10 @@ def run(command: str, spec: dict, out: str, prov: artifacts.Provenance) -> None:
             from transformers import AutoConfig
 
             from peftlab.methods.targets import max_positions
-            from peftlab.models import load_tokenizer, resolve_path
+            from peftlab.models import hub_kwargs, load_tokenizer, resolve_path
 
             task, model = TaskSpec.from_dict(spec["task"]), ModelSpec.from_dict(spec["model"])
-            check_lengths(task, max_positions(AutoConfig.from_pretrained(resolve_path(model.path)).to_dict()))
+            check_lengths(task, max_positions(AutoConfig.from_pretrained(resolve_path(model.path), **hub_kwargs(model)).to_dict()))
             raw = load_raw(task)
             ds = tokenize(task, load_tokenizer(model), raw)
             ds.save_to_disk(str(tmp))

@@ -66,9 +66,16 @@ def main(argv=None):
     p.add_argument("--run", required=True, type=Path, help="a finished run folder: results/default/runs/<run_id>")
     p.add_argument("--merged", action="store_true", help="use the merged model (merged/) instead of base + adapter")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--input", help="one input: text, or a JSON object of the task's columns")
-    src.add_argument("--inputs", type=Path, help="a file of inputs: .txt (one per line), .jsonl, .json, .csv, .tsv, .parquet")
-    p.add_argument("--out", type=Path, help="JSON file for the answers (default: stdout)")
+    # lora-ns' inference.py spells them --input_text, --input_file and --output_file: both spellings work
+    src.add_argument("--input", "--input-text", "--input_text", help="one input: text, or a JSON object of the task's columns")
+    src.add_argument(
+        "--inputs",
+        "--input-file",
+        "--input_file",
+        type=Path,
+        help="a file of inputs: .txt (one per line), .jsonl, .json, .csv, .tsv, .parquet",
+    )
+    p.add_argument("--out", "--output-file", "--output_file", type=Path, help="JSON file for the answers (default: stdout)")
     p.add_argument("--max-new-tokens", type=int, help="generation budget (default: the task's max_new_tokens)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

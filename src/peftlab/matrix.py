@@ -19,7 +19,7 @@ import itertools
 from peftlab import launch, methods, paths, tasks
 from peftlab.schema import SAFE_NAME, ConfigError
 from peftlab.spec import RunSpec
-from peftlab.validate import AXES, check_cell
+from peftlab.validate import AXES, check_cell, task_spec
 
 
 def _deep_merge(base: dict, over: dict) -> dict:
@@ -123,6 +123,11 @@ def expand(cfg: dict, root: str = paths.RESULTS) -> tuple[dict[str, dict], dict[
         # GRPO settings (defaults from the schema) belong to runs of rewarded task types only, so a top-level `rl` reruns nothing else
         if not tasks.TASK_TYPES[cfg["tasks"][task]["type"]].rewarded:
             cell["training"]["rl"] = {}
+        t = cell["training"]
+        if t["eval_steps"]:  # the spec records which metric picks the best evaluation, and which way
+            t["metric_for_best_model"] = t["metric_for_best_model"] or tasks.main_metric(task_spec(task, cfg["tasks"][task]))
+            if t["greater_is_better"] is None:
+                t["greater_is_better"] = tasks.greater_is_better(t["metric_for_best_model"])
         res = run_resources(cfg, model, levels, presets)
         rl, t = cell["training"]["rl"], cell["training"]
         if rl and (t["batch_size"] * t["grad_accum"] * res.world_size) % rl["num_generations"]:
@@ -187,11 +192,15 @@ def expand_matrix(cfg: dict, root: str = paths.RESULTS) -> dict[str, dict]:
     return expand(cfg, root)[0]
 
 
+LOADING = ("dtype", "attn_implementation", "revision", "tokenizer_name", "trust_remote_code")  # how a model's weights load
+
+
 def model_spec(cfg: dict, name: str, root: str = paths.RESULTS) -> dict:
     model = cfg["models"][name]
+    loading = {k: model[k] for k in LOADING}
     if "build" in model:
-        return {"name": name, "path": paths.model(root, name), "build": model["build"]}
-    return {"name": name, "path": model["path"]}
+        return {"name": name, "path": paths.model(root, name), "build": model["build"], **loading}
+    return {"name": name, "path": model["path"], **loading}
 
 
 STAGES = ("data_generate", "model_build", "data_tokenize", "train_run", "evaluate_run", "merge_run")

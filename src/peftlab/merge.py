@@ -14,7 +14,9 @@ whose own logits are not finite fails before merging, with a message that says s
 
 Methods that cannot merge (prompt learning, bottleneck adapters) record why
 instead of failing. QLoRA merges into the float32 base (the usual way to ship a
-QLoRA model); `full` fine-tuning is already a plain model and is saved as is.
+QLoRA model), and so does a run whose model loads in bfloat16 or float16: the
+merge and its check run at float32 precision, and merged/ holds float32 weights.
+`full` fine-tuning is already a plain model and is saved as is.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def merge(spec: RunSpec, adapter: str, merged: Path) -> dict:
             (tmp / "NOT_MERGED.txt").write_text(method.not_mergeable_reason + "\n")
             return {"run_id": spec.run_id, "mergeable": False, "reason": method.not_mergeable_reason, **prov.record()}
         tokenizer = load_tokenizer(spec.model)
-        model = load_trained(spec, adapter, tokenizer, quantized=False)
+        model = load_trained(spec, adapter, tokenizer, float32=True)
         probe = probe_batch(datasets.load_from_disk(spec.data_dir)["eval"], tokenizer, spec.task)
         before = logits(model, probe)
         if not numerics.finite(before):
@@ -60,7 +62,7 @@ def merge(spec: RunSpec, adapter: str, merged: Path) -> dict:
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         del model, plain
-        reloaded = load_model(spec.model, spec.task, tokenizer, path=str(tmp))
+        reloaded = load_model(spec.model, spec.task, tokenizer, path=str(tmp), float32=True)
         diff = numerics.max_abs_diff(logits(reloaded, probe), before)
         if not numerics.within(diff, tol):  # leaves no merged/ behind
             raise MergeMismatch(
@@ -73,7 +75,7 @@ def merge(spec: RunSpec, adapter: str, merged: Path) -> dict:
         "max_abs_logit_diff": diff,
         "tolerance": tol,
         "probe_examples": int(probe["input_ids"].shape[0]),
-        "base": "float32 (trained on a quantised base)" if method.quantized else "as trained",
+        "base": "float32" if method.quantized or spec.model.dtype != "float32" else "as trained",
         **prov.record(),
     }
 

@@ -46,23 +46,44 @@ def resolve_path(path: str) -> str:
     raise FileNotFoundError(f"package {module.__name__} ships no Hugging Face model folder (no config.json under {root})")
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def hub_kwargs(model: ModelSpec) -> dict:
+    """`from_pretrained` keywords for loading from the spec's own path: its revision and trust_remote_code."""
+    return {"revision": model.revision, "trust_remote_code": model.trust_remote_code}
+
+
 def load_tokenizer(model: ModelSpec):
-    """The model's tokenizer, padding on the right (generation switches to the left)."""
-    tok = AutoTokenizer.from_pretrained(resolve_path(model.path))
+    """The model's tokenizer (or `tokenizer_name`'s), padding on the right (generation switches to the left)."""
+    if model.tokenizer_name:
+        tok = AutoTokenizer.from_pretrained(model.tokenizer_name, trust_remote_code=model.trust_remote_code)
+    else:
+        tok = AutoTokenizer.from_pretrained(resolve_path(model.path), **hub_kwargs(model))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "right"
     return tok
 
 
-def load_model(model: ModelSpec, task: TaskSpec, tokenizer=None, *, quantization=None, path: str | None = None, label_names=None):
-    """An untouched base model with the head the task's type needs, in float32.
+def load_model(
+    model: ModelSpec, task: TaskSpec, tokenizer=None, *, quantization=None, path: str | None = None, label_names=None, float32: bool = False
+):
+    """An untouched base model with the head the task's type needs, in the model's dtype.
 
     `quantization` (a BitsAndBytesConfig) loads the base quantised (QLoRA); `path`
     loads another folder of the same architecture (a fully fine-tuned model, a merged one);
-    `label_names` become a classifier's id2label and label2id.
+    `label_names` become a classifier's id2label and label2id; `float32` overrides the
+    dtype (merging). The spec's attn_implementation and trust_remote_code apply to every
+    folder; its revision only to its own path.
     """
-    kwargs = {"dtype": torch.float32, "quantization_config": quantization} if quantization else {"dtype": torch.float32}
+    kwargs = {"dtype": torch.float32 if float32 else DTYPES[model.dtype], "trust_remote_code": model.trust_remote_code}
+    if model.attn_implementation:
+        kwargs["attn_implementation"] = model.attn_implementation
+    if quantization:
+        kwargs["quantization_config"] = quantization
+    if path is None:
+        kwargs["revision"] = model.revision
     return tasks.of(task).load_model(path or resolve_path(model.path), task, tokenizer, label_names, kwargs)
 
 
@@ -86,22 +107,23 @@ def check_trained_by(spec: RunSpec, folder: str | Path) -> None:
         )
 
 
-def load_trained(spec: RunSpec, folder: str | Path, tokenizer=None, quantized: bool = True):
+def load_trained(spec: RunSpec, folder: str | Path, tokenizer=None, float32: bool = False):
     """The trained model of a run, in eval mode: its untouched base with the saved adapter in `folder` on top.
 
-    For `full`, `folder` holds the whole trained model. A quantised method (QLoRA)
-    gets its quantised base unless `quantized=False` (merging uses float32). The folder
-    must have been trained from `spec` (`check_trained_by`).
+    For `full`, `folder` holds the whole trained model. The base loads as it trained (the
+    model's dtype; quantised for QLoRA) unless `float32` (merging). The folder must have
+    been trained from `spec` (`check_trained_by`).
     """
     check_trained_by(spec, folder)
-    bnb = methods.quantization(spec.peft) if quantized else None
+    bnb = None if float32 else methods.quantization(spec.peft)
     names = trained_label_names(spec)
     if methods.get(spec.peft.type).impl is None:
-        model = load_model(spec.model, spec.task, tokenizer, quantization=bnb, path=str(folder), label_names=names)
+        model = load_model(spec.model, spec.task, tokenizer, quantization=bnb, path=str(folder), label_names=names, float32=float32)
     else:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(load_model(spec.model, spec.task, tokenizer, quantization=bnb, label_names=names), folder)
+        base = load_model(spec.model, spec.task, tokenizer, quantization=bnb, label_names=names, float32=float32)
+        model = PeftModel.from_pretrained(base, folder)
     return model.eval()
 
 

@@ -38,6 +38,10 @@ def _task(key: str):
     return _default("tasks", key)
 
 
+def _model(key: str):
+    return _default("models", key)
+
+
 @dataclass(frozen=True)
 class TaskSpec(_Strict):
     name: str
@@ -67,6 +71,11 @@ class ModelSpec(_Strict):
     name: str
     path: str  # hub id, local folder, or package:<module>
     build: dict[str, Any] | None = None  # set for models the pipeline builds
+    dtype: str = _model("dtype")  # float32 | bfloat16 | float16: what the weights load in
+    attn_implementation: str | None = _model("attn_implementation")  # None: transformers' choice
+    revision: str | None = _model("revision")  # hub branch, tag or commit
+    tokenizer_name: str | None = _model("tokenizer_name")  # None: the model's own tokenizer
+    trust_remote_code: bool = _model("trust_remote_code")
 
 
 @dataclass(frozen=True)
@@ -101,6 +110,11 @@ class TrainingSpec(_Strict):
     gradient_checkpointing: bool = _default(
         "training", "gradient_checkpointing"
     )  # recompute activations in the backward pass (less memory, ~30% slower)
+    eval_steps: int | None = _default("training", "eval_steps")  # in-training evaluation every N steps
+    metric_for_best_model: str | None = _default("training", "metric_for_best_model")  # None: the task's main metric
+    greater_is_better: bool | None = _default("training", "greater_is_better")  # None: by the metric
+    load_best_model_at_end: bool = _default("training", "load_best_model_at_end")  # keep the best evaluated checkpoint
+    extra: dict[str, Any] = _default("training", "extra")  # more TrainingArguments, as they are
     rl: dict[str, Any] = field(default_factory=dict)  # rlvr: GRPO settings (num_generations, loss_type, beta, ...); {} for other types
 
 
@@ -141,8 +155,10 @@ class RunSpec(_Strict):
 EVAL_ONLY = ("task.max_new_tokens", "task.eval_batch_size", "task.metric", "task.rouge", "task.answer_format")
 NOT_READ: dict[str, tuple[str, ...]] = {
     "data_generate": (),  # its spec is the task's `data` section alone
-    "model_build": tuple(k.replace("task.", "corpus_task.") for k in EVAL_ONLY) + ("corpus_task.max_length",),
-    "data_tokenize": EVAL_ONLY,
+    # a build writes float32 weights and its own tokenizer, whatever the model's loading keys say
+    "model_build": tuple(k.replace("task.", "corpus_task.") for k in EVAL_ONLY)
+    + ("corpus_task.max_length", "dtype", "attn_implementation", "revision", "tokenizer_name", "trust_remote_code"),
+    "data_tokenize": EVAL_ONLY + ("model.dtype", "model.attn_implementation"),  # reads the tokenizer, not the weights
     # logging and checkpoint intervals, the reload check and wandb change no weight
     "train_run": EVAL_ONLY + ("training.logging_steps", "training.save_steps", "training.check_reload", "wandb"),
     # a retrained adapter reruns both through the adapter itself
@@ -151,16 +167,40 @@ NOT_READ: dict[str, tuple[str, ...]] = {
 }
 
 
+# Keys added to the spec after runs were recorded without them. Each is hashed only when it
+# differs from its default, the value that reproduces what peftlab did before the key
+# existed: upgrading peftlab reruns no finished run, and setting the key reruns its stages.
+HASHED_WHEN_SET = (
+    "model.dtype",
+    "model.attn_implementation",
+    "model.revision",
+    "model.tokenizer_name",
+    "model.trust_remote_code",
+    "training.eval_steps",
+    "training.metric_for_best_model",
+    "training.greater_is_better",
+    "training.load_best_model_at_end",
+    "training.extra",
+)
+
+
+def _pop(tree: dict, path: str, only_if=dataclasses.MISSING) -> None:
+    *parents, leaf = path.split(".")
+    for p in parents:
+        tree = tree.get(p) or {}
+    if leaf in tree and (only_if is dataclasses.MISSING or tree[leaf] == only_if):
+        del tree[leaf]
+
+
 def fingerprint(spec: dict, stage: str) -> str:
-    """A short hash of what `stage` reads of `spec` (see NOT_READ)."""
+    """A short hash of what `stage` reads of `spec` (see NOT_READ and HASHED_WHEN_SET)."""
     import hashlib
     import json
 
     kept = json.loads(json.dumps(spec))
     for path in NOT_READ[stage]:
-        *parents, leaf = path.split(".")
-        node = kept
-        for p in parents:
-            node = node.get(p, {})
-        node.pop(leaf, None)
+        _pop(kept, path)
+    for path in HASHED_WHEN_SET:
+        section, key = path.split(".", 1)
+        _pop(kept, path, schema_default("models" if section == "model" else section, key))
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]

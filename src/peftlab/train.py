@@ -37,7 +37,7 @@ import torch
 import transformers
 from transformers import TrainerCallback, TrainerState
 
-from peftlab import artifacts, cli, methods, numerics, tasks
+from peftlab import artifacts, cli, methods, numerics, tasks, trainers
 from peftlab.checkpoints import claimed, last_checkpoint
 from peftlab.compute import device_of, logits
 from peftlab.methods import targets
@@ -178,31 +178,7 @@ def _train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path, f
             model.save_pretrained(tmp)
 
     # --- train
-    common = dict(
-        output_dir=str(checkpoints),
-        seed=t.seed,  # also seeds the batch order (SeededLengthGroupedSampler)
-        learning_rate=t.learning_rate,
-        num_train_epochs=t.epochs,
-        max_steps=t.max_steps or -1,
-        per_device_train_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.grad_accum,
-        warmup_steps=t.warmup_ratio,
-        weight_decay=t.weight_decay,
-        lr_scheduler_type=t.lr_scheduler,
-        max_grad_norm=t.max_grad_norm,
-        logging_steps=t.logging_steps,
-        save_strategy="steps",
-        save_steps=t.save_steps,
-        save_total_limit=2,
-        report_to=configure_wandb(spec.wandb),
-        run_name=spec.run_id,
-        include_num_input_tokens_seen="non_padding",
-        use_cpu=not torch.cuda.is_available(),
-        bf16=t.bf16,
-        activation_checkpointing=t.gradient_checkpointing,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-    )
+    common = trainers.arguments(spec, str(checkpoints), report_to=configure_wandb(spec.wandb))
     trainer_callbacks = [Guard(), *(callbacks(model) if (callbacks := methods.hook(method, "callbacks")) else [])]
     make_optimizer = functools.partial(optimizer, p=spec.peft) if (optimizer := methods.hook(method, "optimizer")) else None
     trainer = tasks.of(task).trainer(spec, model, tokenizer, train_ds, common, trainer_callbacks, make_optimizer)
@@ -214,8 +190,9 @@ def _train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path, f
     if resume and (done := TrainerState.load_from_json(str(Path(resume) / "trainer_state.json"))).global_step >= done.max_steps:
         # a run that finished training and failed after it (say, in the reload check): resuming
         # would take one more step past the target, so take the finished weights as they are
-        log.info("%s already holds the final step %d; loading it instead of training", resume, done.global_step)
-        trainer._load_from_checkpoint(resume)
+        keep = done.best_model_checkpoint if t.load_best_model_at_end and done.best_model_checkpoint else resume
+        log.info("%s already holds the final step %d; loading %s instead of training", resume, done.global_step, keep)
+        trainer._load_from_checkpoint(keep)
         trainer.state = done
     else:
         if resume:
@@ -266,6 +243,7 @@ def _train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path, f
         "total_params": total_params,
         "trainable_share": trainable / total_params,
         **({"rewards": rl_rewards} if tasks.of(task).rewarded else {}),
+        **trainers.evaluations(state, t),
         "resumed_from": resume,
         "reload_max_abs_diff": reload_diff,
         "reload_tolerance": reload_tol,

@@ -6,13 +6,14 @@ Every problem is a `ConfigError` whose message starts with the key path.
 
 from __future__ import annotations
 
+import copy
 import string
 from pathlib import Path
 
-from peftlab import methods, rewards, tasks
+from peftlab import methods, perl, rewards, tasks
 from peftlab.generators import GENERATORS
 from peftlab.methods import targets
-from peftlab.schema import SAFE_NAME, ConfigError, validate
+from peftlab.schema import SAFE_NAME, ConfigError, schema, validate
 from peftlab.spec import TaskSpec
 
 # sweep axis -> where its value goes in a run
@@ -29,9 +30,23 @@ AXES = {
 
 def load_config(raw: dict, check_files: bool = True) -> dict:
     """Validate a raw config dict; return a copy with every default filled in."""
-    cfg = validate(raw)
+    cfg = validate(_spelled_targets(perl.translate(raw)))
     _check_names(cfg, check_files)
     return cfg
+
+
+def _spelled_targets(raw: dict) -> dict:
+    """`target_modules` as written -> as the spec records it. Empty (YAML's bare `target_modules:`,
+    null) is every linear layer, as in the PEFT Playground; `default` is the method's own
+    choice for the architecture, which the spec records as null, as it does a key left out."""
+    out = copy.deepcopy(raw)
+    base = out.get("base") if isinstance(out.get("base"), dict) else {}
+    items = [x for key in ("sweep", "experiments") if isinstance(out.get(key), list) for x in out[key] if isinstance(x, dict)]
+    for peft in [out.get("peft"), base.get("peft"), *(x.get("peft") for x in items)]:
+        if isinstance(peft, dict) and "target_modules" in peft:
+            value = peft["target_modules"]
+            peft["target_modules"] = "all-linear" if value is None else None if value == "default" else value
+    return out
 
 
 def task_spec(name: str, task: dict) -> TaskSpec:
@@ -76,6 +91,13 @@ def _check_names(cfg: dict, check_files: bool) -> None:
     for name, model in cfg["models"].items():
         if "path" in model and (problem := _model_path_problem(model["path"])):
             problems.append(f"models.{name}.path: {problem}")
+        if "build" in model:
+            hub_only = {k: model[k] for k in ("revision", "tokenizer_name") if model[k] is not None}
+            hub_only.update({"trust_remote_code": True} if model["trust_remote_code"] else {})
+            for key in hub_only:
+                problems.append(
+                    f"models.{name}.{key}: a model the pipeline builds has its own tokenizer and code; {key} is for a `path` model"
+                )
         corpus = model.get("build", {}).get("corpus_task")
         if corpus is not None and corpus not in cfg["tasks"]:
             problems.append(
@@ -123,6 +145,12 @@ def check_cell(where: str, cell: dict, cfg: dict) -> None:
     method, model, task_type = methods.METHODS[mtype], cfg["models"][cell["model"]], cfg["tasks"][cell["task"]]["type"]
     if task_type in method.unsupported_task_types:
         raise ConfigError(f"{where}.peft.type: {mtype} cannot run on {task_type} task {cell['task']!r}: {method.not_supported_reason}")
+    if method.linear_only and targets.family(model) == "gpt2":
+        conv = sorted(m.name for m in methods.METHODS.values() if m.impl and not m.linear_only)
+        raise ConfigError(
+            f"{where}.peft.type: peft's {mtype} adapts torch.nn.Linear layers only, and GPT-2's ({cell['model']!r}) are Conv1D; "
+            f"methods that adapt them: {', '.join(conv)}"
+        )
     try:
         targets.check(cell["peft"]["target_modules"], model, f"{where}.peft.target_modules")
     except targets.TargetError as e:
@@ -138,6 +166,7 @@ def check_cell(where: str, cell: dict, cfg: dict) -> None:
         if axis == "lr" and (not isinstance(value, (int, float)) or value <= 0):
             raise ConfigError(f"{where}.lr: {value!r} is not a positive number")
     _check_method_settings(where, cell, method, model, cfg["tasks"][cell["task"]])
+    _check_training(where, cell["training"], task_spec(cell["task"], cfg["tasks"][cell["task"]]))
     data, size = cfg["tasks"][cell["task"]]["data"], cell["training"]["train_size"]
     if "generator" in data and isinstance(size, int) and size > data["num_train"]:
         raise ConfigError(
@@ -194,3 +223,51 @@ def _check_method_settings(where: str, cell: dict, method: methods.Method, model
             f"{where}: task {cell['task']!r} has max_length {task['max_length']}, but model {cell['model']!r} has position embeddings "
             f"for {limit} tokens; set tasks.{cell['task']}.max_length to at most {limit}"
         )
+
+
+def _check_training(where: str, t: dict, task: TaskSpec) -> None:
+    """In-training evaluation and `extra` TrainingArguments, against the task and transformers."""
+    ttype = tasks.of(task)
+    if t["eval_steps"] and ttype.rewarded:
+        raise ConfigError(
+            f"{where}.training.eval_steps: {ttype.name} runs train with TRL's GRPOTrainer and are evaluated after training only"
+        )
+    if t["load_best_model_at_end"]:
+        if not t["eval_steps"]:
+            raise ConfigError(
+                f"{where}.training.load_best_model_at_end: needs training.eval_steps (the best model is the best evaluated checkpoint)"
+            )
+        if t["save_steps"] % t["eval_steps"]:
+            raise ConfigError(
+                f"{where}.training.save_steps: {t['save_steps']} must be a multiple of eval_steps {t['eval_steps']} with load_best_model_at_end "
+                "(only a saved checkpoint can be loaded back)"
+            )
+    metric = t["metric_for_best_model"]
+    if metric is not None and metric not in ttype.metric_names(task):
+        raise ConfigError(
+            f"{where}.training.metric_for_best_model: {metric!r} is not reported for {ttype.kind(task)} tasks; allowed: {', '.join(ttype.metric_names(task))}"
+        )
+    if t["extra"]:
+        _check_extra(where, t["extra"], ttype.rewarded)
+
+
+def _check_extra(where: str, extra: dict, rewarded: bool) -> None:
+    import dataclasses
+
+    from peftlab.trainers import FROM_SPEC
+
+    if rewarded:
+        from trl import GRPOConfig as Arguments
+    else:
+        from transformers import TrainingArguments as Arguments
+    fields = {f.name for f in dataclasses.fields(Arguments) if f.init}
+    rl_keys = schema()["definitions"]["training"]["properties"]["rl"]["properties"]
+    for key in extra:
+        if rewarded and key in rl_keys:
+            raise ConfigError(f"{where}.training.extra.{key}: set training.rl.{key}, GRPO's own settings")
+        if key in FROM_SPEC:
+            raise ConfigError(f"{where}.training.extra.{key}: set by {FROM_SPEC[key]}; set it there, so the spec and the tables record it")
+        if key not in fields:
+            close = sorted(f for f in fields if key.lower().replace("-", "_") in f or f in key)[:5]
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"{where}.training.extra.{key}: not an argument of transformers' {Arguments.__name__}{hint}")

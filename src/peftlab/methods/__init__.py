@@ -58,6 +58,7 @@ METHODS: dict[str, Method] = {
             f"{_PEFT}:lora",
             {"init_lora_weights": "olora"},
             init_changes_base=True,
+            linear_only=True,
         ),
         Method(
             "adalora",
@@ -74,12 +75,16 @@ METHODS: dict[str, Method] = {
             f"{_PEFT}:lora",
             optimizer=f"{_PEFT}:loraplus_optimizer",
         ),
-        Method("miss", "W' = W + expand(D): one trainable r×d block per layer, tiled over W (MiSS)", "peft", f"{_PEFT}:miss"),
+        Method(
+            "miss", "W' = W + expand(D): one trainable r×d block per layer, tiled over W (MiSS)", "peft", f"{_PEFT}:miss", linear_only=True
+        ),
         Method("ia3", "h' = l ⊙ h: learned vectors scale keys, values and the FFN input", "peft", f"{_PEFT}:ia3", uses_rank=False),
-        Method("loha", "W' = W + (B₁A₁) ⊙ (B₂A₂): Hadamard product of two low-rank pairs", "peft", f"{_PEFT}:loha"),
-        Method("lokr", "W' = W + C ⊗ (B A): Kronecker product with a low-rank factor", "peft", f"{_PEFT}:lokr"),
-        Method("oft", "W' = R W, R block-diagonal orthogonal (Cayley), R₀ = I", "peft", f"{_PEFT}:oft", uses_rank=False),
-        Method("boft", "W' = (Π_i B_i) W: butterfly product of orthogonal blocks", "peft", f"{_PEFT}:boft", uses_rank=False),
+        Method("loha", "W' = W + (B₁A₁) ⊙ (B₂A₂): Hadamard product of two low-rank pairs", "peft", f"{_PEFT}:loha", linear_only=True),
+        Method("lokr", "W' = W + C ⊗ (B A): Kronecker product with a low-rank factor", "peft", f"{_PEFT}:lokr", linear_only=True),
+        Method("oft", "W' = R W, R block-diagonal orthogonal (Cayley), R₀ = I", "peft", f"{_PEFT}:oft", uses_rank=False, linear_only=True),
+        Method(
+            "boft", "W' = (Π_i B_i) W: butterfly product of orthogonal blocks", "peft", f"{_PEFT}:boft", uses_rank=False, linear_only=True
+        ),
         Method("fourierft", "ΔW = α · IDFT2(c at n fixed random frequencies); train c", "peft", f"{_PEFT}:fourierft", uses_rank=False),
         Method(
             "prefix_tuning",

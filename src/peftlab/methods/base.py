@@ -27,6 +27,7 @@ class Method:
     quantized: bool = False  # the base is loaded quantised through bitsandbytes (QLoRA)
     unsupported_task_types: tuple[str, ...] = ()  # task types it cannot run on, rejected at parse time; see not_supported_reason
     not_supported_reason: str = ""
+    linear_only: bool = False  # its peft implementation adapts nn.Linear only: GPT-2's Conv1D models are refused at parse time
     default_targets: str | None = None  # target_modules when the config says null; None: peft's default for the architecture
     peft_tuner: bool = False  # impl's module defines a peft tuner: imported (so registered) whenever peft loads, before adapters load
 

@@ -43,8 +43,9 @@ def initialise(model) -> None:
         if not isinstance(module, LoraLayer):
             continue
         base = module.get_base_layer()
+        transposed = getattr(module, "fan_in_fan_out", False)  # GPT-2's Conv1D stores W as in × out
         for name in module.lora_A:
-            a, b, residual = minor_init(base.weight, module.r[name], module.scaling[name])
+            a, b, residual = minor_init(base.weight.T if transposed else base.weight, module.r[name], module.scaling[name])
             module.lora_A[name].weight.copy_(a)
             module.lora_B[name].weight.copy_(b)
-            base.weight.copy_(residual.to(base.weight.dtype))
+            base.weight.copy_((residual.T if transposed else residual).to(base.weight.dtype))

@@ -1,8 +1,11 @@
 """Which layers a method adapts: `peft.target_modules` in a config.
 
-- `null`: the method's default for the architecture (peft's table; LoRA-style
-  methods adapt the attention query and value projections).
-- `[]` or `all-linear`: every linear layer except the output head and the classifier.
+- left out, or `default`: the method's default for the architecture (peft's table;
+  LoRA-style methods adapt the attention query and value projections). The spec
+  records it as null.
+- empty (`target_modules:` in YAML, null), `[]` or `all-linear`: every linear layer
+  except the output head and the classifier (`peftlab.validate` turns null into
+  `all-linear` before the schema sees it).
 - a preset name (PRESETS below, per model family), e.g. `llama` or `bert-attn`.
 - a list of module-name suffixes, e.g. `[q_proj, v_proj]` or `[attention.self.query]`.
 
@@ -24,6 +27,9 @@ LINEAR = {  # every linear layer's last name component in a block, per family
     "bert": ["query", "key", "value", "dense"],  # BERT, RoBERTa, MiniLM (dense: attention.output, intermediate, output, pooler)
     "gpt2": ["c_attn", "c_proj", "c_fc"],  # GPT-2 (Conv1D layers)
     "t5": ["q", "k", "v", "o", "wi", "wo", "wi_0", "wi_1"],  # T5, Flan-T5, mT5
+    "distilbert": ["q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"],  # DistilBERT (lin1/lin2: the feed-forward)
+    "bart": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],  # BART, mBART (encoder and decoder attention, feed-forward)
+    "gpt_neo": ["q_proj", "k_proj", "v_proj", "out_proj", "c_fc", "c_proj"],  # GPT-Neo (plain Linear layers, unlike GPT-2)
 }
 PRESETS = {
     "llama": LINEAR["llama"],
@@ -35,14 +41,26 @@ PRESETS = {
     "gpt2-attn": ["attn.c_attn", "attn.c_proj"],
     "t5": LINEAR["t5"],
     "t5-attn": ["q", "k", "v", "o"],
+    "distilbert": LINEAR["distilbert"],
+    "distilbert-attn": ["q_lin", "k_lin", "v_lin", "out_lin"],
+    "bart": LINEAR["bart"],
+    "bart-attn": ["q_proj", "k_proj", "v_proj", "out_proj"],
+    "gpt_neo": LINEAR["gpt_neo"],
+    "gpt_neo-attn": ["attn.attention.q_proj", "attn.attention.k_proj", "attn.attention.v_proj", "attn.attention.out_proj"],
 }
 FAMILY_OF_MODEL_TYPE = {
     **dict.fromkeys(["llama", "mistral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "gemma", "gemma2", "phi3"], "llama"),
     **dict.fromkeys(["bert", "roberta", "xlm-roberta", "electra", "deberta", "deberta-v2"], "bert"),
     "gpt2": "gpt2",
     **dict.fromkeys(["t5", "mt5", "umt5"], "t5"),
+    "distilbert": "distilbert",
+    **dict.fromkeys(["bart", "mbart"], "bart"),
+    "gpt_neo": "gpt_neo",
 }
-FAMILY_OF_NAME = [  # hub ids, when no config.json can be read at parse time
+FAMILY_OF_NAME = [  # hub ids, when no config.json can be read at parse time; the first match wins
+    (re.compile(r"distilbert", re.I), "distilbert"),
+    (re.compile(r"gpt-neo(?!x)", re.I), "gpt_neo"),
+    (re.compile(r"(^|[/-])m?bart", re.I), "bart"),
     (re.compile(r"llama|qwen|mistral|deepseek|gemma|phi-3", re.I), "llama"),
     (re.compile(r"bert|minilm|electra|deberta", re.I), "bert"),
     (re.compile(r"gpt2|gpt-2", re.I), "gpt2"),
@@ -118,7 +136,7 @@ def check(targets, model: dict, where: str) -> None:
     if isinstance(targets, str):
         if targets not in PRESETS:
             raise TargetError(
-                f"{where}: unknown preset {targets!r}; allowed: all-linear, {', '.join(PRESETS)}, or a list of module suffixes"
+                f"{where}: unknown preset {targets!r}; allowed: default, all-linear, {', '.join(PRESETS)}, or a list of module suffixes"
             )
         preset_family = targets.split("-")[0]
         if fam is not None and preset_family != fam:

@@ -1,7 +1,8 @@
-"""Shared plumbing for the custom methods: a peft tuner over linear layers.
+"""Shared plumbing for the custom methods: a peft tuner over linear layers (nn.Linear, and GPT-2's Conv1D).
 
 A custom method subclasses `LinearTunerLayer` and says four things:
-- `init_adapter(weight, config)`: its tensors, by attribute name (trainable ones are
+- `init_adapter(weight, config)`: its tensors, from the frozen weight as out × in (a Conv1D's
+  transposed weight is turned around first, and back when merging), by attribute name (trainable ones are
   listed in `adapter_layer_names`, frozen ones saved with the adapter in `other_param_names`);
 - `adapt_input(adapter, x)` and/or `adapt_output(adapter, x, y)`: its forward pass
   around the frozen layer `y = base(adapt_input(x))`;
@@ -24,6 +25,7 @@ from peft.tuners._buffer_dict import BufferDict
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, check_adapters_to_merge
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, PeftType, register_peft_method
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 
 @dataclass
@@ -76,8 +78,13 @@ class LinearTunerLayer(nn.Module, BaseTunerLayer):
         self._unmerged: dict[str, tuple] = {}
         self._active_adapter = adapter_name
         base = self.get_base_layer()
-        self.in_features, self.out_features = base.in_features, base.out_features
+        self.conv1d = isinstance(base, Conv1D)  # GPT-2's layers store W transposed, (in, out): y = x W + b
+        self.out_features, self.in_features = self.weight_of(base).shape
         self.update_layer(adapter_name, config)
+
+    def weight_of(self, base: nn.Module) -> torch.Tensor:
+        """The base layer's weight as out × in, the layout every method's math is written in."""
+        return base.weight.T if self.conv1d else base.weight
 
     # --- what a method defines
     def init_adapter(self, weight: torch.Tensor, config) -> dict[str, torch.Tensor]:
@@ -94,7 +101,7 @@ class LinearTunerLayer(nn.Module, BaseTunerLayer):
 
     # --- peft plumbing
     def update_layer(self, adapter_name: str, config) -> None:
-        weight = self.get_base_layer().weight
+        weight = self.weight_of(self.get_base_layer())
         dtype = weight.dtype if weight.dtype.is_floating_point else torch.float32
         with torch.no_grad():
             tensors = self.init_adapter(weight.detach().float(), config)
@@ -133,11 +140,11 @@ class LinearTunerLayer(nn.Module, BaseTunerLayer):
         base = self.get_base_layer()
         for a in check_adapters_to_merge(self, adapter_names):
             w, b = base.weight.data, None if base.bias is None else base.bias.data
-            new_w, new_b = self.merged_weight(a, w.float(), None if b is None else b.float())
+            new_w, new_b = self.merged_weight(a, self.weight_of(base).data.float(), None if b is None else b.float())
             if safe_merge and not (torch.isfinite(new_w).all() and (new_b is None or torch.isfinite(new_b).all())):
                 raise ValueError(f"merging adapter {a!r} gives non-finite weights")
             self._unmerged[a] = (w.clone(), None if b is None else b.clone())
-            base.weight.data = new_w.to(w.dtype)
+            base.weight.data = (new_w.T if self.conv1d else new_w).contiguous().to(w.dtype)
             if new_b is not None:
                 if base.bias is None:
                     base.bias = nn.Parameter(new_b.to(w.dtype), requires_grad=False)
@@ -158,7 +165,7 @@ class LinearTunerLayer(nn.Module, BaseTunerLayer):
 
 
 class LinearTuner(BaseTuner):
-    """The peft tuner of a custom method: puts its layer class around every targeted nn.Linear."""
+    """The peft tuner of a custom method: puts its layer class around every targeted nn.Linear (or GPT-2 Conv1D)."""
 
     prefix: str
     tuner_layer_cls: type[LinearTunerLayer]
@@ -169,8 +176,10 @@ class LinearTuner(BaseTuner):
             target.update_layer(adapter_name, config)
             return
         base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
-        if not isinstance(base, nn.Linear):
-            raise TypeError(f"{self.prefix.rstrip('_')} adapts torch.nn.Linear layers only; {current_key} is a {type(base).__name__}")
+        if not isinstance(base, (nn.Linear, Conv1D)):
+            raise TypeError(
+                f"{self.prefix.rstrip('_')} adapts torch.nn.Linear and GPT-2's Conv1D layers only; {current_key} is a {type(base).__name__}"
+            )
         new = self.tuner_layer_cls(target, adapter_name, config)
         if adapter_name not in self.active_adapters:
             new.requires_grad_(False)

@@ -45,6 +45,14 @@ def main_metric(task: TaskSpec) -> str:
     return task.metric or of(task).default_metric(task)
 
 
+LOWER_IS_BETTER = ("eval_loss", "perplexity", "mse")
+
+
+def greater_is_better(metric: str) -> bool:
+    """Whether a higher value of a task metric is better (eval_loss, perplexity and mse: lower)."""
+    return metric not in LOWER_IS_BETTER
+
+
 def all_metrics() -> list[str]:
     """Every metric name some task type reports, for the tables' columns."""
     from peftlab.spec import TaskSpec

@@ -194,10 +194,20 @@ class Supervised(TaskType, partial=True):
     """Types trained with peftlab's Trainer on labelled token batches (every type but rlvr)."""
 
     def trainer(self, spec, model, tokenizer, train_ds, args, callbacks, make_optimizer):
+        import datasets
+
         from peftlab import trainers
 
+        eval_ds = evaluate_fn = None
+        if spec.training.eval_steps:  # the type's own evaluation on the main held-out set, every eval_steps
+            eval_ds = datasets.load_from_disk(spec.data_dir)["eval"]
+
+            def evaluate_fn(m):
+                return self.evaluate(spec.task, m, tokenizer, eval_ds)
+
+        collator = self.collator(spec.task, tokenizer)
         return trainers.supervised(
-            model, tokenizer, train_ds, args, callbacks, make_optimizer, self.collator(spec.task, tokenizer), self.loss_kwargs
+            model, tokenizer, train_ds, args, callbacks, make_optimizer, collator, self.loss_kwargs, eval_ds, evaluate_fn
         )
 
 
