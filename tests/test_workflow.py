@@ -165,6 +165,22 @@ def test_seed_configs_use_the_seeds_settings(name):
         assert (bnb.load_in_4bit, bnb.bnb_4bit_quant_type, bnb.bnb_4bit_use_double_quant) == (True, "nf4", True)
 
 
+def test_one_command_validates_every_config(tmp_path):
+    """lora-ns' `validate_config.py --all`: `python -m peftlab.config --all`, one line per file, non-zero if one fails."""
+    proc = subprocess.run([sys.executable, "-m", "peftlab.config", "--all"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "config").rglob("*.yaml"))
+    assert [line.split(":")[0] for line in proc.stdout.splitlines()] == files
+    assert "config/experiments/core_1.5B.yaml: 24 runs" in proc.stdout.splitlines()
+
+    (tmp_path / "good.yaml").write_text((ROOT / "config/test.yaml").read_text())
+    (tmp_path / "bad.yaml").write_text((ROOT / "config/test.yaml").read_text().replace("learning_rate:", "lr:", 1))
+    proc = subprocess.run([sys.executable, "-m", "peftlab.config", "--all", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode != 0 and f"{tmp_path}/good.yaml: 9 runs" in proc.stdout
+    assert f"{tmp_path}/bad.yaml: invalid config:" in proc.stderr and "unknown key(s) 'lr'" in proc.stderr
+    assert proc.stderr.strip().endswith(f"1 of 2 configs are invalid: {tmp_path}/bad.yaml")
+
+
 def selected_names(config: Path, *args: str) -> list[str]:
     """The experiment names `python -m peftlab.config` keeps, or its error."""
     proc = subprocess.run([sys.executable, "-m", "peftlab.config", str(config), *args], capture_output=True, text=True)

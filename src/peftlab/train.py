@@ -19,6 +19,10 @@ started on the same run refuses; the kernel drops the lock of a dead process.
 Checkpoints live outside the run's declared outputs (Snakemake deletes those
 before it reruns a failed job). A non-finite loss or gradient norm stops training
 at the logging step that sees it.
+
+With `training.eval_steps` the task type's own evaluation runs during training
+(train.json's `evaluations`); with `load_best_model_at_end` the adapter saved and
+checked is the best evaluation's checkpoint, not the last step's.
 """
 
 from __future__ import annotations

@@ -92,9 +92,7 @@ def _check_names(cfg: dict, check_files: bool) -> None:
         if "path" in model and (problem := _model_path_problem(model["path"])):
             problems.append(f"models.{name}.path: {problem}")
         if "build" in model:
-            hub_only = {k: model[k] for k in ("revision", "tokenizer_name") if model[k] is not None}
-            hub_only.update({"trust_remote_code": True} if model["trust_remote_code"] else {})
-            for key in hub_only:
+            for key in [k for k in ("revision", "tokenizer_name", "trust_remote_code") if model[k] not in (None, False)]:
                 problems.append(
                     f"models.{name}.{key}: a model the pipeline builds has its own tokenizer and code; {key} is for a `path` model"
                 )
