@@ -29,3 +29,33 @@ def test_load_memory_benchmark_loads_both_dtypes_and_prints_the_ratios():
     rows = dict(re.findall(r"^(float32|bfloat16) +: held .*weights +([\d.]+) MiB \(torch\.\1\)$", proc.stdout, re.M))
     assert float(rows["bfloat16"]) == pytest.approx(float(rows["float32"]) / 2, rel=1e-3)  # the weights really are 16-bit
     assert re.search(r"^ratio bfloat16 / float32 held: [\d.]+x$", proc.stdout, re.M)
+
+
+def test_tracking_benchmark_prints_both_rates_the_overhead_and_the_layer_timings():
+    args = [
+        "--steps",
+        "4",
+        "--batch",
+        "2",
+        "--hidden",
+        "32",
+        "--layers",
+        "1",
+        "--rounds",
+        "1",
+        "--threads",
+        "1",
+        "--layer",
+        "128",
+        "--rank",
+        "4",
+    ]
+    proc = subprocess.run([sys.executable, str(ROOT / "bench/tracking.py"), *args], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rates = [float(x) for x in re.findall(r"^tracking .*?:\s+(\d+) real tokens/s", proc.stdout, re.M)]
+    assert len(rates) == 2 and all(r > 0 for r in rates)
+    ratio = float(re.search(r"^ratio on / off: ([\d.]+)x", proc.stdout, re.M)[1])
+    assert ratio == pytest.approx(rates[1] / rates[0], rel=0.01)
+    assert "spectral records at steps [0, 4], gradient records at steps [1, 4]" in proc.stdout  # it really tracked
+    dense, low = map(float, re.search(r"128x128 layer at rank 4: dense ([\d.]+) ms, low-rank ([\d.]+) ms", proc.stdout).groups())
+    assert dense > 0 and low > 0

@@ -8,7 +8,11 @@ untouched base) and merges with `peftlab.merge.merge`, then asserts:
 - that the saved adapter, loaded onto an untouched base, gives the trained logits
   (within numerics.RELOAD_ULPS float32 epsilons of the logits' scale);
 - that the merged model, saved and reloaded, gives the adapter model's logits
-  (within numerics.MERGE_ULPS epsilons), or that the method records why it cannot merge.
+  (within numerics.MERGE_ULPS epsilons), or that the method records why it cannot merge;
+- that the tracker (peftlab.tracking) wrote its files: at steps 0 and 10, ΔW of every
+  adapted layer, whose norm is the merged weight's change (peftlab reads ΔW a different way
+  per layer type), and the gradients of every trainable tensor; or, for a method with no
+  ΔW, the reason.
 These are the checks whose rounding differs between CPUs: .ci/run repeats them under
 ATEN_CPU_CAPABILITY=avx2 (marker `numerics`).
 
@@ -20,12 +24,15 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import pandas as pd
 import pytest
+import safetensors.torch
 from peft import PeftConfig
 
 from conftest import ROOT, load_test_config
-from peftlab import merge, methods, numerics
+from peftlab import artifacts, merge, methods, numerics
 from peftlab.config import ConfigError, plan
 from peftlab.models import load_model
 from peftlab.train import train
@@ -147,6 +154,41 @@ def test_method(name, model, in_tiny, tmp_path):
     else:
         assert not check["mergeable"] and check["reason"] == method.not_mergeable_reason
         assert (tmp_path / "merged" / "NOT_MERGED.txt").read_text().strip() == method.not_mergeable_reason
+    check_tracking(spec, method, tmp_path)
+
+
+GRADIENT_ROLES = {
+    "lora": {"lora_A", "lora_B"},
+    "dora": {"lora_A", "lora_B", "lora_magnitude_vector"},
+    "ia3": {"ia3_l"},
+    "flora": {"flora_A", "flora_M", "flora_B"},
+}
+
+
+def check_tracking(spec, method, run: Path) -> None:
+    """The tracker's files after 10 steps: ΔW equals the merge's change of every adapted layer's weight."""
+    info = artifacts.read_json(run / "tracking/tracking.json")
+    spectral, gradients = pd.read_parquet(run / "tracking/spectral.parquet"), pd.read_parquet(run / "tracking/gradients.parquet")
+    assert info["gradients"]["steps"] == [1, 10]
+    grads = gradients[gradients["quantity"] == "grad_norm"]
+    assert grads["value"].map(math.isfinite).all() and (grads["value"] > 0).any()
+    assert set(GRADIENT_ROLES.get(method.name, set())) <= set(grads["role"])
+    if not method.mergeable:
+        assert info["spectral"]["reason"] == f"{method.name}: {method.not_mergeable_reason}" and spectral.empty
+        return
+    assert info["spectral"]["reason"] is None and info["spectral"]["steps"] == [0, 10] and info["spectral"]["layers"] > 0
+    assert spectral["value"].map(math.isfinite).all()
+    assert {"heatmap_rel_norm.png", "spectra_final.png"} <= set(info["plots"])
+    if method.quantized:  # the merge dequantises; the float32 base is not the weight the adapter was trained on
+        return
+    merged = safetensors.torch.load_file(run / "merged" / "model.safetensors")
+    base = load_model(spec.model, spec.task).state_dict()
+    final = spectral[(spectral["step"] == 10) & (spectral["quantity"] == "fro_norm")]
+    kind = "update" if method.init_changes_base else "delta"  # the change from the pretrained weight
+    for row in final[final["kind"] == kind].itertuples():
+        w = base[f"{row.layer}.weight"]
+        change = (merged[f"{row.layer}.weight"] - w).norm().item()
+        assert abs(row.value - change) <= 1e-5 * w.norm().item() + 1e-3 * change, (row.layer, row.value, change)
 
 
 @pytest.mark.parametrize("bits,layer,quant_type", [(4, "Linear4bit", "nf4"), (8, "Linear8bitLt", None)])

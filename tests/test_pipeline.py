@@ -101,6 +101,38 @@ def test_tables_list_every_run(done):
         assert (tables / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_tracking_compares_what_each_method_changed(done):
+    """Every run's tracking folder, and the tables step's matrix-level comparison built from them."""
+    work, _ = done
+    for run_id in RUNS:
+        info = artifacts.read_json(work / "results/test/runs" / run_id / "tracking/tracking.json")
+        assert info["run_id"] == run_id and info["gradients"]["steps"] == [1, 20, 40] + ([60] if "arith" in run_id else [])
+        if "prompt_tuning" in run_id:
+            assert "virtual tokens" in info["spectral"]["reason"] and info["spectral"]["steps"] == []
+            assert info["plots"] == ["heatmap_grad_weight.png"]  # its prompt embedding's gradients are still tracked
+        else:
+            assert info["spectral"]["steps"] == [0, 20, 40] + ([60] if "arith" in run_id else []) and info["spectral"]["reason"] is None
+            for png in ("heatmap_rel_norm.png", "heatmap_align_top.png", "spectra_final.png"):
+                assert png in info["plots"]
+    tables = work / "results/test/tables"
+    runs = pd.read_csv(tables / "tracking.csv").set_index("run_id")
+    assert sorted(runs.index) == sorted(RUNS)
+    arith = runs[runs["task"] == "arith"]
+    # PiSSA trains the principal part of W, so its ΔW stays in W's top subspace; LoRA's starts at zero and goes elsewhere
+    pissa, lora = arith[arith["method"] == "pissa"], arith[arith["method"] == "lora"]
+    assert (pissa["align_top"] > 0.9).all() and pissa["align_top"].min() > lora["align_top"].max()
+    # and what training changed in PiSSA (ΔW − ΔW₀) is still mostly principal; LoRA's change is ΔW itself
+    assert pissa["change_align_top"].min() > lora["change_align_top"].max()
+    assert (lora["change_align_top"] == lora["align_top"]).all() and (pissa["change_rel_norm"] < pissa["rel_norm"]).all()
+    assert (arith.loc[arith["method"] != "prompt_tuning", "effective_rank"] > 0).all()
+    assert "virtual tokens" in runs.loc["arith/tiny-llama/prompt_tuning/s1", "reason"]
+    grouped = pd.read_csv(tables / "tracking_grouped.csv")
+    assert grouped.loc[(grouped["task"] == "arith") & (grouped["method"] == "lora"), "n"].item() == 2
+    assert "Runs without a ΔW record, and why" in (tables / "tracking.md").read_text()
+    for png in ("tracking_alignment.png", "tracking_effective_rank.png", "tracking_depth.png"):
+        assert (tables / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_nothing_left_to_do_and_no_checkpoints_left(done):
     work, _ = done
     proc = snakemake(work, "-n")

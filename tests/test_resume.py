@@ -1,4 +1,4 @@
-"""A run killed mid-training resumes from its last checkpoint and ends with the same adapter."""
+"""A run killed mid-training resumes from its last checkpoint and ends with the same adapter and the same tracking history."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import safetensors.torch
 import torch
@@ -57,6 +58,7 @@ def kill_after(cmd: list[str], marker: Path, env: dict) -> None:
 def test_kill_and_resume_gives_the_same_adapter(in_tiny, tmp_path, method):
     spec = in_tiny(method, max_steps=120, save_steps=20, batch_size=8).to_dict()
     spec["peft"]["lora_dropout"] = 0.1  # dropout draws random numbers: the RNG state must resume too
+    spec["tracker"].update(spectral_log_frequency=20, gradient_log_frequency=30)  # records before and after the kill
     spec_path = tmp_path / "spec.json"
     artifacts.write_json(spec_path, spec)
     env = {**os.environ, "WANDB_MODE": "disabled"}
@@ -78,6 +80,19 @@ def test_kill_and_resume_gives_the_same_adapter(in_tiny, tmp_path, method):
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+
+    assert artifacts.read_json(killed / "tracking/tracking.json")["resumed_at"] >= 40
+    for name, steps in (("spectral", list(range(0, 121, 20))), ("gradients", [1, 30, 60, 90, 120])):
+        s, k = (pd.read_parquet(run / f"tracking/{name}.parquet") for run in (straight, killed))
+        assert sorted(s["step"].unique()) == sorted(k["step"].unique()) == steps
+        keys = [c for c in s.columns if c != "value"]
+        joined = s.merge(k, on=keys, how="outer", suffixes=("_straight", "_killed"), validate="one_to_one")
+        assert joined[["value_straight", "value_killed"]].notna().all().all(), "a record is missing from one history"
+        # the same weights (to 1e-6) give the same records, to the scale of each quantity (condition numbers amplify)
+        scale = joined["value_straight"].abs().clip(lower=1.0) * joined["quantity"].map(lambda q: 1e-2 if q == "condition_number" else 1e-4)
+        assert ((joined["value_straight"] - joined["value_killed"]).abs() <= scale).all(), joined.loc[
+            (joined["value_straight"] - joined["value_killed"]).abs() > scale
+        ]
     straight_losses = artifacts.read_json(straight / "train.json")["losses"]
     assert [x["loss"] for x in record["losses"]] == pytest.approx([x["loss"] for x in straight_losses], abs=1e-5)
     # the record covers every step, not only those after the resume

@@ -39,7 +39,7 @@ def _cells(cfg: dict):
     The resources levels are the (key path, value) pairs that override the model's
     resources, outermost first: a preset in one replaces what the levels before it set.
     """
-    defaults = {"peft": cfg["peft"], "training": cfg["training"]}
+    defaults = {"peft": cfg["peft"], "training": cfg["training"], "tracker": cfg["tracker"]}
     for i, block in enumerate(cfg.get("sweep", [])):
         axes = {a: _as_list(block[a]) for a in AXES if a in block}
         for axis in axes:
@@ -48,7 +48,7 @@ def _cells(cfg: dict):
                 raise ConfigError(
                     f"sweep[{i}]: both the axis {axis!r} and {section}.{rest[0]} are set; the axis would silently win, so keep one of them"
                 )
-        fixed = _deep_merge(defaults, {k: block[k] for k in ("peft", "training") if k in block})
+        fixed = _deep_merge(defaults, {k: block[k] for k in ("peft", "training", "tracker") if k in block})
         levels = [(f"sweep[{i}].resources", block.get("resources"))]
         for values in itertools.product(*axes.values()):
             cell = copy.deepcopy(fixed)
@@ -144,6 +144,7 @@ def expand(cfg: dict, root: str = paths.RESULTS) -> tuple[dict[str, dict], dict[
             "world_size": res.world_size,
             "wandb": {**cfg["wandb"], "dir": root},  # wandb writes to <dir>/wandb
             "data_dir": paths.data(root, task, model),
+            "tracker": cell["tracker"],
         }
         spec = RunSpec.from_dict(spec).to_dict()  # canonical form: exactly what the stages read and record
         if run_id in runs and (runs[run_id], resources[run_id]) != (spec, res):

@@ -8,7 +8,7 @@ rules and the package spell each path once, here:
     <root>/raw/<task>/{train,eval}.jsonl   generated data
     <root>/models/<model>/                 a built model
     <root>/data/<task>/<model>/            tokenised data, shared by every run on them
-    <root>/runs/<run_id>/                  adapter/, train.json, eval.json, merged/, merge_check.json
+    <root>/runs/<run_id>/                  adapter/, tracking/, train.json, eval.json, merged/, merge_check.json
     <root>/checkpoints/<run_id>/           outside every declared output (Snakemake deletes those on a rerun)
     <root>/logs/<stage>/<key>.log          and benchmarks/<stage>/<key>.tsv
     <root>/tables/                         summary tables and plots
@@ -49,6 +49,10 @@ def run(root: str, run_id: str) -> str:
 
 def adapter(root: str, run_id: str) -> str:
     return f"{run(root, run_id)}/adapter"
+
+
+def tracking(root: str, run_id: str) -> str:
+    return f"{run(root, run_id)}/tracking"
 
 
 def train_record(root: str, run_id: str) -> str:

@@ -8,7 +8,7 @@ and uses TrainingArguments' and GRPOConfig's names for training:
     model: {model_name_or_path: deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B, dtype: bfloat16, attn_implementation: sdpa}
     dataset: {dataset_name_or_path: Jiayi-Pan/Countdown-Tasks-3to4}
     training: {max_steps: 1000, per_device_train_batch_size: 4, gradient_accumulation_steps: 8, num_generations: 8, ...}
-    tracker: {...}
+    tracker: {enable_spectral_tracking: true, ...}       # peftlab's own tracker section, the same keys
     wandb: {use_wandb: true, project: peft-rlvr-mechanistic, ...}
   experiments:
     - {name: lora_r16_s42, peft: {type: lora, r: 16, lora_alpha: 32}, training: {learning_rate: 1e-05}, common: {seed: 42}}
@@ -75,8 +75,6 @@ OFF_ONLY = {  # accepted when off (what peftlab does anyway), refused when on
     "use_vllm": "peftlab's GRPO samples with transformers' generate; vLLM generation is not supported",
     "use_liger_kernel": "Liger kernels are not installed with peftlab",
 }
-TRACKING = "spectral and gradient tracking are not built yet (issue 14, mechanistic tracking); set it to false to run without tracking"
-TRACKER_KEYS = ("enable_spectral_tracking", "enable_gradient_tracking", "spectral_log_frequency", "gradient_log_frequency")
 
 
 def is_perl(raw: dict) -> bool:
@@ -101,7 +99,6 @@ def translate(raw: dict) -> dict:
     for where, part in [("base", base), *((f"experiments[{i}]", e) for i, e in enumerate(out.get("experiments") or []))]:
         if not isinstance(part, dict):
             continue
-        _tracker(where, part.pop("tracker", None))
         if isinstance(part.get("model"), dict):
             part["model"] = _model(where, part["model"], out["models"])
         if "dataset" in part:
@@ -171,18 +168,6 @@ def _training(where: str, training: dict) -> dict:
     return out
 
 
-def _tracker(where: str, tracker) -> None:
-    if tracker is None:
-        return
-    if not isinstance(tracker, dict):
-        raise ConfigError(f"{where}.tracker: a mapping of {', '.join(TRACKER_KEYS)}")
-    for key, value in tracker.items():
-        if key not in TRACKER_KEYS:
-            raise ConfigError(f"{where}.tracker.{key}: not a PeRL tracker key; allowed: {', '.join(TRACKER_KEYS)}")
-        if key.startswith("enable_") and value:
-            raise ConfigError(f"{where}.tracker.{key}: {TRACKING}")
-
-
 def _wandb(out: dict, wandb, report_to) -> None:
     """PeRL's wandb section and training.report_to -> peftlab's top-level wandb."""
     if report_to is not None:
@@ -203,10 +188,8 @@ def _wandb(out: dict, wandb, report_to) -> None:
         elif key == "offline":
             if value and settings.get("mode") != "disabled":
                 settings["mode"] = "offline"
-        elif key in ("project", "entity"):
+        elif key in ("project", "entity", "log_spectral_images", "log_gradient_images"):
             settings[key] = value
-        elif key in ("log_spectral_images", "log_gradient_images"):
-            pass  # images of the tracking, which is refused above unless off: there is nothing to draw
         else:
             raise ConfigError(
                 f"base.wandb.{key}: no peftlab equivalent; allowed: use_wandb, offline, project, entity, log_spectral_images, log_gradient_images"

@@ -124,6 +124,20 @@ class WandbSpec(_Strict):
     project: str
     entity: str | None
     dir: str
+    log_spectral_images: bool = _default("wandb", "log_spectral_images")  # the tracker's ΔW heatmaps and spectra
+    log_gradient_images: bool = _default("wandb", "log_gradient_images")  # the tracker's gradient heatmaps
+
+
+@dataclass(frozen=True)
+class TrackerSpec(_Strict):
+    """PeRL's tracker section (peftlab.tracking): what is recorded about each adapted layer while a run trains."""
+
+    enable_spectral_tracking: bool = _default("tracker", "enable_spectral_tracking")
+    enable_gradient_tracking: bool = _default("tracker", "enable_gradient_tracking")
+    spectral_log_frequency: int = _default("tracker", "spectral_log_frequency")
+    gradient_log_frequency: int = _default("tracker", "gradient_log_frequency")
+    subspace_k: int | None = _default("tracker", "subspace_k")  # None: the adapter's rank
+    singular_values: int = _default("tracker", "singular_values")  # how many of ΔW's largest are recorded
 
 
 @dataclass(frozen=True)
@@ -136,10 +150,18 @@ class RunSpec(_Strict):
     wandb: WandbSpec
     world_size: int  # training processes (nodes x processes per node); sets the global batch
     data_dir: str  # tokenised data (datasets on disk)
+    tracker: TrackerSpec = field(default_factory=TrackerSpec)
 
     @classmethod
     def from_dict(cls, d: dict) -> RunSpec:
-        parts = {"task": TaskSpec, "model": ModelSpec, "peft": PeftSpec, "training": TrainingSpec, "wandb": WandbSpec}
+        parts = {
+            "task": TaskSpec,
+            "model": ModelSpec,
+            "peft": PeftSpec,
+            "training": TrainingSpec,
+            "wandb": WandbSpec,
+            "tracker": TrackerSpec,
+        }
         return super().from_dict({k: parts[k].from_dict(v) if k in parts else v for k, v in d.items()})
 
     def to_dict(self) -> dict:
@@ -159,11 +181,12 @@ NOT_READ: dict[str, tuple[str, ...]] = {
     "model_build": tuple(k.replace("task.", "corpus_task.") for k in EVAL_ONLY)
     + ("corpus_task.max_length", "dtype", "attn_implementation", "revision", "tokenizer_name", "trust_remote_code"),
     "data_tokenize": EVAL_ONLY + ("model.dtype", "model.attn_implementation"),  # reads the tokenizer, not the weights
-    # logging and checkpoint intervals, the reload check and wandb change no weight
+    # logging and checkpoint intervals, the reload check and wandb change no weight (the tracker
+    # changes none either, but what it records is the train step's output, so it retrains)
     "train_run": EVAL_ONLY + ("training.logging_steps", "training.save_steps", "training.check_reload", "wandb"),
     # a retrained adapter reruns both through the adapter itself
-    "evaluate_run": ("training", "world_size", "wandb"),
-    "merge_run": EVAL_ONLY + ("training", "world_size", "wandb"),
+    "evaluate_run": ("training", "world_size", "wandb", "tracker"),
+    "merge_run": EVAL_ONLY + ("training", "world_size", "wandb", "tracker"),
 }
 
 
@@ -181,6 +204,12 @@ HASHED_WHEN_SET = (
     "training.greater_is_better",
     "training.load_best_model_at_end",
     "training.extra",
+    "tracker.enable_spectral_tracking",
+    "tracker.enable_gradient_tracking",
+    "tracker.spectral_log_frequency",
+    "tracker.gradient_log_frequency",
+    "tracker.subspace_k",
+    "tracker.singular_values",
 )
 
 
@@ -203,4 +232,6 @@ def fingerprint(spec: dict, stage: str) -> str:
     for path in HASHED_WHEN_SET:
         section, key = path.split(".", 1)
         _pop(kept, path, schema_default("models" if section == "model" else section, key))
+    if kept.get("tracker") == {}:  # a section added later, all at its defaults, hashes as its absence did
+        del kept["tracker"]
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]

@@ -5,7 +5,8 @@
 Writes summary.{csv,md,tex}: one row per run, then (in summary_grouped.csv and a
 second section of the .md and .tex) one row per task, model and setting with
 mean ± std over seeds. Plots: metrics.png (each task's main metric by method)
-and loss.png (training loss curves). Every run of the matrix is listed with its
+and loss.png (training loss curves); from the runs' tracking folders, tracking.{csv,md} and
+its plots (peftlab.tracking.report.matrix). Every run of the matrix is listed with its
 status: done, failed (with the stage and the first line of its error, from the
 stage's log under <root>/logs/) or missing (not run yet), so the tables can be
 rebuilt mid-matrix or after a failure without hiding a run.
@@ -26,6 +27,7 @@ import pandas as pd  # noqa: E402
 
 from peftlab import artifacts, paths, tasks  # noqa: E402
 from peftlab.spec import TaskSpec  # noqa: E402
+from peftlab.tracking import report  # noqa: E402
 
 log = logging.getLogger(__name__)
 METRICS = tasks.all_metrics()
@@ -209,6 +211,7 @@ def build(run_dirs: list[Path], out: Path) -> pd.DataFrame:
     (out / "summary.tex").write_text(tex.replace("±", "$\\pm$"))
     _plot_metrics(table, out / "metrics.png")
     _plot_losses(runs, out / "loss.png")
+    report.matrix([Path(d) for d in run_dirs if run_row(Path(d)) is not None], out)
     return table
 
 

@@ -20,6 +20,9 @@ Checkpoints live outside the run's declared outputs (Snakemake deletes those
 before it reruns a failed job). A non-finite loss or gradient norm stops training
 at the logging step that sees it.
 
+The tracker (peftlab.tracking, the spec's `tracker` section) records ΔW's spectrum and the
+gradients of every adapted layer while the run trains, into tracking/ beside train.json.
+
 With `training.eval_steps` the task type's own evaluation runs during training
 (train.json's `evaluations`); with `load_best_model_at_end` the adapter saved and
 checked is the best evaluation's checkpoint, not the last step's.
@@ -46,7 +49,10 @@ from peftlab.checkpoints import claimed, last_checkpoint
 from peftlab.compute import device_of, logits
 from peftlab.methods import targets
 from peftlab.models import RUN_FILE, load_model, load_tokenizer, load_trained, probe_batch, trained_label_names
+from peftlab.schema import schema_default
 from peftlab.spec import RunSpec, WandbSpec, fingerprint
+from peftlab.tracking import report
+from peftlab.tracking.tracker import Tracker, subspace_k
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +143,9 @@ def total_steps(t, examples: int, world_size: int = 1) -> int:
     return math.ceil(t.epochs * max(math.ceil(batches / t.grad_accum), 1))
 
 
-def train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path) -> dict:
-    """Train the run described by `spec`; write the adapter folder, then the record JSON.
+def train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path, tracking: Path | None = None) -> dict:
+    """Train the run described by `spec`; write the adapter folder, the tracking folder
+    (by default beside the record), then the record JSON.
 
     Under torchrun every process trains (the Trainer picks nccl on GPUs, gloo on CPU);
     the first one holds the checkpoint folder, saves, checks and records, and returns
@@ -151,11 +158,12 @@ def train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path) ->
             "start it with the command peftlab.launch.launcher gives (the workflow does)"
         )
     fp = fingerprint(spec.to_dict(), "train_run")
+    tracking = tracking or record_path.parent / report.TRACKING
     with claimed(checkpoints, fp) if rank == 0 else contextlib.nullcontext():
-        return _train(spec, adapter, record_path, checkpoints, fp)
+        return _train(spec, adapter, record_path, checkpoints, tracking, fp)
 
 
-def _train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path, fp: str) -> dict:
+def _train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path, tracking: Path, fp: str) -> dict:
     prov = artifacts.Provenance(spec.to_dict())
     task, t = spec.task, spec.training
     method = methods.get(spec.peft.type)
@@ -175,6 +183,7 @@ def _train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path, f
     )
     model = methods.attach(base, spec.peft, ctx)
     trainable = sum(x.numel() for x in model.parameters() if x.requires_grad)
+    tracker = Tracker(spec.tracker, model, method, subspace_k(spec, schema_default("peft", "r")), ctx.total_steps, rank)
     checkpoints.mkdir(parents=True, exist_ok=True)
     initial = checkpoints / "initial_adapter"
     if rank == 0 and method.init_changes_base and not (initial / "adapter_config.json").exists():
@@ -183,13 +192,15 @@ def _train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path, f
 
     # --- train
     common = trainers.arguments(spec, str(checkpoints), report_to=configure_wandb(spec.wandb))
-    trainer_callbacks = [Guard(), *(callbacks(model) if (callbacks := methods.hook(method, "callbacks")) else [])]
+    trainer_callbacks = [Guard(), *(callbacks(model) if (callbacks := methods.hook(method, "callbacks")) else []), tracker]
     make_optimizer = functools.partial(optimizer, p=spec.peft) if (optimizer := methods.hook(method, "optimizer")) else None
     trainer = tasks.of(task).trainer(spec, model, tokenizer, train_ds, common, trainer_callbacks, make_optimizer)
+    tracker.attach(trainer)
     args = trainer.args
     if torch.distributed.is_initialized():  # the first process has claimed the folder (and dropped stale checkpoints)
         torch.distributed.barrier()
     resume = last_checkpoint(checkpoints)
+    tracker.restore(resume)
     tokens_before, runtime = 0, 0.0
     if resume and (done := TrainerState.load_from_json(str(Path(resume) / "trainer_state.json"))).global_step >= done.max_steps:
         # a run that finished training and failed after it (say, in the reload check): resuming
@@ -207,6 +218,8 @@ def _train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path, f
     ran_on = hosts()
     if rank != 0:  # the other processes are done; the first saves, checks and records
         return {}
+    kept = trainers.evaluations(state, t).get("best")  # load_best_model_at_end: the weights are that checkpoint's
+    tracker.finish(kept["checkpoint_step"] if kept else state.global_step)
 
     # --- save, then check the saved adapter against the model in memory
     probe = probe_batch(data["eval"], tokenizer, task)
@@ -227,6 +240,9 @@ def _train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path, f
         if not numerics.within(reload_diff, reload_tol):
             shutil.rmtree(adapter)
             raise RuntimeError(f"{spec.run_id}: adapter reloaded onto the untouched base differs by {reload_diff:.3g} > {reload_tol:.3g}")
+
+    with artifacts.atomic_dir(tracking) as tmp:
+        tracked = report.write_run(tracker, tmp, spec.run_id, fp, (spec.wandb.log_spectral_images, spec.wandb.log_gradient_images))
 
     losses = [{"step": e["step"], "loss": e["loss"]} for e in state.log_history if "loss" in e]
     rl_rewards = [{"step": e["step"], "reward": e["reward"]} for e in state.log_history if "reward" in e]  # GRPO's mean reward
@@ -249,6 +265,11 @@ def _train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path, f
         **({"rewards": rl_rewards} if tasks.of(task).rewarded else {}),
         **trainers.evaluations(state, t),
         "resumed_from": resume,
+        "tracking": {
+            "spectral_steps": tracked["spectral"]["steps"],
+            "gradient_steps": tracked["gradients"]["steps"],
+            "seconds": tracked["seconds"],
+        },
         "reload_max_abs_diff": reload_diff,
         "reload_tolerance": reload_tol,
         "world_size": args.world_size,
@@ -266,8 +287,9 @@ def main(argv=None):
     p.add_argument("--adapter", required=True, type=Path, help="adapter folder to write (peft format)")
     p.add_argument("--record", required=True, type=Path, help="train.json to write")
     p.add_argument("--checkpoints", required=True, type=Path, help="checkpoint folder, outside every declared output")
+    p.add_argument("--tracking", type=Path, help="tracking folder to write (default: tracking/ beside the record)")
     args = p.parse_args(argv)
-    record = train(RunSpec.from_dict(cli.start(args)), args.adapter, args.record, args.checkpoints)
+    record = train(RunSpec.from_dict(cli.start(args)), args.adapter, args.record, args.checkpoints, args.tracking)
     if record:
         log.info("%s: loss %s -> %s, %s tokens/s", record["run_id"], record["first_loss"], record["final_loss"], record["tokens_per_s"])
 

@@ -2,6 +2,20 @@ TABLES = multiext(
     f"{paths.tables(ROOT)}/summary", ".csv", "_grouped.csv", ".md", ".tex"
 )
 RUN_DIRS = [paths.run(ROOT, run_id) for run_id in RUNS]
+# peftlab.tracking.report.matrix: the methods compared by what their adapters changed
+TRACKING_TABLES = (
+    multiext(
+        f"{paths.tables(ROOT)}/tracking",
+        ".csv",
+        "_grouped.csv",
+        ".md",
+        "_alignment.png",
+        "_effective_rank.png",
+        "_depth.png",
+    )
+    if any(r["tracker"]["enable_spectral_tracking"] for r in RUNS.values())
+    else []
+)
 
 
 rule tables_build:
@@ -11,6 +25,7 @@ rule tables_build:
         TABLES,
         f"{paths.tables(ROOT)}/metrics.png",
         f"{paths.tables(ROOT)}/loss.png",
+        TRACKING_TABLES,
     log:
         paths.log(ROOT, "tables_build", "tables"),
     localrule: True

@@ -5,6 +5,8 @@ rule train_run:
         model=lambda wc: built_model(RUNS[wc.run_id]["model"]["name"]),
     output:
         adapter=directory(paths.adapter(ROOT, "{run_id}")),
+        # peftlab.tracking: what the adapter changed, layer by layer (the reason, when nothing to track)
+        tracking=directory(paths.tracking(ROOT, "{run_id}")),
         record=paths.train_record(ROOT, "{run_id}"),
     log:
         paths.log(ROOT, "train_run", "{run_id}"),
@@ -21,5 +23,5 @@ rule train_run:
         # outside every declared output: Snakemake deletes those before a rerun
         checkpoints=paths.checkpoints(ROOT, "{run_id}"),
     shell:
-        "{params.launcher} --spec {input.spec} --adapter {output.adapter} --record {output.record}"
+        "{params.launcher} --spec {input.spec} --adapter {output.adapter} --tracking {output.tracking} --record {output.record}"
         " --checkpoints {params.checkpoints} --threads {threads} > {log} 2>&1"

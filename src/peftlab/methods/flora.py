@@ -41,6 +41,9 @@ class FloraLayer(tuner.LinearTunerLayer):
         low = x @ self.param("flora_B", a, x).T @ self.param("flora_M", a, x).T @ self.param("flora_A", a, x).T
         return y + self.param("flora_scaling", a, x) * low
 
+    def delta_factors(self, a):  # ΔW = (s A M) B: its rank-r factors, for peftlab.tracking
+        return self.flora_scaling[a].float() * self.flora_A[a].float() @ self.flora_M[a].float(), self.flora_B[a].float()
+
     def merged_weight(self, a, weight, bias):
         delta = self.flora_A[a].float() @ self.flora_M[a].float() @ self.flora_B[a].float()
         return weight + self.flora_scaling[a].float() * delta, bias

@@ -37,6 +37,9 @@ class SvaLayer(tuner.LinearTunerLayer):
         coords = x @ self.param("sva_Vh", a, x).T  # (..., r): the input in the top right-singular basis
         return y + (coords * self.param("sva_delta", a, x)) @ self.param("sva_U", a, x).T
 
+    def delta_factors(self, a):  # ΔW = (U diag(δ)) Vᵀ: its rank-r factors, for peftlab.tracking
+        return self.sva_U[a].float() * self.sva_delta[a].float(), self.sva_Vh[a].float()
+
     def merged_weight(self, a, weight, bias):
         u, delta, vh = (getattr(self, n)[a].float() for n in ("sva_U", "sva_delta", "sva_Vh"))
         return weight + (u * delta) @ vh, bias

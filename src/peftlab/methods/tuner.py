@@ -6,7 +6,9 @@ A custom method subclasses `LinearTunerLayer` and says four things:
   listed in `adapter_layer_names`, frozen ones saved with the adapter in `other_param_names`);
 - `adapt_input(adapter, x)` and/or `adapt_output(adapter, x, y)`: its forward pass
   around the frozen layer `y = base(adapt_input(x))`;
-- `merged_weight(adapter, W, b)`: the plain layer it is equivalent to (omit it if the method cannot merge).
+- `merged_weight(adapter, W, b)`: the plain layer it is equivalent to (omit it if the method cannot merge);
+- optionally `delta_factors(adapter)`: (B, A) with ΔW = B A, when its update is low-rank, so
+  peftlab.tracking takes the cheap SVD path (it reads merged_weight − W otherwise).
 
 Its config class subclasses `LinearTunerConfig` and names the method (`peft_name`).
 `register(config_cls, layer_cls)` adds the method to peft (a new PeftType member,
