@@ -18,7 +18,7 @@ def test_throughput_benchmark_prints_both_rates_and_their_ratio():
     rates = [float(x) for x in re.findall(r"^\w.*?:\s+(\d+) real tokens/s", proc.stdout, re.M)]
     ratio = float(re.search(r"ratio peftlab / baseline: ([\d.]+)x", proc.stdout)[1])
     assert len(rates) == 2 and all(r > 0 for r in rates)
-    assert ratio == pytest.approx(rates[1] / rates[0], rel=0.01)
+    assert ratio == pytest.approx(rates[1] / rates[0], rel=0.01, abs=0.006)  # printed to two decimals
 
 
 def test_load_memory_benchmark_loads_both_dtypes_and_prints_the_ratios():

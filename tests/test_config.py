@@ -65,6 +65,10 @@ def test_train_size_axis_appears_in_the_id():
     table = runs(cfg(sweep=[{"task": "t", "model": "m", "train_size": [100, 200]}]))
     assert sorted(table) == ["t/m/lora/r8-s0-n100", "t/m/lora/r8-s0-n200"]
     assert table["t/m/lora/r8-s0-n100"]["training"]["train_size"] == 100
+    every = runs(cfg(sweep=[{"task": "t", "model": "m", "train_size": [100, None]}]))  # null: all the data
+    assert (
+        sorted(every) == ["t/m/lora/r8-s0-n100", "t/m/lora/r8-s0-nall"] and every["t/m/lora/r8-s0-nall"]["training"]["train_size"] is None
+    )
 
 
 def test_experiments_form_overrides_base_perl_style():
@@ -119,7 +123,7 @@ def test_duplicate_run_id_with_different_settings_is_an_error():
 
 
 def test_test_config_is_valid():
-    assert len(plan(load_test_config())[1]) == 9
+    assert len(plan(load_test_config())[1]) == 17
 
 
 BAD = [

@@ -5,7 +5,11 @@ One module-scoped run (about two minutes on 2 cores); each test reads its output
 
 from __future__ import annotations
 
+import json
+import re
+import zipfile
 from dataclasses import replace
+from pathlib import Path
 
 import datasets
 import pandas as pd
@@ -13,7 +17,7 @@ import pytest
 import torch
 import yaml
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, DataCollatorForSeq2Seq
 
 from conftest import load_test_config, planned_jobs, snakemake
 from peftlab import artifacts, numerics, tables
@@ -39,9 +43,9 @@ def done(tmp_path_factory):
 
 def test_plan_tokenises_once_per_task_and_model(done):
     _, jobs = done
-    assert jobs["train_run"] == len(RUNS) == 9
+    assert jobs["train_run"] == len(RUNS) == 17
     assert jobs["data_tokenize"] == 2 < jobs["train_run"]
-    assert jobs["evaluate_run"] == jobs["merge_run"] == 9 and jobs["model_build"] == 1
+    assert jobs["evaluate_run"] == jobs["merge_run"] == 17 and jobs["model_build"] == 1
 
 
 @pytest.mark.parametrize("run_id", sorted(RUNS))
@@ -94,30 +98,121 @@ def test_tables_list_every_run(done):
     md = (tables / "summary.md").read_text()
     assert all(run_id in md for run_id in RUNS)
     grouped = pd.read_csv(tables / "summary_grouped.csv")
-    lora = grouped[(grouped["task"] == "arith") & (grouped["method"] == "lora")].iloc[0]
+    lora = grouped[(grouped["task"] == "arith") & (grouped["method"] == "lora") & (grouped["r"] == 8)].iloc[0]
     assert lora["seeds"] == 2 and lora["exact_match_std"] >= 0 and 0 < lora["trainable_pct"] < 100
+    assert lora["exact_match_n"] == 2 and lora["exact_match_ci_low"] <= lora["exact_match_mean"] <= lora["exact_match_ci_high"]
+    # the rank x train size x seed sweep: every cell has its two seeds
+    sweep = grouped[(grouped["method"] == "lora") & grouped["r"].isin([4, 16])]
+    assert sorted(zip(sweep["r"], sweep["train_size"], sweep["seeds"])) == [(4, 240, 2), (4, 480, 2), (16, 240, 2), (16, 480, 2)]
+    dora = grouped[grouped["method"] == "dora"].iloc[0]
+    assert dora["exact_match_n"] == 1 and pd.isna(dora["exact_match_std"]) and pd.isna(dora["exact_match_ci_low"])  # never ± 0
     assert "\\begin{tabular}" in (tables / "summary.tex").read_text()
     for png in ("metrics.png", "loss.png"):
         assert (tables / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_predictions_are_saved_and_give_the_recorded_metrics(done):
+    """predictions.jsonl holds one row per held-out example, from which the recorded metric recomputes."""
+    work, _ = done
+    for run_id in RUNS:
+        run = work / "results/test/runs" / run_id
+        record = artifacts.read_json(run / "eval.json")
+        rows = artifacts.read_jsonl(run / "predictions.jsonl")
+        assert len(rows) == record["examples"] and [r["id"] for r in rows] == list(range(len(rows)))
+        metrics = record["metrics"]
+        if run_id.startswith("arith/"):
+            assert sum(r["correct"] for r in rows) / len(rows) == metrics["exact_match"]
+            loss = sum(r["loss_sum"] for r in rows) / sum(r["tokens"] for r in rows)
+            assert loss == pytest.approx(metrics["eval_loss"], rel=1e-6)
+            assert all(isinstance(r["prediction"], str) and r["reference"] for r in rows)
+        else:
+            assert sum(r["correct"] for r in rows) / len(rows) == metrics["accuracy"]
+            assert all(r["correct"] == (r["prediction"] == r["reference"]) for r in rows)
+
+
+def test_tables_per_task_with_tests_against_lora_and_plots_along_every_varied_axis(done, tmp_path):
+    work, _ = done
+    tables_dir = work / "results/test/tables"
+    comps = pd.read_csv(tables_dir / "comparisons.csv")
+    pissa = comps[(comps["task"] == "arith") & (comps["method"] == "pissa")].iloc[0]
+    assert pissa["reference"] == "lora r8 lr0.003" and pissa["shared_seeds"] == 2
+    assert pissa["example_test"].startswith("McNemar") and pissa["examples"] == 64 and 0 < pissa["p_examples"] <= 1
+    assert 0 < pissa["p_seeds"] <= 1 and pissa["p_seeds_holm"] >= pissa["p_seeds"]
+    arith = pd.read_csv(tables_dir / "tasks/arith.csv")
+    assert arith["best"].any() and (arith.loc[arith["best"], "exact_match"] == arith["exact_match"].max()).all()
+    plots = tables_dir / "plots"
+    arith_plots = sorted(p.name for p in (plots / "arith/tiny-llama").glob("*.png"))
+    assert arith_plots == ["loss.png", "metric.png", "params.png", "rank.png", "train_size.png"]  # lr does not vary within a method
+    assert sorted(p.name for p in (plots / "sentiment/minilm").glob("*.png")) == ["loss.png", "metric.png", "params.png"]
+    from test_stats import compile_latex
+
+    proc = compile_latex(tables_dir / "summary.tex", tmp_path)
+    assert proc.returncode == 0 and "Overfull \\hbox" not in proc.stdout, proc.stdout[-3000:]
+
+
+def test_the_snakemake_report_holds_every_table_and_plot(done, tmp_path):
+    """`snakemake --report report.zip`: every table and plot of the tables step and every run's tracking plot,
+    with captions and the labels that make the report a grid (task, model, method, rank, seed)."""
+    work, _ = done
+    proc = snakemake(work, "--report", str(tmp_path / "report.zip"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with zipfile.ZipFile(tmp_path / "report.zip") as z:
+        html = z.read("report/report.html").decode()
+        stored = z.namelist()
+    results = json.loads(re.search(r"^\s*var results = (\{.*\});?\s*$", html, re.M).group(1).rstrip(";"))
+    tables_dir = work / "results/test/tables"
+    wanted = {str(p.relative_to(work)) for p in tables_dir.rglob("*") if p.is_file() and p.suffix in (".png", ".csv", ".md", ".tex")}
+    for run_id in RUNS:
+        wanted |= {str(p.relative_to(work)) for p in (work / "results/test/runs" / run_id / "tracking").glob("*.png")}
+    assert wanted - set(results) == set(), sorted(wanted - set(results))
+    assert len(wanted) > 40 and all(any(n.endswith(results[w]["filename"]) for n in stored) for w in wanted)
+    rank = results["results/test/tables/plots/arith/tiny-llama/rank.png"]
+    assert rank["labels"] == {"task": "arith", "model": "tiny-llama", "plot": "rank"} and "rank plot of task" in rank["caption"]
+    run = results["results/test/runs/arith/tiny-llama/lora/r16-s2-n480/tracking/heatmap_rel_norm.png"]
+    assert run["labels"] == {
+        "task": "arith",
+        "model": "tiny-llama",
+        "method": "lora",
+        "rank": "16",
+        "seed": "2",
+        "plot": "heatmap_rel_norm",
+    }
+
+
+def test_per_example_losses_add_up_to_the_models_own_loss(done, monkeypatch):
+    """The loss rows of predictions.jsonl: prompt tuning's virtual tokens and LoRA, against the model's loss on a batch."""
+    work, _ = done
+    from peftlab import compute
+    from peftlab.models import load_run
+
+    monkeypatch.chdir(work)  # the run's spec names its built model and data relative to the workdir
+    for run_id in ("arith/tiny-llama/prompt_tuning/s1", "arith/tiny-llama/lora/r8-s1"):
+        spec, model, tokenizer = load_run(Path("results/test/runs") / run_id, False)
+        ds = datasets.load_from_disk(spec.data_dir)["eval"].select(range(8))
+        batch = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)(ds.select_columns(compute.model_columns(ds)).to_list())
+        with torch.no_grad():
+            expected = model(**batch).loss.item()
+        assert compute.eval_loss(model, tokenizer, ds, 8) == pytest.approx(expected, rel=1e-5)
+
+
 def test_tracking_compares_what_each_method_changed(done):
     """Every run's tracking folder, and the tables step's matrix-level comparison built from them."""
     work, _ = done
-    for run_id in RUNS:
+    for run_id, spec in RUNS.items():
         info = artifacts.read_json(work / "results/test/runs" / run_id / "tracking/tracking.json")
-        assert info["run_id"] == run_id and info["gradients"]["steps"] == [1, 20, 40] + ([60] if "arith" in run_id else [])
+        last = spec["training"]["max_steps"]
+        assert info["run_id"] == run_id and info["gradients"]["steps"] == [1, *range(20, last, 20), last]
         if "prompt_tuning" in run_id:
             assert "virtual tokens" in info["spectral"]["reason"] and info["spectral"]["steps"] == []
             assert info["plots"] == ["heatmap_grad_weight.png"]  # its prompt embedding's gradients are still tracked
         else:
-            assert info["spectral"]["steps"] == [0, 20, 40] + ([60] if "arith" in run_id else []) and info["spectral"]["reason"] is None
+            assert info["spectral"]["steps"] == [0, *range(20, last, 20), last] and info["spectral"]["reason"] is None
             for png in ("heatmap_rel_norm.png", "heatmap_align_top.png", "spectra_final.png"):
                 assert png in info["plots"]
     tables = work / "results/test/tables"
     runs = pd.read_csv(tables / "tracking.csv").set_index("run_id")
     assert sorted(runs.index) == sorted(RUNS)
-    arith = runs[runs["task"] == "arith"]
+    arith = runs[(runs["task"] == "arith") & (runs["r"].isna() | (runs["r"] == 8))]  # the methods at one rank
     # PiSSA trains the principal part of W, so its ΔW stays in W's top subspace; LoRA's starts at zero and goes elsewhere
     pissa, lora = arith[arith["method"] == "pissa"], arith[arith["method"] == "lora"]
     assert (pissa["align_top"] > 0.9).all() and pissa["align_top"].min() > lora["align_top"].max()
@@ -127,7 +222,7 @@ def test_tracking_compares_what_each_method_changed(done):
     assert (arith.loc[arith["method"] != "prompt_tuning", "effective_rank"] > 0).all()
     assert "virtual tokens" in runs.loc["arith/tiny-llama/prompt_tuning/s1", "reason"]
     grouped = pd.read_csv(tables / "tracking_grouped.csv")
-    assert grouped.loc[(grouped["task"] == "arith") & (grouped["method"] == "lora"), "n"].item() == 2
+    assert grouped.loc[(grouped["task"] == "arith") & (grouped["method"] == "lora") & (grouped["r"] == 8), "n"].item() == 2
     assert "Runs without a ΔW record, and why" in (tables / "tracking.md").read_text()
     for png in ("tracking_alignment.png", "tracking_effective_rank.png", "tracking_depth.png"):
         assert (tables / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -240,14 +335,14 @@ def test_tables_list_every_run_with_its_status(done, tmp_path):
     dirs = [root / "runs" / finished, root / "runs/t/m/lora/r8-s9", root / "runs/t/m/lora/r8-s10"]
     tables.build(dirs, root / "tables")
     md = (root / "tables/summary.md").read_text()
-    assert md.startswith("# Results: 3 runs (1 done, 1 failed, 1 missing)") or md.startswith(
-        "# Results: 3 runs (1 failed, 1 done, 1 missing)"
+    assert md.startswith("# Results: 3 runs (1 done, 1 failed, 1 pending)") or md.startswith(
+        "# Results: 3 runs (1 failed, 1 done, 1 pending)"
     )
     summary = pd.read_csv(root / "tables/summary.csv").set_index("run_id")
     assert summary.loc[finished, "status"] == "done"
     assert summary.loc["t/m/lora/r8-s9", "status"] == "failed"
     assert summary.loc["t/m/lora/r8-s9", "reason"] == "peftlab.train.Diverged: training diverged: loss is nan at step 40"
-    assert summary.loc["t/m/lora/r8-s10", "status"] == "missing"
+    assert summary.loc["t/m/lora/r8-s10", "status"] == "pending"
 
 
 def test_a_dry_run_or_a_refused_command_writes_nothing_while_a_matrix_runs(tmp_path):

@@ -210,7 +210,8 @@ def test_a_new_task_type_is_one_file_one_line_one_row(in_tiny, tmp_path, monkeyp
     record = train.train(spec, tmp_path / "adapter", tmp_path / "train.json", tmp_path / "checkpoints")
     assert record["final_loss"] < 0.8 * record["first_loss"], record["losses"]
     assert record["reload_max_abs_diff"] <= record["reload_tolerance"]  # reloaded through the toy's own head
-    result = evaluate.evaluate(spec, str(tmp_path / "adapter"))
+    result, predictions = evaluate.evaluate(spec, str(tmp_path / "adapter"))
+    assert predictions == []  # a task type without per-example rows still evaluates
     assert result["task_type"] == "toy_answers"
     assert set(result["metrics"]) == {"token_accuracy", "eval_loss", "perplexity"}
     assert 0.3 < result["metrics"]["token_accuracy"] <= 1.0  # "####" and the digits are learnable from the answers alone

@@ -43,6 +43,22 @@ def write_json(path: str | Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def write_jsonl(path: str | Path, rows: list[dict]) -> None:
+    """One JSON object per line, written atomically like write_json."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        for row in rows:
+            f.write(json.dumps(_finite(row), sort_keys=True, default=str, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def write_json_if_changed(path: str | Path, obj) -> bool:
     """Rewrite only when the content differs, so unchanged specs keep their mtime."""
     path = Path(path)

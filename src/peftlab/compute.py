@@ -40,24 +40,39 @@ def logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def eval_loss(model, tokenizer, ds: datasets.Dataset, batch_size: int) -> float:
-    """Mean cross-entropy over the labelled tokens (prompt tokens are labelled -100).
+def example_losses(model, tokenizer, ds: datasets.Dataset, batch_size: int) -> list[tuple[float, int]]:
+    """(summed cross-entropy, labelled tokens) of every example, in order (prompt tokens are labelled -100).
 
     A decoder predicts token t+1 from t, so its first label has no prediction; an
-    encoder-decoder predicts every label.
+    encoder-decoder predicts every label. The model's own loss is the token-weighted
+    mean of these: `eval_loss`.
     """
     from transformers import DataCollatorForSeq2Seq
 
     shifted = not model.config.is_encoder_decoder
     pad = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
-    total, count = 0.0, 0
+    out = []
     for rows in batches(ds.select_columns(model_columns(ds)), batch_size):
         batch = pad(rows.to_list()).to(device_of(model))
-        labels = batch["labels"][:, 1:] if shifted else batch["labels"]
-        n = int((labels != -100).sum())
-        total += model(**batch).loss.item() * n
-        count += n
-    return total / max(count, 1)
+        labels = batch.pop("labels")
+        if not shifted:
+            batch["labels"] = labels  # the decoder's inputs are the labels shifted right
+        logits = model(**batch).logits.float()
+        logits = logits[:, logits.shape[1] - labels.shape[1] :]  # prompt tuning prepends its virtual tokens' logits
+        if shifted:
+            logits, labels = logits[:, :-1], labels[:, 1:]
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
+        out += zip(nll.sum(1).tolist(), (labels != -100).sum(1).tolist())
+    return out
+
+
+def eval_loss(model, tokenizer, ds: datasets.Dataset, batch_size: int) -> float:
+    """Mean cross-entropy over the labelled tokens of `ds`."""
+    return mean_loss(example_losses(model, tokenizer, ds, batch_size))
+
+
+def mean_loss(losses: list[tuple[float, int]]) -> float:
+    return sum(s for s, _ in losses) / max(sum(n for _, n in losses), 1)
 
 
 @torch.no_grad()

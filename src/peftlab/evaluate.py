@@ -18,21 +18,24 @@ metrics are the task type's (peftlab.tasks; generation is greedy and batched):
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import datasets
 
-from peftlab import artifacts, cli, tasks
+from peftlab import artifacts, cli, observe, tasks
 from peftlab.compute import place
 from peftlab.data import eval_names
-from peftlab.models import load_tokenizer, load_trained
+from peftlab.models import RUN_FILE, load_tokenizer, load_trained
 from peftlab.spec import RunSpec
 
 log = logging.getLogger(__name__)
+PREDICTIONS = "predictions.jsonl"  # id, split, prediction, reference, and per-example correct or scores
 
 
-def evaluate(spec: RunSpec, adapter: str) -> dict:
-    """The task's metrics on its held-out split; with named splits (MNLI's matched and
-    mismatched), the first one's at the top and every one's under `splits`."""
+def evaluate(spec: RunSpec, adapter: str) -> tuple[dict, list[dict]]:
+    """(the record: the task's metrics on its held-out split, with named splits (MNLI's matched and
+    mismatched) the first one's at the top and every one's under `splits`; the per-example
+    predictions, each row naming its split)."""
     prov = artifacts.Provenance(spec.to_dict())
     data = datasets.load_from_disk(spec.data_dir)
     tokenizer = load_tokenizer(spec.model)
@@ -40,20 +43,26 @@ def evaluate(spec: RunSpec, adapter: str) -> dict:
     names = eval_names(spec.task)
     ttype = tasks.of(spec.task)
     by_split = {split: ttype.evaluate(spec.task, model, tokenizer, data[split]) for split in names}
+    predictions = [{"split": names[split] or split, **row} for split, m in by_split.items() for row in m.pop("predictions", [])]
     result = by_split["eval"]
     if names["eval"] is not None:
         result = {**result, "splits": {names[split]: m for split, m in by_split.items()}}
     examples = sum(len(data[split]) for split in names)
-    return {"run_id": spec.run_id, "task_type": spec.task.type, "examples": examples, "metrics": result, **prov.record()}
+    record = {"run_id": spec.run_id, "task_type": spec.task.type, "examples": examples, "metrics": result, **prov.record()}
+    return record, predictions
 
 
 def main(argv=None):
     p = cli.parser(__doc__)
     p.add_argument("--adapter", required=True, help="trained adapter folder")
     p.add_argument("--out", required=True, help="eval.json to write")
+    p.add_argument("--predictions", help="predictions.jsonl to write (default: beside --out)")
     args = p.parse_args(argv)
-    record = evaluate(RunSpec.from_dict(cli.start(args)), args.adapter)
+    spec = RunSpec.from_dict(cli.start(args))
+    record, predictions = evaluate(spec, args.adapter)
+    artifacts.write_jsonl(args.predictions or Path(args.out).with_name(PREDICTIONS), predictions)  # before eval.json, which says done
     artifacts.write_json(args.out, record)
+    observe.log_eval(spec, artifacts.read_json(Path(args.adapter) / RUN_FILE)["fingerprint"], record)
     log.info("%s: %s", record["run_id"], {k: v for k, v in record["metrics"].items() if k != "samples"})
 
 

@@ -78,7 +78,8 @@ def _run_id(cell: dict, method: methods.Method, shown_axes) -> str:
     if "lr" in shown_axes:
         parts.append(f"lr{cell['training']['learning_rate']:g}")
     if "train_size" in shown_axes:
-        parts.append(f"n{cell['training']['train_size']}")
+        size = cell["training"]["train_size"]
+        parts.append(f"n{size}" if size is not None else "nall")  # train_size: [1000, null] -> n1000, nall
     return f"{cell['task']}/{cell['model']}/{method.name}/{'-'.join(parts)}"
 
 

@@ -100,15 +100,28 @@ def answers_equal(predicted: str | None, reference: str | None) -> bool:
     return predicted.strip() == reference.strip()
 
 
+def exact_matches(predictions: list[str], references: list[str], fmt: str = "gsm8k") -> list[bool]:
+    """Per example: does the extracted final answer equal the reference's?"""
+    return [answers_equal(extract_answer(p, fmt), extract_answer(r, fmt)) for p, r in zip(predictions, references)]
+
+
 def exact_match(predictions: list[str], references: list[str], fmt: str = "gsm8k") -> float:
-    hits = [answers_equal(extract_answer(p, fmt), extract_answer(r, fmt)) for p, r in zip(predictions, references)]
+    hits = exact_matches(predictions, references, fmt)
     return float(np.mean(hits)) if hits else 0.0
 
 
-def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
-    """Mean ROUGE-1/2/L F-measure (rouge-score, Porter stemming), as the summarisation papers report it."""
+ROUGE = ("rouge1", "rouge2", "rougeL")
+
+
+def rouge_scores(predictions: list[str], references: list[str]) -> dict[str, list[float]]:
+    """Per-example ROUGE-1/2/L F-measure (rouge-score, Porter stemming)."""
     from rouge_score import rouge_scorer
 
-    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    scorer = rouge_scorer.RougeScorer(list(ROUGE), use_stemmer=True)
     scores = [scorer.score(r, p) for p, r in zip(predictions, references)]
-    return {k: float(np.mean([s[k].fmeasure for s in scores])) if scores else 0.0 for k in ("rouge1", "rouge2", "rougeL")}
+    return {k: [s[k].fmeasure for s in scores] for k in ROUGE}
+
+
+def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """Mean ROUGE-1/2/L F-measure, as the summarisation papers report it."""
+    return {k: float(np.mean(v)) if v else 0.0 for k, v in rouge_scores(predictions, references).items()}

@@ -8,7 +8,8 @@ rules and the package spell each path once, here:
     <root>/raw/<task>/{train,eval}.jsonl   generated data
     <root>/models/<model>/                 a built model
     <root>/data/<task>/<model>/            tokenised data, shared by every run on them
-    <root>/runs/<run_id>/                  adapter/, tracking/, train.json, eval.json, merged/, merge_check.json
+    <root>/runs/<run_id>/                  adapter/, tracking/, train.json, eval.json, predictions.jsonl,
+                                           merged/, merge_check.json
     <root>/checkpoints/<run_id>/           outside every declared output (Snakemake deletes those on a rerun)
     <root>/logs/<stage>/<key>.log          and benchmarks/<stage>/<key>.tsv
     <root>/tables/                         summary tables and plots
@@ -61,6 +62,10 @@ def train_record(root: str, run_id: str) -> str:
 
 def eval_record(root: str, run_id: str) -> str:
     return f"{run(root, run_id)}/eval.json"
+
+
+def predictions(root: str, run_id: str) -> str:
+    return f"{run(root, run_id)}/predictions.jsonl"
 
 
 def merged(root: str, run_id: str) -> str:

@@ -1,15 +1,22 @@
-"""Summary tables and plots, from the runs' JSON files only.
+"""The matrix's tables, statistics and plots, from the runs' files only (no model is loaded).
 
-    python -m peftlab.tables --out results/default/tables results/default/runs/<run_id> [...]
+    python -m peftlab.tables --out results/default/tables [--reference lora] results/default/runs/<run_id> [...]
 
-Writes summary.{csv,md,tex}: one row per run, then (in summary_grouped.csv and a
-second section of the .md and .tex) one row per task, model and setting with
-mean ± std over seeds. Plots: metrics.png (each task's main metric by method)
-and loss.png (training loss curves); from the runs' tracking folders, tracking.{csv,md} and
-its plots (peftlab.tracking.report.matrix). Every run of the matrix is listed with its
-status: done, failed (with the stage and the first line of its error, from the
-stage's log under <root>/logs/) or missing (not run yet), so the tables can be
-rebuilt mid-matrix or after a failure without hiding a run.
+Writes into --out:
+- summary.csv (one row per run, with every run's status), summary_grouped.csv (per setting
+  over seeds: n, mean, std and the 95% t interval of every metric), summary.md (per task
+  tables, the runs not done with their reason, every finished run) and summary.tex
+  (the per-task tables: booktabs, escaped, one page wide);
+- comparisons.csv: every setting against the reference method's (peftlab.stats: a paired
+  t-test over shared seeds, McNemar's test or a paired bootstrap on the pooled per-example
+  predictions, Holm-corrected per task);
+- tasks/<task>.{csv,md,tex}: one table per task, the best cell marked;
+- plots/<task>/<model>/*.png and the overviews metrics.png and loss.png (peftlab.plots);
+- tracking.{csv,md} and its plots (peftlab.tracking.report.matrix).
+
+Every run is listed with its state (peftlab.status): done, running, failed (with the stage
+and its error line) or pending, so the tables can be rebuilt mid-matrix or after a failure
+without hiding a run.
 """
 
 from __future__ import annotations
@@ -19,15 +26,14 @@ import logging
 import re
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from sklearn.metrics import f1_score, matthews_corrcoef
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from peftlab import artifacts, paths, tasks  # noqa: E402
-from peftlab.spec import TaskSpec  # noqa: E402
-from peftlab.tracking import report  # noqa: E402
+from peftlab import artifacts, paths, plots, stats, tasks
+from peftlab.spec import TaskSpec
+from peftlab.status import run_state
+from peftlab.tracking import report
 
 log = logging.getLogger(__name__)
 METRICS = tasks.all_metrics()
@@ -66,6 +72,8 @@ def run_row(run_dir: Path) -> dict | None:
         "tokens_per_s": round(tr["tokens_per_s"]) if tr["tokens_per_s"] is not None else None,
         "train_time_s": round(tr["wall_time_s"], 1),
         "losses": tr["losses"],  # for the loss plot; not a table column
+        "evaluations": tr.get("evaluations"),  # in-training evaluations, for the eval plot
+        "run_dir": Path(run_dir),  # where its predictions are
     }
     main = row["main_metric"]
     for split, m in ev["metrics"].get("splits", {}).items():  # named held-out sets: MNLI's accuracy[matched], [mismatched]
@@ -77,34 +85,11 @@ def run_row(run_dir: Path) -> dict | None:
     return row
 
 
-ERROR_LINE = re.compile(r"^([\w.]*(Error|Exception|Diverged|Mismatch|InUse|Adapter)\b.*:|merge check failed:)")
-
-
-def first_error_line(log_file: Path) -> str | None:
-    """The error a failed stage's log ends with (the exception line of its traceback), or its last line."""
-    lines = [x.strip() for x in log_file.read_text(errors="replace").splitlines() if x.strip()]
-    errors = [x for x in lines if ERROR_LINE.match(x)]
-    return (errors or lines or [None])[-1]
-
-
-def run_status(run_dir: Path) -> dict:
-    """{run_id, status, stage, reason}: done when every stage wrote its output; otherwise the first stage
-    without one is failed if its log says so (a log with no output means the stage ran and did not finish),
-    and missing if it has not run."""
-    root, run_id = paths.split_run(run_dir)
-    for stage, output in paths.RUN_OUTPUTS:
-        if not (run_dir / output).exists():
-            log_file = Path(paths.log(root, stage, run_id))
-            if log_file.exists():
-                return {"run_id": run_id, "status": "failed", "stage": stage, "reason": first_error_line(log_file)}
-            return {"run_id": run_id, "status": "missing", "stage": stage, "reason": None}
-    return {"run_id": run_id, "status": "done", "stage": None, "reason": None}
-
-
 def collect(run_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(one row per run whose train.json and eval.json exist, the status of every run)."""
     rows = [row for d in run_dirs if (row := run_row(Path(d))) is not None]
-    status = pd.DataFrame([run_status(Path(d)) for d in run_dirs], columns=["run_id", "status", "stage", "reason"])
+    states = [run_state(*paths.split_run(d)) for d in run_dirs]
+    status = pd.DataFrame([(r.run_id, r.state, r.stage, r.reason) for r in states], columns=["run_id", "status", "stage", "reason"])
     for s in status[status["status"] != "done"].itertuples():
         log.warning("%s: %s at %s%s", s.run_id, s.status, s.stage, f": {s.reason}" if s.reason else "")
     table = pd.DataFrame(rows)
@@ -114,72 +99,272 @@ def collect(run_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def grouped(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over seeds for every setting; std is 0 for a single seed."""
-    metrics = [m for m in METRICS if runs[m].notna().any()]
+    """Per setting (task, model, method, r, lr, train_size), over its seeds: for every metric n, mean, std
+    and the 95% t interval (std and interval empty for one seed: never ± 0)."""
+    metrics = [m for m in METRICS if m in runs and runs[m].notna().any()]
     keys = [k for k in SETTING if k in runs]
-    out = (
-        runs.groupby(keys, dropna=False)
-        .agg(
-            seeds=("seed", "nunique"),
-            trainable_pct=("trainable_pct", "mean"),
-            **{f"{m}_{stat}": (m, stat) for m in metrics for stat in ("mean", "std")},
-        )
-        .reset_index()
-    )
-    for m in metrics:
-        out[f"{m}_std"] = out[f"{m}_std"].fillna(0.0)
-    return out
+    rows = []
+    for key, g in runs.groupby(keys, dropna=False, sort=False):
+        row = {**dict(zip(keys, key)), "seeds": g["seed"].nunique(), "trainable_pct": g["trainable_pct"].mean()}
+        for m in metrics:
+            s = stats.summary(g[m].tolist(), bounds=stats.bounds(m))
+            row.update({f"{m}_{k}": s[k] for k in ("n", "mean", "std", "ci_low", "ci_high")})
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
-def _pm(df: pd.DataFrame) -> pd.DataFrame:
-    """mean/std column pairs -> one 'mean ± std' text column each, for md and tex."""
-    out = df.copy()
-    for col in [c for c in df if c.endswith("_mean")]:
-        m = col.removesuffix("_mean")
-        out[m] = [f"{a:.4f} ± {b:.4f}" if pd.notna(a) else "" for a, b in zip(df[col], df[f"{m}_std"])]
-        out = out.drop(columns=[col, f"{m}_std"])
-    return out
+# How a main metric is compared on the pooled per-example predictions of two methods
+# (predictions.jsonl): McNemar on per-example correctness, or a paired bootstrap of the
+# metric recomputed on each resample of the examples.
+def _column(col):
+    return lambda rows: np.array([[r[col]] for r in rows], dtype=float), lambda x: float(x[:, 0].mean())
 
 
-def _plot_metrics(runs: pd.DataFrame, path: Path) -> None:
-    tasks = sorted(runs["task"].unique())
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        part = runs[runs["task"] == task]
+def _loss(rows):
+    return np.array([[r["loss_sum"], r["tokens"]] for r in rows], dtype=float)
+
+
+def _pairs(rows):
+    return np.array([[float(r["prediction"]), float(r["reference"])] for r in rows], dtype=float)
+
+
+def _labels(rows):
+    return np.array([[r["prediction"], r["reference"]] for r in rows], dtype=float)
+
+
+def _sk(fn, **kw):
+    return lambda x: float(fn(x[:, 1], x[:, 0], **kw))
+
+
+PAIRED = {
+    "eval_loss": (_loss, lambda x: float(x[:, 0].sum() / max(x[:, 1].sum(), 1))),
+    "perplexity": (_loss, lambda x: float(np.exp(min(x[:, 0].sum() / max(x[:, 1].sum(), 1), 50)))),
+    "pearson": (_pairs, stats.pearson),
+    "spearman": (_pairs, stats.spearman),
+    "mse": (_pairs, lambda x: float(((x[:, 0] - x[:, 1]) ** 2).mean())),
+    "mcc": (_labels, _sk(matthews_corrcoef)),
+    "macro_f1": (_labels, _sk(f1_score, average="macro", zero_division=0)),
+    **{m: _column(m) for m in ("rouge1", "rouge2", "rougeL")},
+}
+MCNEMAR = ("accuracy", "exact_match")
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def example_test(metric: str, a: list[list[dict]], b: list[list[dict]]) -> dict | None:
+    """Two settings' per-example predictions, seed-matched lists of runs' rows, pooled over the seeds
+    both ran: McNemar or a paired bootstrap (None when the metric has no per-example form)."""
+    a_rows = [r for rows in a for r in rows if r.get("split", "eval") == a[0][0].get("split", "eval")] if a and a[0] else []
+    b_rows = [r for rows in b for r in rows if r.get("split", "eval") == b[0][0].get("split", "eval")] if b and b[0] else []
+    if not a_rows or len(a_rows) != len(b_rows) or [r["id"] for r in a_rows] != [r["id"] for r in b_rows]:
+        return None
+    if metric in MCNEMAR and "correct" in a_rows[0]:
+        return stats.mcnemar([r["correct"] for r in a_rows], [r["correct"] for r in b_rows])
+    if metric in PAIRED and all(k in a_rows[0] for k in ("loss_sum",) if metric in ("eval_loss", "perplexity")):
+        extract, statistic = PAIRED[metric]
+        try:
+            return stats.paired_bootstrap(extract(a_rows), extract(b_rows), statistic, resamples=BOOTSTRAP_RESAMPLES)
+        except (KeyError, TypeError, ValueError):
+            return None
+    return None
+
+
+def _predictions(run_dir: Path) -> list[dict]:
+    path = run_dir / "predictions.jsonl"
+    return artifacts.read_jsonl(path) if path.exists() else []
+
+
+def comparisons(runs: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """Every setting against the reference method's, per task and model, on the task's main metric.
+
+    The reference setting has the same train size and rank when the reference ran one (its best
+    learning rate among them), else its best at that train size. Two tests: a paired t over the
+    seeds both ran, and a test on the pooled per-example predictions (example_test). p-values are
+    Holm-corrected within each task's table, separately per test.
+    """
+    rows = []
+    for (task, model), part in runs.groupby(["task", "model"], sort=True):
         metric = part["main_metric"].iloc[0]
-        stats = part.groupby("method")[metric].agg(["mean", "std"]).fillna(0.0)
-        ax.bar(stats.index, stats["mean"], yerr=stats["std"], capsize=4, color="tab:blue")
-        ax.scatter(part["method"], part[metric], color="black", s=10, zorder=3, label="runs")
-        ax.set_title(f"{task} ({part['model'].iloc[0]})")
-        ax.set_ylabel(metric)
-        if part[metric].max() <= 1:  # a share or a correlation; losses and perplexities scale freely
-            ax.set_ylim(min(0, part[metric].min() * 1.05), 1.05)
-        ax.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        ref = part[part["method"] == reference]
+        if ref.empty:
+            continue
+        means = ref.groupby(["r", "lr", "train_size"], dropna=False)[metric].mean()
+        for key, g in part[part["method"] != reference].groupby(["method", "r", "lr", "train_size"], dropna=False, sort=False):
+            method, r, lr, size = key
+            same = [(k, v) for k, v in means.items() if _eq(k[2], size)]
+            closest = [(k, v) for k, v in same if _eq(k[0], r)] or same
+            if not closest:
+                continue
+            best = closest[0]
+            for k, v in closest[1:]:
+                if plots.better(metric, v, best[1]):
+                    best = (k, v)
+            rk = best[0]
+            rg = ref[[_eq(a, rk[0]) and _eq(b, rk[1]) and _eq(c, rk[2]) for a, b, c in zip(ref["r"], ref["lr"], ref["train_size"])]]
+            a_by_seed, b_by_seed = dict(zip(g["seed"], g[metric])), dict(zip(rg["seed"], rg[metric]))
+            shared = sorted(set(a_by_seed) & set(b_by_seed))
+            seed = stats.seed_test(a_by_seed, b_by_seed)
+            a_dirs, b_dirs = dict(zip(g["seed"], g["run_dir"])), dict(zip(rg["seed"], rg["run_dir"]))
+            example = (
+                example_test(metric, [_predictions(a_dirs[s]) for s in shared], [_predictions(b_dirs[s]) for s in shared])
+                if shared
+                else None
+            )
+            rows.append(
+                {
+                    "task": task,
+                    "model": model,
+                    "method": method,
+                    "r": r,
+                    "lr": lr,
+                    "train_size": size,
+                    "metric": metric,
+                    "reference": f"{reference}" + (f" r{rk[0]:g}" if pd.notna(rk[0]) else "") + f" lr{rk[1]:g}",
+                    "shared_seeds": len(shared),
+                    "diff": float(np.mean([a_by_seed[s] - b_by_seed[s] for s in shared]))
+                    if shared
+                    else g[metric].mean() - rg[metric].mean(),
+                    "p_seeds": seed["p"] if seed else None,
+                    "example_test": example["test"] if example else None,
+                    "examples": example["n"] if example else None,
+                    "statistic": example.get("statistic") if example else None,
+                    "p_examples": example["p"] if example else None,
+                }
+            )
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    for col in ("p_seeds", "p_examples"):
+        out[f"{col}_holm"] = None
+        for _, idx in out.groupby("task").groups.items():
+            sub = out.loc[idx, col]
+            have = sub[sub.notna()]
+            if len(have):
+                out.loc[have.index, f"{col}_holm"] = stats.holm(have.tolist())
+    return out
 
 
-def _plot_losses(runs: pd.DataFrame, path: Path) -> None:
-    tasks = sorted(runs["task"].unique())
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), squeeze=False)
-    ax_of = dict(zip(tasks, axes[0]))
-    for run in runs.itertuples():
-        label = run.run_id.split("/", 2)[2]  # the part after task/model
-        ax_of[run.task].plot([x["step"] for x in run.losses], [x["loss"] for x in run.losses], lw=1, label=label)
-    for task, ax in ax_of.items():
-        ax.set_title(task)
-        ax.set_xlabel("step")
-        ax.set_ylabel("training loss")
-        ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def _eq(a, b) -> bool:
+    return (pd.isna(a) and pd.isna(b)) or a == b
 
 
-def build(run_dirs: list[Path], out: Path) -> pd.DataFrame:
+def _fmt(x, digits: int = 4) -> str:
+    return "" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{digits}g}"
+
+
+def task_table(groups: pd.DataFrame, comps: pd.DataFrame, task: str) -> pd.DataFrame:
+    """One task's table: a row per model and setting, its main metric's n, mean, std and 95% interval,
+    the test against the reference, and `best` marking the best mean per model."""
+    part = groups[groups["task"] == task].copy()
+    metric = part["main_metric"].iloc[0]
+    part["best"] = False
+    for _, idx in part.groupby("model").groups.items():
+        sub = part.loc[idx, f"{metric}_mean"].dropna()
+        if len(sub):  # every setting that ties for the best mean
+            part.loc[sub.index[sub == (sub.min() if metric in plots.LOWER_IS_BETTER else sub.max())], "best"] = True
+    cols = ["model", "method", "r", "lr", "train_size"]
+    table = part[cols + ["seeds"]].rename(columns={"seeds": "n"})
+    table[metric] = part[f"{metric}_mean"]
+    table["std"] = part[f"{metric}_std"]
+    table["ci95_low"], table["ci95_high"] = part[f"{metric}_ci_low"], part[f"{metric}_ci_high"]
+    table["trainable_pct"] = part["trainable_pct"]
+    table["best"] = part["best"]
+    if not comps.empty:
+        c = comps[comps["task"] == task][[*cols, "reference", "diff", "p_seeds_holm", "example_test", "p_examples_holm"]]
+        table = table.merge(c, on=cols, how="left")
+    return table.reset_index(drop=True)
+
+
+def _markdown(table: pd.DataFrame, metric: str) -> str:
+    shown = pd.DataFrame(
+        {
+            "model": table["model"],
+            "method": table["method"],
+            "r": table["r"],
+            "lr": [_fmt(x, 3) for x in table["lr"]],
+            "train size": table["train_size"],
+            "n": table["n"],
+            metric: [f"**{_fmt(m)}**" if b else _fmt(m) for m, b in zip(table[metric], table["best"])],
+            "std": [_fmt(x, 3) for x in table["std"]],
+            "95% CI (t, clipped to the metric's range)": [
+                f"[{_fmt(a)}, {_fmt(b)}]" if pd.notna(a) else "" for a, b in zip(table["ci95_low"], table["ci95_high"])
+            ],
+            "trainable %": [_fmt(x, 3) for x in table["trainable_pct"]],
+        }
+    )
+    if "reference" in table:
+        shown["vs"] = table["reference"].fillna("")
+        shown["Δ"] = [_fmt(x, 3) for x in table["diff"]]
+        shown["p seeds (Holm)"] = [_fmt(x, 3) for x in table["p_seeds_holm"]]
+        shown["p examples (Holm)"] = [
+            f"{_fmt(p, 3)} ({t})" if pd.notna(p) else "" for p, t in zip(table["p_examples_holm"], table["example_test"])
+        ]
+    return shown.astype(object).where(shown.notna(), "").to_markdown(index=False)
+
+
+LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+
+
+def latex_escape(text) -> str:
+    return "".join(LATEX_SPECIAL.get(ch, ch) for ch in str(text))
+
+
+def latex(table: pd.DataFrame, task: str, metric: str) -> str:
+    """A booktabs table, escaped, scaled to the text width, the best cell in bold; compiles with pdflatex."""
+
+    def cell(m, lo, hi, n, best):
+        text = _fmt(m) + (f" [{_fmt(lo)}, {_fmt(hi)}]" if pd.notna(lo) else "") + ("" if n > 1 else " (n=1)")
+        return f"\\textbf{{{text}}}" if best else text
+
+    body = pd.DataFrame(
+        {
+            "model": table["model"].map(latex_escape),
+            "method": table["method"].map(latex_escape),
+            "r": table["r"].map(lambda x: _fmt(x) if pd.notna(x) else "--"),
+            "lr": table["lr"].map(lambda x: _fmt(x, 3)),
+            "size": table["train_size"].map(lambda x: _fmt(x) if pd.notna(x) else "--"),
+            "n": table["n"],
+            latex_escape(metric) + " [95\\% CI]": [
+                cell(*v) for v in zip(table[metric], table["ci95_low"], table["ci95_high"], table["n"], table["best"])
+            ],
+            "trainable \\%": table["trainable_pct"].map(lambda x: _fmt(x, 3)),
+        }
+    )
+    if "reference" in table:
+        body["$\\Delta$"] = table["diff"].map(lambda x: _fmt(x, 3))
+        body["$p$ (Holm)"] = [_fmt(b if pd.notna(b) else a, 3) for a, b in zip(table["p_seeds_holm"], table["p_examples_holm"])]
+    tabular = body.to_latex(index=False, escape=False, column_format="ll" + "r" * (len(body.columns) - 2))
+    caption = f"{latex_escape(task)}: {latex_escape(metric)}, mean over seeds with its 95\\% $t$ interval; best in bold." + (
+        " $\\Delta$ and $p$ against the reference method (Holm-corrected; per-example test where it exists, else seeds)."
+        if "reference" in table
+        else ""
+    )
+    return (
+        # scaled down to the text width when wider, never up
+        "\\begin{table}[ht]\n\\centering\n\\resizebox{\\ifdim\\width>\\linewidth\\linewidth\\else\\width\\fi}{!}{%\n"
+        + tabular
+        + "}\n"
+        + f"\\caption{{{caption}}}\n\\label{{tab:{re.sub(r'[^A-Za-z0-9]', '-', task)}}}\n\\end{{table}}\n"
+    )
+
+
+LATEX_PREAMBLE = "% \\usepackage{booktabs,graphicx} in the preamble; \\input{} this file\n"
+
+
+def build(run_dirs: list[Path], out: Path, reference: str = "lora") -> pd.DataFrame:
     runs, status = collect(run_dirs)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "tasks").mkdir(exist_ok=True)
     counts = ", ".join(f"{n} {s}" for s, n in status["status"].value_counts().items())
     blank = lambda df: df.astype(object).where(df.notna(), None)  # noqa: E731  (tabulate prints None as missingval)
     md = [f"# Results: {len(status)} runs ({counts})\n"]
@@ -189,28 +374,41 @@ def build(run_dirs: list[Path], out: Path) -> pd.DataFrame:
     if runs.empty:
         not_done.to_csv(out / "summary.csv", index=False)
         (out / "summary.md").write_text("\n".join(md))
+        (out / "summary.tex").write_text(LATEX_PREAMBLE + "% no finished runs\n")
         return runs
-    table = runs.drop(columns=["losses"])
+    table = runs.drop(columns=["losses", "evaluations", "run_dir"])
     groups = grouped(table)
+    comps = comparisons(runs, reference)
     everything = pd.concat([table.assign(status="done"), not_done.drop(columns=["stage"])], ignore_index=True)
     everything.to_csv(out / "summary.csv", index=False)
     groups.to_csv(out / "summary_grouped.csv", index=False)
-    shown = table.drop(columns=["task_type", "main_metric"]).dropna(axis=1, how="all")
+    comps.to_csv(out / "comparisons.csv", index=False)
+    tex = [LATEX_PREAMBLE]
     md += [
-        "## Every finished run\n",
-        blank(shown).to_markdown(index=False, floatfmt=".4g", missingval=""),
-        "\n## Mean ± std over seeds\n",
-        blank(_pm(groups)).to_markdown(index=False, floatfmt=".4g", missingval=""),
-        "",
+        f"Per task: each setting's main metric over its seeds (n, mean, std, 95% Student-t interval clipped to the metric's range; one seed shows "
+        f"n = 1 and no interval), the best mean per model in bold, and the test against `{reference}` (the "
+        f"`tables.reference` method): a paired t-test over shared seeds, and on the pooled per-example predictions "
+        f"McNemar's test (accuracy, exact match; exact below {stats.EXACT_BELOW} discordant pairs) or a paired bootstrap "
+        f"({BOOTSTRAP_RESAMPLES} resamples) of the metric; p-values Holm-corrected within each table.\n",
     ]
+    for task in sorted(table["task"].unique()):
+        metric = table.loc[table["task"] == task, "main_metric"].iloc[0]
+        t = task_table(groups.merge(table[["task", "main_metric"]].drop_duplicates(), on="task"), comps, task)
+        t.to_csv(out / "tasks" / f"{task}.csv", index=False)
+        section = [f"## {task}: {metric}\n", _markdown(t, metric), ""]
+        task_missing = not_done[not_done["run_id"].str.split("/").str[0] == task]
+        if len(task_missing):
+            section += [f"Runs of {task} not done:\n", blank(task_missing).to_markdown(index=False, missingval=""), ""]
+        (out / "tasks" / f"{task}.md").write_text("\n".join(section))
+        (out / "tasks" / f"{task}.tex").write_text(LATEX_PREAMBLE + latex(t, task, metric))
+        md += section
+        tex.append(latex(t, task, metric))
+    shown = table.drop(columns=["task_type", "main_metric"]).dropna(axis=1, how="all")
+    md += ["## Every finished run\n", blank(shown).to_markdown(index=False, floatfmt=".4g", missingval=""), ""]
     (out / "summary.md").write_text("\n".join(md))
-    tex = shown.to_latex(index=False, float_format="%.4g", na_rep="", caption="Every finished run", label="tab:runs")
-    tex += "\n" + _pm(groups).to_latex(
-        index=False, float_format="%.4g", na_rep="", caption="Mean $\\pm$ std over seeds", label="tab:grouped"
-    )
-    (out / "summary.tex").write_text(tex.replace("±", "$\\pm$"))
-    _plot_metrics(table, out / "metrics.png")
-    _plot_losses(runs, out / "loss.png")
+    (out / "summary.tex").write_text("\n".join(tex))
+    plots.overview(runs, out)
+    plots.by_task_model(runs, out / "plots")
     report.matrix([Path(d) for d in run_dirs if run_row(Path(d)) is not None], out)
     return table
 
@@ -219,9 +417,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", type=Path, help="run folders (results/default/runs/<run_id>)")
     p.add_argument("--out", required=True, type=Path, help="folder for the tables and plots")
+    p.add_argument("--reference", default="lora", help="the method every other one is compared with (default: lora)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    runs = build(args.runs, args.out)
+    runs = build(args.runs, args.out, args.reference)
     log.info("tabulated %d finished run(s) of %d into %s", len(runs), len(args.runs), args.out)
 
 

@@ -44,13 +44,13 @@ import torch
 import transformers
 from transformers import TrainerCallback, TrainerState
 
-from peftlab import artifacts, cli, methods, numerics, tasks, trainers
+from peftlab import artifacts, cli, methods, numerics, observe, tasks, trainers
 from peftlab.checkpoints import claimed, last_checkpoint
 from peftlab.compute import device_of, logits
 from peftlab.methods import targets
 from peftlab.models import RUN_FILE, load_model, load_tokenizer, load_trained, probe_batch, trained_label_names
 from peftlab.schema import schema_default
-from peftlab.spec import RunSpec, WandbSpec, fingerprint
+from peftlab.spec import RunSpec, fingerprint
 from peftlab.tracking import report
 from peftlab.tracking.tracker import Tracker, subspace_k
 
@@ -119,19 +119,6 @@ def hosts() -> list[str]:
     return names
 
 
-def configure_wandb(w: WandbSpec) -> list[str]:
-    """The Trainer's report_to list; wandb settings go through its environment variables."""
-    if w.mode == "disabled":
-        return []
-    os.environ["WANDB_MODE"] = w.mode
-    os.environ["WANDB_PROJECT"] = w.project
-    os.environ["WANDB_DIR"] = str(Path(w.dir).resolve())
-    Path(w.dir).mkdir(parents=True, exist_ok=True)
-    if w.entity:
-        os.environ["WANDB_ENTITY"] = w.entity
-    return ["wandb"]
-
-
 def total_steps(t, examples: int, world_size: int = 1) -> int:
     """Optimiser steps the run will take, as the Trainer counts them (AdaLoRA schedules its budget over these).
 
@@ -191,8 +178,13 @@ def _train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path, t
             model.save_pretrained(tmp)
 
     # --- train
-    common = trainers.arguments(spec, str(checkpoints), report_to=configure_wandb(spec.wandb))
-    trainer_callbacks = [Guard(), *(callbacks(model) if (callbacks := methods.hook(method, "callbacks")) else []), tracker]
+    common = trainers.arguments(spec, str(checkpoints), report_to=observe.wandb_setup(spec, fp, total_params))
+    trainer_callbacks = [
+        Guard(),
+        observe.Progress(spec.run_id),
+        *(callbacks(model) if (callbacks := methods.hook(method, "callbacks")) else []),
+        tracker,
+    ]
     make_optimizer = functools.partial(optimizer, p=spec.peft) if (optimizer := methods.hook(method, "optimizer")) else None
     trainer = tasks.of(task).trainer(spec, model, tokenizer, train_ds, common, trainer_callbacks, make_optimizer)
     tracker.attach(trainer)

@@ -101,6 +101,8 @@ def _check_names(cfg: dict, check_files: bool) -> None:
             problems.append(
                 f"models.{name}.build.corpus_task: unknown task {corpus!r}; defined in tasks: {', '.join(sorted(cfg['tasks']))}"
             )
+    if cfg["tables"]["reference"] not in methods.METHODS:
+        problems.append(f"tables.reference: unknown method {cfg['tables']['reference']!r}; allowed: {', '.join(sorted(methods.METHODS))}")
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 

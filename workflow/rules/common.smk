@@ -66,3 +66,23 @@ def stage_resources(stage):
 
 def stage_threads(stage):
     return lambda wc: launch.for_stage(RESOURCES[wc.run_id], stage).cpus_per_task
+
+
+def run_labels(wildcards):
+    """A run's labels in the Snakemake report: its task, model, method, rank, seed and plot."""
+    r = RUNS[wildcards.run_id]
+    return {
+        "task": r["task"]["name"],
+        "model": r["model"]["name"],
+        "method": r["peft"]["type"],
+        "rank": str(r["peft"]["r"]) if r["peft"]["r"] is not None else "-",
+        "seed": str(r["training"]["seed"]),
+        "plot": wildcards.plot,
+    }
+
+
+def in_report(path, caption, category, labels):
+    """`path`, flagged for `snakemake --report` with workflow/report/<caption>.rst."""
+    return report(
+        path, caption=f"../report/{caption}.rst", category=category, labels=labels
+    )

@@ -3,7 +3,9 @@ rule evaluate_run:
         spec=spec("evaluate_run", "{run_id}"),
         adapter=paths.adapter(ROOT, "{run_id}"),
     output:
-        paths.eval_record(ROOT, "{run_id}"),
+        record=paths.eval_record(ROOT, "{run_id}"),
+        # one row per held-out example: what the tables' paired tests read
+        predictions=paths.predictions(ROOT, "{run_id}"),
     log:
         paths.log(ROOT, "evaluate_run", "{run_id}"),
     benchmark:
@@ -14,5 +16,5 @@ rule evaluate_run:
     resources:
         **stage_resources("evaluate"),
     shell:
-        "python -m peftlab.evaluate --spec {input.spec} --adapter {input.adapter} --out {output}"
-        " --threads {threads} > {log} 2>&1"
+        "python -m peftlab.evaluate --spec {input.spec} --adapter {input.adapter} --out {output.record}"
+        " --predictions {output.predictions} --threads {threads} > {log} 2>&1"

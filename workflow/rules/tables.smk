@@ -1,18 +1,30 @@
-TABLES = multiext(
-    f"{paths.tables(ROOT)}/summary", ".csv", "_grouped.csv", ".md", ".tex"
-)
+TABLES_DIR = paths.tables(ROOT)
+TABLES = [
+    in_report(
+        f"{TABLES_DIR}/{name}", "summary", "Tables", {"task": "all", "format": name}
+    )
+    for name in (
+        "summary.csv",
+        "summary_grouped.csv",
+        "summary.md",
+        "summary.tex",
+        "comparisons.csv",
+    )
+]
 RUN_DIRS = [paths.run(ROOT, run_id) for run_id in RUNS]
+TASKS = sorted({r["task"]["name"] for r in RUNS.values()})
 # peftlab.tracking.report.matrix: the methods compared by what their adapters changed
 TRACKING_TABLES = (
-    multiext(
-        f"{paths.tables(ROOT)}/tracking",
-        ".csv",
-        "_grouped.csv",
-        ".md",
-        "_alignment.png",
-        "_effective_rank.png",
-        "_depth.png",
-    )
+    [
+        in_report(f"{TABLES_DIR}/{name}", "tracking", "Tracking", {"plot": name})
+        for name in ("tracking.csv", "tracking_grouped.csv", "tracking.md")
+    ]
+    + [
+        in_report(
+            f"{TABLES_DIR}/tracking_{plot}.png", "tracking", "Tracking", {"plot": plot}
+        )
+        for plot in ("alignment", "effective_rank", "depth")
+    ]
     if any(r["tracker"]["enable_spectral_tracking"] for r in RUNS.values())
     else []
 )
@@ -21,10 +33,39 @@ TRACKING_TABLES = (
 rule tables_build:
     input:
         [f"{run}/{output}" for run in RUN_DIRS for _, output in paths.RUN_OUTPUTS],
+        [paths.predictions(ROOT, run_id) for run_id in RUNS],
     output:
         TABLES,
-        f"{paths.tables(ROOT)}/metrics.png",
-        f"{paths.tables(ROOT)}/loss.png",
+        [
+            report(
+                f"{TABLES_DIR}/tasks/{task}.{ext}",
+                caption="../report/task_table.rst",
+                category="Tables",
+                labels={"task": task, "format": ext},
+            )
+            for task in TASKS
+            for ext in ("csv", "md", "tex")
+        ],
+        report(
+            directory(f"{TABLES_DIR}/plots"),
+            patterns=["{task}/{model}/{plot}.png"],
+            caption="../report/plots.rst",
+            category="Plots",
+            subcategory="{task}",
+            labels={"task": "{task}", "model": "{model}", "plot": "{plot}"},
+        ),
+        report(
+            f"{TABLES_DIR}/metrics.png",
+            caption="../report/overview.rst",
+            category="Overview",
+            labels={"plot": "metrics"},
+        ),
+        report(
+            f"{TABLES_DIR}/loss.png",
+            caption="../report/overview.rst",
+            category="Overview",
+            labels={"plot": "loss"},
+        ),
         TRACKING_TABLES,
     log:
         paths.log(ROOT, "tables_build", "tables"),
@@ -34,8 +75,9 @@ rule tables_build:
     params:
         runs=RUN_DIRS,
         out=lambda wc, output: str(Path(output[0]).parent),
+        reference=CFG["tables"]["reference"],
     shell:
-        "python -m peftlab.tables --out {params.out} {params.runs} > {log} 2>&1"
+        "python -m peftlab.tables --out {params.out} --reference {params.reference} {params.runs} > {log} 2>&1"
 
 
 # `snakemake tables`: rebuild the tables from the runs that have finished, training nothing;
@@ -48,9 +90,10 @@ rule tables:
         ENV
     params:
         runs=RUN_DIRS,
-        out=paths.tables(ROOT),
+        out=TABLES_DIR,
+        reference=CFG["tables"]["reference"],
     shell:
-        "python -m peftlab.tables --out {params.out} {params.runs} > {log} 2>&1"
+        "python -m peftlab.tables --out {params.out} --reference {params.reference} {params.runs} > {log} 2>&1"
 
 
 # A run failed (the default profile keeps going past it): once every other job is done,
@@ -58,8 +101,8 @@ rule tables:
 onerror:
     if RUNS:
         ONERROR_LOG = paths.log(ROOT, "tables", "onerror")
-        TABLES_DIR = paths.tables(ROOT)
+        REFERENCE = CFG["tables"]["reference"]
         shell(
-            "mkdir -p $(dirname {ONERROR_LOG}) && python -m peftlab.tables --out {TABLES_DIR} {RUN_DIRS}"
+            "mkdir -p $(dirname {ONERROR_LOG}) && python -m peftlab.tables --out {TABLES_DIR} --reference {REFERENCE} {RUN_DIRS}"
             " > {ONERROR_LOG} 2>&1 || true"
         )

@@ -6,7 +6,14 @@ rule train_run:
     output:
         adapter=directory(paths.adapter(ROOT, "{run_id}")),
         # peftlab.tracking: what the adapter changed, layer by layer (the reason, when nothing to track)
-        tracking=directory(paths.tracking(ROOT, "{run_id}")),
+        tracking=report(
+            directory(paths.tracking(ROOT, "{run_id}")),
+            patterns=["{plot}.png"],
+            caption="../report/run_tracking.rst",
+            category="Runs",
+            subcategory=lambda wc: RUNS[wc.run_id]["task"]["name"],
+            labels=run_labels,
+        ),
         record=paths.train_record(ROOT, "{run_id}"),
     log:
         paths.log(ROOT, "train_run", "{run_id}"),

@@ -70,7 +70,9 @@ class TaskType:
         raise NotImplementedError
 
     def evaluate(self, task: TaskSpec, model, tokenizer, ds: datasets.Dataset) -> dict:
-        """The metrics on one held-out split of the tokenised data."""
+        """The metrics on one held-out split of the tokenised data, and under `predictions` one row per
+        example ({id, prediction, reference}, plus `correct` for accuracy-like metrics and any per-example
+        scores: rouge1/2/L, loss_sum and tokens), which the tables' paired tests read."""
         raise NotImplementedError
 
     def input_column(self, task: TaskSpec) -> str:
@@ -153,6 +155,24 @@ def rows_of(batch: dict) -> list[dict]:
 
 def with_perplexity(loss: float) -> dict[str, float]:
     return {"eval_loss": loss, "perplexity": math.exp(min(loss, 50))}
+
+
+def loss_rows(losses: list[tuple[float, int]]) -> list[dict]:
+    """Per-example records of a loss-scored split: the summed cross-entropy and the tokens it is over."""
+    return [{"id": i, "loss_sum": s, "tokens": n} for i, (s, n) in enumerate(losses)]
+
+
+def generation_rows(
+    references: list[str], generated: list[str], losses: list[tuple[float, int]] | None = None, **per_example
+) -> list[dict]:
+    """Per-example records of a generative split: the output, the reference, and any per-example scores."""
+    rows = [{"id": i, "prediction": g, "reference": r} for i, (g, r) in enumerate(zip(generated, references))]
+    for name, values in per_example.items():
+        for row, v in zip(rows, values):
+            row[name] = v
+    for row, (s, n) in zip(rows, losses or []):
+        row.update(loss_sum=s, tokens=n)
+    return rows
 
 
 def samples(references: list[str], generated: list[str], n: int = 5) -> list[dict]:

@@ -109,8 +109,10 @@ class Classification(Supervised):
                 out = model(**batch.to(compute.device_of(model))).logits.float()
                 predictions += (out[:, 0] if task.num_labels == 1 else out.argmax(-1)).tolist()
         if task.num_labels == 1:
-            return metrics.regression(labels, predictions)
-        return metrics.classification(labels, predictions, task.num_labels)
+            rows = [{"id": i, "prediction": p, "reference": y} for i, (p, y) in enumerate(zip(predictions, labels))]
+            return {**metrics.regression(labels, predictions), "predictions": rows}
+        rows = [{"id": i, "prediction": p, "reference": y, "correct": p == y} for i, (p, y) in enumerate(zip(predictions, labels))]
+        return {**metrics.classification(labels, predictions, task.num_labels), "predictions": rows}
 
     def input_column(self, task):
         return task.text_fields[0]

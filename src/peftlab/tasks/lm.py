@@ -6,7 +6,7 @@ Inference continues the given text.
 
 from __future__ import annotations
 
-from peftlab.tasks.base import CausalLM, prompt_ids, with_perplexity
+from peftlab.tasks.base import CausalLM, loss_rows, prompt_ids, with_perplexity
 
 
 class Lm(CausalLM):
@@ -35,7 +35,8 @@ class Lm(CausalLM):
     def evaluate(self, task, model, tokenizer, ds):
         from peftlab import compute
 
-        return with_perplexity(compute.eval_loss(model, tokenizer, ds, task.eval_batch_size))
+        losses = compute.example_losses(model, tokenizer, ds, task.eval_batch_size)
+        return {**with_perplexity(compute.mean_loss(losses)), "predictions": loss_rows(losses)}
 
     def input_column(self, task):
         return task.text_fields[0]

@@ -73,6 +73,10 @@ class Rlvr(TaskType):
             "format": sum(map(rewards.format_score, texts)) / max(len(texts), 1),
             "mean_reward": {r: sum(v) / max(len(v), 1) for r, v in scores.items()},
             "samples": [{"prompt": p[-200:], "generated": g, "score": s} for p, g, s in zip(ds["prompt"][:5], texts[:5], correct[:5])],
+            "predictions": [
+                {"id": i, "prediction": g, "reference": {c: v[i] for c, v in columns.items()}, "correct": s == 1.0, "reward": s}
+                for i, (g, s) in enumerate(zip(texts, correct))
+            ],
         }
 
     def input_column(self, task):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from peftlab.tasks.base import (
     Supervised,
     format_prompt,
+    generation_rows,
     packed_or_padded,
     prompt_ids,
     prompt_response_columns,
@@ -59,8 +60,14 @@ class Seq2Seq(Supervised):
         from peftlab import compute, metrics
 
         texts = compute.generate(model, tokenizer, ds["input_ids"], task.max_new_tokens, task.eval_batch_size)
-        loss = compute.eval_loss(model, tokenizer, ds, task.eval_batch_size)
-        return {**metrics.rouge(texts, ds["response"]), **with_perplexity(loss), "samples": samples(ds["response"], texts)}
+        losses = compute.example_losses(model, tokenizer, ds, task.eval_batch_size)
+        scores = metrics.rouge_scores(texts, ds["response"])
+        return {
+            **metrics.rouge(texts, ds["response"]),
+            **with_perplexity(compute.mean_loss(losses)),
+            "samples": samples(ds["response"], texts),
+            "predictions": generation_rows(ds["response"], texts, losses, **scores),
+        }
 
     def input_column(self, task):
         return task.prompt_field

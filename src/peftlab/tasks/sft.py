@@ -12,6 +12,7 @@ from __future__ import annotations
 from peftlab.tasks.base import (
     CausalLM,
     format_prompt,
+    generation_rows,
     prompt_ids,
     prompt_response_columns,
     prompt_response_corpus,
@@ -59,13 +60,18 @@ class Sft(CausalLM):
     def evaluate(self, task, model, tokenizer, ds):
         from peftlab import compute, metrics
 
-        result = with_perplexity(compute.eval_loss(model, tokenizer, ds, task.eval_batch_size))  # right padding: positions match training
+        losses = compute.example_losses(model, tokenizer, ds, task.eval_batch_size)  # right padding: positions match training
+        result = with_perplexity(compute.mean_loss(losses))
         texts = compute.generate(model, tokenizer, ds["prompt_ids"], task.max_new_tokens, task.eval_batch_size)
+        per_example = {}
         if task.answer_format != "none":
-            result["exact_match"] = metrics.exact_match(texts, ds["response"], task.answer_format)
+            per_example["correct"] = metrics.exact_matches(texts, ds["response"], task.answer_format)
+            result["exact_match"] = sum(per_example["correct"]) / max(len(texts), 1)
         if task.rouge:
+            per_example.update(metrics.rouge_scores(texts, ds["response"]))
             result.update(metrics.rouge(texts, ds["response"]))
-        return {**result, "samples": samples(ds["response"], texts)}
+        rows = generation_rows(ds["response"], texts, losses, **per_example)
+        return {**result, "samples": samples(ds["response"], texts), "predictions": rows}
 
     def input_column(self, task):
         return task.prompt_field

@@ -169,7 +169,8 @@ def colour(method: str):
     if not COLOURS:
         from peftlab.methods import METHODS
 
-        palette = plt.get_cmap("tab20").colors
+        tab20 = plt.get_cmap("tab20").colors
+        palette = tab20[0::2] + tab20[1::2]  # the ten strong colours first: neighbours in the registry never share a hue
         COLOURS.update({m: palette[i % len(palette)] for i, m in enumerate(METHODS)})
     return COLOURS.get(method, "grey")
 

@@ -1,0 +1,250 @@
+"""The matrix's plots, one question per file, from the tables' run rows (peftlab.tables.collect).
+
+Per task and model, in <tables>/plots/<task>/<model>/:
+- metric.png: the main metric per method and setting, every seed a dot, the mean with its 95% interval;
+- params.png: the metric against trainable parameters, the Pareto front marked;
+- rank.png, train_size.png, lr.png: the metric along that axis, one curve per method (and per
+  value of the other varying axes), wherever the matrix varies the axis within a method;
+- loss.png: training loss per method and setting, the mean over seeds with a band from the lowest to the highest seed;
+- eval.png: the in-training evaluations, when the runs had them.
+Overviews in <tables>/: metrics.png (metric.png faceted by task and model) and loss.png.
+
+A method keeps one colour in every plot (peftlab.tracking.report.colour); axes fit the data;
+every plot names its task, model and metric.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.ticker import EngFormatter, FuncFormatter, NullFormatter  # noqa: E402
+
+from peftlab import stats  # noqa: E402
+from peftlab.tracking.report import colour  # noqa: E402
+
+AXES = {"r": "rank r", "train_size": "training examples", "lr": "learning rate"}
+FILES = {"r": "rank", "train_size": "train_size", "lr": "lr"}  # the axis plots' file names
+LOWER_IS_BETTER = {"eval_loss", "perplexity", "mse"}
+MARKERS = "osD^v<>P*X"
+STYLES = ["-", "--", ":", "-."]
+
+
+def better(metric: str, a: float, b: float) -> bool:
+    return a < b if metric in LOWER_IS_BETTER else a > b
+
+
+def varying(part: pd.DataFrame, axis: str) -> bool:
+    """Does the axis take two or more values within one method here?"""
+    return bool((part.groupby("method")[axis].nunique(dropna=False) > 1).any())
+
+
+def setting_label(row, axes: list[str]) -> str:
+    names = {"r": "r", "train_size": "n", "lr": "lr"}
+    return " ".join(f"{names[a]}{row[a]:g}" if isinstance(row[a], (int, float)) and pd.notna(row[a]) else f"{names[a]}-" for a in axes)
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _fit(ax, values) -> None:
+    """Y limits that fit the data with a margin (no fixed 0..1 that flattens a saturated task)."""
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
+    if len(v):
+        lo, hi = v.min(), v.max()
+        pad = (hi - lo) * 0.1 or max(abs(hi) * 0.05, 1e-3)
+        ax.set_ylim(lo - pad, hi + pad)
+
+
+def cells(part: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One row per method and setting: the seeds' values and their summary."""
+    rows = []
+    for key, g in part.groupby(["method", "r", "lr", "train_size"], dropna=False, sort=False):
+        s = stats.summary(g[metric].tolist(), bounds=stats.bounds(metric))
+        rows.append(
+            {
+                **dict(zip(["method", "r", "lr", "train_size"], key)),
+                **s,
+                "values": g[metric].tolist(),
+                "trainable_params": g["trainable_params"].mean(),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _metric(ax, part: pd.DataFrame, metric: str, title: str) -> None:
+    axes = [a for a in AXES if varying(part, a)]
+    c = cells(part, metric)
+    c["label"] = [m + (f"\n{setting_label(r, axes)}" if axes else "") for m, (_, r) in zip(c["method"], c.iterrows())]
+    for x, row in enumerate(c.itertuples()):
+        col = colour(row.method)
+        ax.scatter([x] * len(row.values), row.values, color=col, s=14, alpha=0.7, zorder=3)
+        if row.ci_low is not None and pd.notna(row.ci_low):
+            ax.errorbar([x], [row.mean], yerr=[[row.mean - row.ci_low], [row.ci_high - row.mean]], fmt="_", color="black", capsize=5, ms=14)
+        else:
+            ax.plot([x], [row.mean], "_", color="black", ms=14)
+    ax.set_xticks(range(len(c)), c["label"], rotation=30, ha="right", fontsize=7)
+    ax.set_xlim(-0.6, len(c) - 0.4)
+    _fit(ax, [v for vs in c["values"] for v in vs] + [v for v in c["ci_low"].tolist() + c["ci_high"].tolist() if v is not None])
+    ax.set_ylabel(metric)
+    ax.set_title(f"{title}\nmean, 95% t interval (n ≥ 2), seeds as dots", fontsize=9)
+
+
+def metric_plot(part: pd.DataFrame, metric: str, task: str, model: str, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(max(5, 0.7 * part.groupby(["method", "r", "lr", "train_size"], dropna=False).ngroups + 2), 4))
+    _metric(ax, part, metric, f"{task} / {model}: {metric}")
+    return _save(fig, path)
+
+
+def pareto(points: list[tuple[float, float]], metric: str) -> list[int]:
+    """Indices of the points no other point beats on both fewer parameters and a better metric."""
+    front = []
+    for i, (p, m) in enumerate(points):
+        dominated = any(
+            (q <= p and not better(metric, m, n) and (q < p or better(metric, n, m))) for j, (q, n) in enumerate(points) if j != i
+        )
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def params_plot(part: pd.DataFrame, metric: str, task: str, model: str, path: Path) -> Path:
+    c = cells(part, metric)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, g in c.groupby("method", sort=False):
+        ax.scatter(g["trainable_params"], g["mean"], color=colour(method), label=method, s=30, zorder=3)
+    front = pareto(list(zip(c["trainable_params"], c["mean"])), metric)
+    f = c.iloc[front]
+    ax.step(f["trainable_params"], f["mean"], where="post", color="black", lw=1, ls="--", label="Pareto front")
+    ax.scatter(f["trainable_params"], f["mean"], facecolors="none", edgecolors="black", s=90, zorder=4)
+    ax.set_xscale("log")
+    eng = EngFormatter(sep="")  # 1k, 10k, 1M
+    ax.xaxis.set_major_formatter(eng)
+    span = np.log10(c["trainable_params"].max() / max(c["trainable_params"].min(), 1))
+    # between the decades, label 2x and 5x when the data spans under two decades, nothing when more
+    ax.xaxis.set_minor_formatter(NullFormatter() if span > 2 else FuncFormatter(lambda x, _: eng(x) if f"{x:.0e}"[0] in "25" else ""))
+    _fit(ax, c["mean"])
+    ax.set_xlabel("trainable parameters")
+    ax.set_ylabel(f"{metric} (mean over seeds)")
+    ax.set_title(f"{task} / {model}: {metric} against trainable parameters", fontsize=9)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def axis_plot(part: pd.DataFrame, metric: str, axis: str, task: str, model: str, path: Path) -> Path:
+    """The metric along one axis: a curve per method and per value of the other varying axes, with a 95% band."""
+    others = [a for a in AXES if a != axis and varying(part, a)]
+    c = cells(part, metric)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (key, g) in enumerate(c.groupby(["method", *others], dropna=False, sort=False)):
+        key = key if isinstance(key, tuple) else (key,)
+        method = key[0]
+        g = g.dropna(subset=[axis]).sort_values(axis)
+        if g[axis].nunique() < 2:
+            continue
+        style = STYLES[(i % len(STYLES))] if others else "-"
+        label = method + ("" if not others else " " + setting_label(dict(zip(others, key[1:])), others))
+        ax.plot(g[axis], g["mean"], style, marker=MARKERS[i % len(MARKERS)], color=colour(method), label=label)
+        lo = g["ci_low"].astype(float)
+        if lo.notna().any():
+            ax.fill_between(g[axis], lo, g["ci_high"].astype(float), color=colour(method), alpha=0.15)
+    values = sorted(c[axis].dropna().unique())
+    if axis != "train_size" or values[-1] / max(values[0], 1) > 8:
+        ax.set_xscale("log", base=2 if axis == "r" else 10)
+    if len(values) <= 12:  # the values the matrix ran, as plain numbers
+        ax.set_xticks(values, [f"{v:g}" for v in values])
+        ax.minorticks_off()
+    ax.set_xlabel(AXES[axis])
+    ax.set_ylabel(f"{metric} (mean, 95% band)")
+    _fit(ax, list(c["mean"]) + [v for v in list(c["ci_low"]) + list(c["ci_high"]) if v is not None])
+    ax.set_title(f"{task} / {model}: {metric} against {AXES[axis]}", fontsize=9)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def _curves(ax, part: pd.DataFrame, column: str, key: str) -> None:
+    """Per method and setting: the mean curve over seeds, and a band from the lowest to the highest seed."""
+    axes = [a for a in AXES if varying(part, a)]
+    for i, (setting, g) in enumerate(part.groupby(["method", "r", "lr", "train_size"], dropna=False, sort=False)):
+        curves = [pd.Series({p["step"]: p[key] for p in h if key in p}) for h in g[column] if isinstance(h, list)]
+        curves = [c for c in curves if len(c)]
+        if not curves:
+            continue
+        table = pd.concat(curves, axis=1).sort_index().interpolate(limit_area="inside")
+        method = setting[0]
+        label = method + (" " + setting_label(dict(zip(["method", "r", "lr", "train_size"], setting)), axes) if axes else "")
+        label += f" (n={len(curves)})"
+        style = STYLES[i % len(STYLES)] if axes else "-"
+        ax.plot(table.index, table.mean(axis=1), style, color=colour(method), lw=1.2, label=label)
+        if len(curves) > 1:
+            ax.fill_between(table.index, table.min(axis=1), table.max(axis=1), color=colour(method), alpha=0.15)
+
+
+def loss_plot(part: pd.DataFrame, task: str, model: str, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    _curves(ax, part, "losses", "loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title(f"{task} / {model}: training loss (mean over seeds; band: lowest to highest seed)", fontsize=9)
+    ax.legend(fontsize=6, ncol=2)
+    return _save(fig, path)
+
+
+def eval_plot(part: pd.DataFrame, metric: str, task: str, model: str, path: Path) -> Path | None:
+    key = f"eval_{metric}"
+    if not any(isinstance(h, list) and any(key in e for e in h) for h in part["evaluations"]):
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    _curves(ax, part, "evaluations", key)
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"{metric} (in-training evaluation)")
+    ax.set_title(f"{task} / {model}: {metric} during training (mean over seeds; band: lowest to highest)", fontsize=9)
+    ax.legend(fontsize=6, ncol=2)
+    return _save(fig, path)
+
+
+def by_task_model(runs: pd.DataFrame, out: Path) -> list[Path]:
+    """Every per-(task, model) plot; returns the files written."""
+    written = []
+    for (task, model), part in runs.groupby(["task", "model"], sort=True):
+        metric = part["main_metric"].iloc[0]
+        folder = out / task / model
+        written += [
+            metric_plot(part, metric, task, model, folder / "metric.png"),
+            params_plot(part, metric, task, model, folder / "params.png"),
+            loss_plot(part, task, model, folder / "loss.png"),
+        ]
+        written += [axis_plot(part, metric, a, task, model, folder / f"{FILES[a]}.png") for a in AXES if varying(part, a)]
+        written.append(eval_plot(part, metric, task, model, folder / "eval.png"))
+    return [w for w in written if w is not None]
+
+
+def overview(runs: pd.DataFrame, out: Path) -> None:
+    """metrics.png and loss.png: every task and model as a facet."""
+    facets = sorted(runs.groupby(["task", "model"]).groups)
+    ncol = min(3, len(facets))
+    nrow = -(-len(facets) // ncol)
+    for name in ("metrics", "loss"):
+        fig, axes = plt.subplots(nrow, ncol, figsize=(5.5 * ncol, 4 * nrow), squeeze=False)
+        for ax, (task, model) in zip(axes.flat, facets):
+            part = runs[(runs["task"] == task) & (runs["model"] == model)]
+            if name == "metrics":
+                _metric(ax, part, part["main_metric"].iloc[0], f"{task} / {model}")
+            else:
+                _curves(ax, part, "losses", "loss")
+                ax.set_title(f"{task} / {model}: training loss", fontsize=9)
+                ax.set_xlabel("step")
+                ax.legend(fontsize=6)
+        for ax in list(axes.flat)[len(facets) :]:
+            ax.set_visible(False)
+        _save(fig, out / f"{name}.png")

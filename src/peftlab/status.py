@@ -1,0 +1,305 @@
+"""Where a matrix stands, and why its failed runs failed.
+
+    python -m peftlab.status                                   # the default matrix, config/config.yaml
+    python -m peftlab.status --configfile config/experiments/core_1.5B.yaml
+    python -m peftlab.status --configfile ... --watch 30       # refresh every 30 s
+    python -m peftlab.status --configfile ... --json           # for scripts
+    python -m peftlab.status --configfile ... --diagnose       # failed runs grouped by cause, with a fix each
+
+Every run of the matrix is in one state, from its files alone (so it works on a login node
+while Slurm runs the jobs):
+- done: train.json, eval.json and merge_check.json exist; with its wall time (the three
+  stages' Snakemake benchmarks) and peak memory (their max RSS, and the GPU peak training recorded);
+- running: a stage's log exists without its output, has no error, and changed within
+  --stale minutes; with its step out of the total and an ETA (peftlab.observe.Progress lines);
+- failed: the log ends in an error, or stopped changing --stale minutes ago with no output;
+  with the stage, the error line, and its class (`diagnose`);
+- pending: no stage of it has started.
+
+Diagnosis reads the stage's log and, under Slurm, the job's Slurm log
+(.snakemake/slurm_logs/rule_<stage>/<run id>/), and classifies the failure: out of memory,
+non-finite loss, missing column, shape mismatch, Slurm time or memory limit, lock, or other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from peftlab import artifacts, paths
+
+STATES = ("done", "running", "failed", "pending")
+PROGRESS = re.compile(
+    r"progress (?P<run>\S+): step (?P<step>\d+)/(?P<total>\d+) .*?\| (?P<elapsed>[\d:, a-z]+) elapsed, ETA (?P<eta>[\d:, a-z?]+)"
+)
+# a line that says a job failed: a traceback's start or its exception line, or Slurm's or the kernel's kill
+TRACEBACK = re.compile(
+    r"^(Traceback \(most recent call last\)|[\w.]*(Error|Exception|Diverged|Mismatch|InUse|Adapter)\b.*:.*|merge check failed:.*"
+    r"|.*CANCELLED AT .*|.*oom.kill.*|Killed)$"
+)
+
+# (class, what it is, log patterns, the fix to try), checked in order: the first match names the failure
+CAUSES = (
+    (
+        "slurm_time_limit",
+        "Slurm stopped the job at its time limit",
+        [r"DUE TO TIME LIMIT", r"TIMEOUT"],
+        "raise the run's resources.time (or its preset's); a retried job gets attempt x the time, so check --retries",
+    ),
+    (
+        "slurm_memory_limit",
+        "Slurm killed the job for exceeding its memory limit",
+        [r"exceeded memory limit", r"oom[_-]kill", r"OUT_OF_MEMORY"],
+        "raise the run's resources.mem_mb (host memory, not GPU memory); a retried job gets attempt x the memory",
+    ),
+    (
+        "out_of_memory",
+        "the GPU or host ran out of memory",
+        [r"CUDA out of memory", r"OutOfMemoryError", r"\bMemoryError\b", r"Cannot allocate memory", r"DefaultCPUAllocator: can't allocate"],
+        "lower training.batch_size and raise grad_accum (same effective batch), set gradient_checkpointing: true, "
+        "shorten max_length, or use qlora; or give the run a larger GPU preset",
+    ),
+    (
+        "non_finite_loss",
+        "the loss or the logits became NaN or infinite",
+        [r"Diverged", r"loss is nan", r"non-finite", r"\bnan\b.*loss", r"inf(inite)? loss"],
+        "lower training.learning_rate, add warmup (warmup_ratio), keep max_grad_norm, or train in bf16 rather than fp16",
+    ),
+    (
+        "missing_column",
+        "the data lacks a column the task reads",
+        [r"missing column", r"lacks the column", r"KeyError: '", r"Column .* not in the dataset"],
+        "name the task's columns (tasks.<name>.text_fields, prompt_field, response_field, label_field) or rename them "
+        "with tasks.<name>.columns; `python -m peftlab.config CONFIG` checks the data before any job",
+    ),
+    (
+        "shape_mismatch",
+        "tensor shapes do not fit (a head, an adapter or a checkpoint of another model)",
+        [r"size mismatch", r"shape mismatch", r"shapes cannot be multiplied", r"The size of tensor a", r"Expected .* to have .* size"],
+        "check the model and num_labels against the adapter or checkpoint; target_modules may name layers of another architecture",
+    ),
+    (
+        "lock",
+        "another process holds the run's folder or Snakemake's lock",
+        [r"CheckpointsInUse", r"is in use by another trainer", r"LockException", r"Directory cannot be locked"],
+        "wait for the other job or stop it; after a crash, `snakemake --unlock` frees Snakemake's lock",
+    ),
+)
+
+
+@dataclass
+class Run:
+    run_id: str
+    state: str
+    stage: str | None = None
+    wall_time_s: float | None = None
+    peak_rss_mb: float | None = None
+    peak_gpu_mb: float | None = None
+    step: int | None = None
+    total: int | None = None
+    elapsed: str | None = None
+    eta: str | None = None
+    reason: str | None = None
+    cause: str | None = None
+    log: str | None = None
+    lines: list[str] = field(default_factory=list)
+
+
+def _benchmarks(root: str, run_id: str) -> tuple[float | None, float | None]:
+    """(seconds, max RSS in MB) summed and maxed over a run's stages' Snakemake benchmark files."""
+    seconds, rss = 0.0, None
+    for stage, _ in paths.RUN_OUTPUTS:
+        path = Path(paths.benchmark(root, stage, run_id))
+        if path.exists():
+            rows = list(csv.DictReader(path.open(), delimiter="\t"))
+            if rows:
+                seconds += float(rows[-1]["s"])
+                value = rows[-1].get("max_rss")
+                if value not in (None, "", "NA", "-"):
+                    rss = max(rss or 0.0, float(value))
+    return (seconds or None), rss
+
+
+def slurm_logs(workdir: Path, stage: str, run_id: str) -> list[Path]:
+    """The Slurm logs of a run's stage, newest last (the plugin names the folder after the wildcards, / as _)."""
+    folder = workdir / ".snakemake" / "slurm_logs" / f"rule_{stage}" / run_id.replace("/", "_")
+    return sorted(folder.glob("*.log"), key=lambda p: p.stat().st_mtime) if folder.exists() else []
+
+
+def classify(text: str) -> tuple[str, str, str]:
+    """(class, what it is, the fix) of a failure's log text."""
+    for cause, what, patterns, fix in CAUSES:
+        if any(re.search(p, text) for p in patterns):
+            return cause, what, fix
+    return "other", "an error peftlab does not recognise", "read the log lines below"
+
+
+def relevant_lines(text: str, n: int = 12) -> list[str]:
+    """The lines that say what went wrong: from the last traceback (or the last error-looking line), at most n."""
+    lines = [x.rstrip() for x in text.splitlines() if x.strip()]
+    starts = [i for i, x in enumerate(lines) if TRACEBACK.match(x.strip())]
+    if not starts:
+        return lines[-n:]
+    tb = [i for i in starts if lines[i].startswith("Traceback")]
+    first = tb[-1] if tb else starts[-1]
+    chunk = lines[first:]
+    return chunk if len(chunk) <= n else chunk[:2] + ["..."] + chunk[-(n - 3) :]
+
+
+def error_line(text: str) -> str | None:
+    lines = [x.strip() for x in text.splitlines() if x.strip()]
+    errors = [x for x in lines if TRACEBACK.match(x) and not x.startswith("Traceback")]
+    return (errors or lines or [None])[-1]
+
+
+def run_state(root: str, run_id: str, workdir: Path = Path("."), stale_s: float = 3600, now: float | None = None) -> Run:
+    now = time.time() if now is None else now
+    run_dir = Path(paths.run(root, run_id))
+    for stage, output in paths.RUN_OUTPUTS:
+        if (run_dir / output).exists():
+            continue
+        log_file = Path(paths.log(root, stage, run_id))
+        slurm = slurm_logs(workdir, stage, run_id)
+        if not log_file.exists() and not slurm:
+            started = stage != paths.RUN_OUTPUTS[0][0]
+            return Run(run_id, "pending", stage if started else None)
+        text = log_file.read_text(errors="replace") if log_file.exists() else ""
+        slurm_text = slurm[-1].read_text(errors="replace") if slurm else ""
+        newest = max([p.stat().st_mtime for p in [log_file, *slurm[-1:]] if p.exists()])
+        errored = any(TRACEBACK.match(x.strip()) for x in (text + "\n" + slurm_text).splitlines()) or "Error in rule" in slurm_text
+        if not errored and now - newest < stale_s:
+            run = Run(run_id, "running", stage, log=str(log_file))
+            found = list(PROGRESS.finditer(text))
+            if found:
+                m = found[-1]
+                run.step, run.total, run.elapsed, run.eta = int(m["step"]), int(m["total"]), m["elapsed"], m["eta"]
+            return run
+        both = text + "\n" + slurm_text
+        cause, _, _ = classify(both)
+        reason = error_line(both) if errored else f"no output, and the log has not changed for {(now - newest) / 60:.0f} min (killed?)"
+        lines = relevant_lines(text if errored and TRACEBACK.search(text or "") else both)
+        return Run(run_id, "failed", stage, reason=reason, cause=cause, log=str(slurm[-1] if slurm and not text else log_file), lines=lines)
+    seconds, rss = _benchmarks(root, run_id)
+    gpu = None
+    train = run_dir / "train.json"
+    if train.exists():
+        peak = artifacts.read_json(train).get("peak_memory", {})
+        gpu = peak.get("gpu_mb")
+        rss = rss or peak.get("cpu_rss_mb")
+    return Run(run_id, "done", wall_time_s=seconds, peak_rss_mb=rss, peak_gpu_mb=gpu)
+
+
+def matrix_status(root: str, run_ids: list[str], workdir: Path = Path("."), stale_s: float = 3600) -> list[Run]:
+    return [run_state(root, r, workdir, stale_s) for r in run_ids]
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def bar(done: int, total: int, width: int = 30) -> str:
+    filled = round(width * done / total) if total else 0
+    return f"[{'#' * filled}{'-' * (width - filled)}] {done}/{total} ({100 * done / max(total, 1):.0f}%)"
+
+
+def render(root: str, runs: list[Run], verbose: bool = False) -> str:
+    counts = {s: sum(r.state == s for r in runs) for s in STATES}
+    out = [f"Matrix {root}: {len(runs)} runs", "  " + ", ".join(f"{counts[s]} {s}" for s in STATES), ""]
+    marks = {"done": "✓", "running": "⧗", "failed": "✗", "pending": "○"}
+    for state in ("running", "failed", "done", "pending"):
+        chosen = [r for r in runs if r.state == state]
+        if not chosen or (state in ("done", "pending") and not verbose and len(chosen) > 20):
+            if chosen:
+                out.append(f"{state}: {len(chosen)} (--verbose lists them)")
+            continue
+        out.append(f"{state}:")
+        for r in chosen:
+            if state == "done":
+                mem = f"{r.peak_rss_mb / 1024:.1f} GB RSS" if r.peak_rss_mb else "-"
+                mem += f", {r.peak_gpu_mb / 1024:.1f} GB GPU" if r.peak_gpu_mb else ""
+                detail = f"{_clock(r.wall_time_s)}, {mem}"
+            elif state == "running":
+                detail = f"{r.stage}" + (
+                    f", step {r.step}/{r.total}, {r.elapsed} elapsed, ETA {r.eta}" if r.step is not None else ", starting"
+                )
+            elif state == "failed":
+                detail = f"{r.stage}: [{r.cause}] {r.reason}"
+            else:
+                detail = f"waiting for {r.stage}" if r.stage else "not started"
+            out.append(f"  {marks[state]} {r.run_id}  ({detail})")
+    out += ["", "Progress: " + bar(counts["done"], len(runs))]
+    if counts["failed"]:
+        out.append("Failed runs: python -m peftlab.status --diagnose (same arguments) groups them by cause.")
+    return "\n".join(out)
+
+
+def diagnose(runs: list[Run], n_lines: int = 12) -> str:
+    failed = [r for r in runs if r.state == "failed"]
+    if not failed:
+        return "No failed runs."
+    out = [f"{len(failed)} failed run(s)"]
+    by_cause: dict[str, list[Run]] = {}
+    for r in failed:
+        by_cause.setdefault(r.cause, []).append(r)
+    for cause, group in sorted(by_cause.items(), key=lambda kv: -len(kv[1])):
+        _, what, fix = next(
+            ((c, w, f) for c, w, _, f in CAUSES if c == cause), (cause, "an error peftlab does not recognise", "read the log lines below")
+        )
+        out += ["", f"== {cause}: {len(group)} run(s): {what}", f"   fix: {fix}"]
+        for r in group:
+            out.append(f"   - {r.run_id} ({r.stage}) log: {r.log}")
+            out += [f"       | {x}" for x in r.lines[-n_lines:]]
+    return "\n".join(out)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--configfile", default="config/config.yaml", help="the matrix's config (default: config/config.yaml)")
+    p.add_argument("--json", action="store_true", help="print every run's state as JSON")
+    p.add_argument(
+        "--watch", type=float, nargs="?", const=30.0, help="refresh every N seconds (default 30) until no run is running or pending"
+    )
+    p.add_argument("--diagnose", action="store_true", help="group the failed runs by cause, with log lines and a fix each")
+    p.add_argument(
+        "--stale", type=float, default=60, help="minutes without log output before a run with no output counts as failed (default 60)"
+    )
+    p.add_argument("--lines", type=int, default=12, help="log lines per failed run in --diagnose (default 12)")
+    p.add_argument("--verbose", action="store_true", help="list done and pending runs even when there are many")
+    args = p.parse_args(argv)
+    from peftlab.config import ConfigError, load_yaml, plan
+
+    try:
+        planned = plan(load_yaml(args.configfile), args.configfile)
+    except (ConfigError, OSError) as e:
+        raise SystemExit(f"--configfile {args.configfile}: {e}") from None
+    while True:
+        runs = matrix_status(planned.root, list(planned.runs), Path("."), args.stale * 60)
+        if args.json:
+            text = json.dumps(
+                {"root": planned.root, "counts": {s: sum(r.state == s for r in runs) for s in STATES}, "runs": [asdict(r) for r in runs]},
+                indent=2,
+            )
+        elif args.diagnose:
+            text = diagnose(runs, args.lines)
+        else:
+            text = render(planned.root, runs, args.verbose)
+        if args.watch:
+            sys.stdout.write("\033[2J\033[H" + time.strftime("%H:%M:%S ") + "\n")
+        print(text, flush=True)
+        if not args.watch or not any(r.state in ("running", "pending") for r in runs):
+            break
+        time.sleep(args.watch)
+
+
+if __name__ == "__main__":
+    main()
