@@ -25,7 +25,7 @@ def snakemake(workdir: Path, *args: str, config: Path | None = None) -> subproce
     """Run this repository's workflow in `workdir` with config/test.yaml (or `config`)."""
     cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir)]
     cmd += ["--configfile", str(config or ROOT / "config" / "test.yaml"), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=2400)  # the pipeline fixture: about 15 minutes on 2 cores
 
 
 def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:

@@ -1,6 +1,6 @@
 """The whole DAG on config/test.yaml, through Snakemake, in a temporary directory.
 
-One module-scoped run (about two minutes on 2 cores); each test reads its outputs.
+One module-scoped run (about 15 minutes on 2 cores: 17 runs); each test reads its outputs.
 """
 
 from __future__ import annotations
