@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, planned_jobs, snakemake
+from conftest import ROOT, load_test_config, planned_jobs, snakemake
 from peftlab.config import plan
 
 
@@ -176,7 +176,8 @@ def test_one_command_validates_every_config(tmp_path):
     (tmp_path / "good.yaml").write_text((ROOT / "config/test.yaml").read_text())
     (tmp_path / "bad.yaml").write_text((ROOT / "config/test.yaml").read_text().replace("learning_rate:", "lr:", 1))
     proc = subprocess.run([sys.executable, "-m", "peftlab.config", "--all", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
-    assert proc.returncode != 0 and f"{tmp_path}/good.yaml: 9 runs" in proc.stdout
+    runs = len(plan(load_test_config())[1])
+    assert proc.returncode != 0 and f"{tmp_path}/good.yaml: {runs} runs" in proc.stdout
     assert f"{tmp_path}/bad.yaml: invalid config:" in proc.stderr and "unknown key(s) 'lr'" in proc.stderr
     assert proc.stderr.strip().endswith(f"1 of 2 configs are invalid: {tmp_path}/bad.yaml")
 
