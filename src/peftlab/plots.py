@@ -141,24 +141,30 @@ def params_plot(part: pd.DataFrame, metric: str, task: str, model: str, path: Pa
     return _save(fig, path)
 
 
-def axis_plot(part: pd.DataFrame, metric: str, axis: str, task: str, model: str, path: Path) -> Path:
+def axis_plot(part: pd.DataFrame, metric: str, axis: str, task: str, model: str, path: Path) -> Path | None:
     """The metric along one axis: a curve per method and per value of the other varying axes, with a 95% band."""
     others = [a for a in AXES if a != axis and varying(part, a)]
     c = cells(part, metric)
     fig, ax = plt.subplots(figsize=(6, 4))
+    plotted = []
     for i, (key, g) in enumerate(c.groupby(["method", *others], dropna=False, sort=False)):
         key = key if isinstance(key, tuple) else (key,)
         method = key[0]
         g = g.dropna(subset=[axis]).sort_values(axis)
         if g[axis].nunique() < 2:
             continue
+        plotted.append(g)
         style = STYLES[(i % len(STYLES))] if others else "-"
         label = method + ("" if not others else " " + setting_label(dict(zip(others, key[1:])), others))
         ax.plot(g[axis], g["mean"], style, marker=MARKERS[i % len(MARKERS)], color=colour(method), label=label)
         lo = g["ci_low"].astype(float)
         if lo.notna().any():
             ax.fill_between(g[axis], lo, g["ci_high"].astype(float), color=colour(method), alpha=0.15)
-    values = sorted(c[axis].dropna().unique())
+    if not plotted:  # the axis varies, but never with the other axes held: no curve to draw
+        plt.close(fig)
+        return None
+    c = pd.concat(plotted)  # the axis and the y limits fit the curves drawn, not the settings left out
+    values = sorted(c[axis].unique())
     if axis != "train_size" or values[-1] / max(values[0], 1) > 8:
         ax.set_xscale("log", base=2 if axis == "r" else 10)
     if len(values) <= 12:  # the values the matrix ran, as plain numbers
