@@ -159,7 +159,7 @@ def example_test(metric: str, a: list[list[dict]], b: list[list[dict]]) -> dict 
         return None
     if metric in MCNEMAR and "correct" in a_rows[0]:
         return stats.mcnemar([r["correct"] for r in a_rows], [r["correct"] for r in b_rows])
-    if metric in PAIRED and all(k in a_rows[0] for k in ("loss_sum",) if metric in ("eval_loss", "perplexity")):
+    if metric in PAIRED:
         extract, statistic = PAIRED[metric]
         try:
             return stats.paired_bootstrap(extract(a_rows), extract(b_rows), statistic, resamples=BOOTSTRAP_RESAMPLES)
