@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import datasets
 import pytest
 import torch
@@ -10,7 +12,7 @@ from conftest import load_test_config
 from peftlab import artifacts, data, infer, merge, methods, models, numerics
 from peftlab.config import plan
 from peftlab.models import load_model, load_tokenizer
-from peftlab.spec import TaskSpec, fingerprint
+from peftlab.spec import OutputsSpec, TaskSpec, fingerprint
 from peftlab.train import train_subset
 
 
@@ -69,13 +71,55 @@ def test_merge_writes_a_checked_model(lora_adapter, tmp_path):
     assert (tmp_path / "merged" / "config.json").exists()
 
 
-def test_merge_mismatch_fails_and_leaves_no_merged_model(lora_adapter, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("ulps", "message"),
+    [
+        ("MERGE_ULPS", "merged model differs from the adapter model"),
+        ("RELOAD_ULPS", "merged model, reloaded, differs from the merged model"),
+    ],
+)
+def test_merge_mismatch_fails_and_leaves_no_merged_model(lora_adapter, tmp_path, monkeypatch, ulps, message):
     spec, adapter = lora_adapter
-    monkeypatch.setattr(numerics, "MERGE_ULPS", -1.0)  # any difference, even 0, is now too much
-    with pytest.raises(merge.MergeMismatch, match="merged model, reloaded, differs"):
+    monkeypatch.setattr(numerics, ulps, -1.0)  # any difference, even 0, is now too much
+    with pytest.raises(merge.MergeMismatch, match=message):
         merge.merge(spec, adapter, tmp_path / "merged")
     assert not (tmp_path / "merged").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["adapter"]
+
+
+def with_merge(spec, mode):
+    return dataclasses.replace(spec, outputs=OutputsSpec(merge=mode))
+
+
+def test_merge_check_proves_the_merge_and_keeps_no_copy(lora_adapter, tmp_path):
+    spec, adapter = lora_adapter
+    record = merge.merge(with_merge(spec, "check"), adapter, tmp_path / "merged")
+    assert record["merge"] == "check" and record["checked"] and not record["saved"] and record["merged_bytes"] == 0
+    assert 0 <= record["max_abs_logit_diff"] <= record["tolerance"] and 0 <= record["reload_max_abs_diff"] <= record["reload_tolerance"]
+    assert [p.name for p in (tmp_path / "merged").iterdir()] == [merge.NOT_SAVED]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "merged"]  # no copy left anywhere
+    assert artifacts.disk_bytes(tmp_path / "merged") < 200
+    artifacts.write_json(tmp_path / "train.json", {"spec": spec.to_dict()})  # tmp_path as a run folder
+    with pytest.raises(models.NotMerged, match=r"merged: outputs.merge: check: the merge was checked exact .* \(drop --merged\)"):
+        models.load_run(tmp_path, merged=True)
+
+
+def test_merge_none_loads_nothing_and_says_so(lora_adapter, tmp_path):
+    spec, _ = lora_adapter
+    record = merge.merge(with_merge(spec, "none"), "no adapter is read", tmp_path / "merged")
+    assert (record["merge"], record["checked"], record["saved"], record["merged_bytes"]) == ("none", False, False, 0)
+    assert "max_abs_logit_diff" not in record
+    assert (tmp_path / "merged" / merge.NOT_SAVED).read_text().startswith("outputs.merge: none")
+
+
+def test_merge_auto_saves_below_the_size_and_checks_from_it(lora_adapter, tmp_path, monkeypatch):
+    spec, adapter = lora_adapter
+    small = merge.merge(with_merge(spec, "auto"), adapter, tmp_path / "small")
+    assert small["saved"] and (tmp_path / "small" / "config.json").exists()
+    assert small["merged_bytes"] == artifacts.disk_bytes(tmp_path / "small") > small["params"] * 4  # float32 weights
+    monkeypatch.setattr(merge, "AUTO_SAVE_BELOW", small["params"])  # this model is now "large"
+    large = merge.merge(with_merge(spec, "auto"), adapter, tmp_path / "large")
+    assert large["checked"] and not large["saved"] and [p.name for p in (tmp_path / "large").iterdir()] == [merge.NOT_SAVED]
 
 
 def test_prompt_tuning_records_why_it_cannot_merge(in_tiny, tmp_path):

@@ -101,3 +101,28 @@ def test_every_key_slurm_resources_sets_is_one_the_rules_declare():
         Resources(nodes=2, gpus=2, gpu_model="a100", constraint="ib", partition="gpu", qos="long"),
     ]
     assert set().union(*(slurm_resources(r) for r in shapes)) <= set(SLURM_KEYS)
+
+
+def test_rule_resources_are_constants_where_every_run_agrees():
+    """Snakemake inspects each resource function per job it plans: only memory and runtime (which grow with
+    the attempt) and keys the runs disagree on are functions; keys no run sets are left out."""
+    from types import SimpleNamespace
+
+    from peftlab.launch import rule_resources, rule_threads
+
+    by_run = {"a": Resources(threads=2), "b": Resources(threads=2, partition="long")}
+    train = rule_resources(by_run, "train")
+    assert set(train) == {"mem_mb", "runtime", "cpus_per_task", "slurm_partition"}  # no GPU key: no run asks for one
+    assert train["cpus_per_task"] == 2
+    a, b = SimpleNamespace(run_id="a"), SimpleNamespace(run_id="b")
+    assert (train["slurm_partition"](a), train["slurm_partition"](b)) == (None, "long")
+    assert (train["mem_mb"](a, 1), train["mem_mb"](a, 2), train["runtime"](b, 3)) == (4000, 8000, 180)
+    for key, value in train.items():  # the same values as slurm_resources, job by job
+        for wc, r in ((a, by_run["a"]), (b, by_run["b"])):
+            got = value(wc, 2) if key in ("mem_mb", "runtime") else value(wc) if callable(value) else value
+            assert got == slurm_resources(r, 2).get(key), (key, wc.run_id)
+    assert rule_threads(by_run, "train") == 2
+    mixed = {"a": Resources(gpus=2, cpus_per_gpu=3), "b": Resources(threads=1)}
+    assert rule_threads(mixed, "train")(a) == 6 and rule_threads(mixed, "evaluate")(a) == 3
+    assert rule_resources(mixed, "merge")["cpus_per_task"](a) == 3  # merging: no GPU, one GPU's cores
+    assert "gpu" not in rule_resources(mixed, "merge")

@@ -7,6 +7,7 @@ import dataclasses
 import math
 
 import pytest
+import safetensors
 import torch
 
 from conftest import load_test_config
@@ -44,9 +45,11 @@ def test_a_bfloat16_base_trains_reloads_and_merges_in_float32(in_tiny, tmp_path)
     assert base_dtypes == {torch.bfloat16} and adapter_dtypes == {torch.float32}
 
     check = merge.merge(spec, str(tmp_path / "adapter"), tmp_path / "merged")
-    assert check["base"] == "float32" and check["max_abs_logit_diff"] <= check["tolerance"]
-    merged = load_model(spec.model, spec.task, path=str(tmp_path / "merged"), float32=True)
-    assert next(merged.parameters()).dtype == torch.float32
+    assert check["merged_in"] == "float32" and check["max_abs_logit_diff"] <= check["tolerance"]
+    assert check["dtype"] == "bfloat16" and check["reload_max_abs_diff"] <= check["reload_tolerance"]
+    with safetensors.safe_open(tmp_path / "merged" / "model.safetensors", "pt") as f:  # stored in the model's dtype: half of float32
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+    assert check["params"] * 2 <= check["merged_bytes"] < check["params"] * 3
 
 
 def test_attn_implementation_and_tokenizer_name_reach_transformers(in_tiny, tmp_path):

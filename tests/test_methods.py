@@ -148,7 +148,9 @@ def test_method(name, model, in_tiny, tmp_path):
     assert record["reload_max_abs_diff"] <= record["reload_tolerance"] <= numerics.RELOAD_ULPS * numerics.EPS * 100  # logits below 100
 
     check = merge.merge(spec, str(tmp_path / "adapter"), tmp_path / "merged")
-    if method.mergeable:
+    if method.impl is None:  # full: adapter/ is the model; it is not stored twice
+        assert check["saved"] and [p.name for p in (tmp_path / "merged").iterdir()] == [merge.SAME_AS_ADAPTER]
+    elif method.mergeable:
         assert check["max_abs_logit_diff"] <= check["tolerance"] <= numerics.MERGE_ULPS * numerics.EPS * 100
         assert (tmp_path / "merged" / "config.json").exists()
     else:
@@ -181,7 +183,8 @@ def check_tracking(spec, method, run: Path) -> None:
     assert {"heatmap_rel_norm.png", "spectra_final.png"} <= set(info["plots"])
     if method.quantized:  # the merge dequantises; the float32 base is not the weight the adapter was trained on
         return
-    merged = safetensors.torch.load_file(run / "merged" / "model.safetensors")
+    folder = "adapter" if method.impl is None else "merged"  # full: the adapter folder is the model, not stored twice
+    merged = safetensors.torch.load_file(run / folder / "model.safetensors")
     base = load_model(spec.model, spec.task).state_dict()
     final = spectral[(spectral["step"] == 10) & (spectral["quantity"] == "fro_norm")]
     kind = "update" if method.init_changes_base else "delta"  # the change from the pretrained weight

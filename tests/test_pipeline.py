@@ -19,12 +19,13 @@ import yaml
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, DataCollatorForSeq2Seq
 
-from conftest import load_test_config, planned_jobs, snakemake
+from conftest import ROOT, load_test_config, planned_jobs, snakemake
 from peftlab import artifacts, numerics, tables
 from peftlab.compute import logits
 from peftlab.config import plan
 from peftlab.models import load_model, load_tokenizer, probe_batch
 from peftlab.spec import RunSpec
+from peftlab.tables import human_bytes
 
 pytestmark = pytest.mark.slow
 RUNS = plan(load_test_config())[1]
@@ -74,6 +75,13 @@ def test_run(done, run_id):
 
     # independently: adapter on an untouched base == merged model
     check = artifacts.read_json(run / "merge_check.json")
+    assert train["adapter_bytes"] == artifacts.disk_bytes(run / "adapter") > 0 and train["checkpoint_bytes"] == 0
+    assert not (work / "results/test/checkpoints" / run_id).exists()  # outputs.checkpoints: none
+    assert check["merged_bytes"] == (artifacts.disk_bytes(run / "merged") if check.get("saved") else 0)
+    if spec["outputs"]["merge"] == "check":  # the rank x train size block: checked, no copy kept
+        assert check["checked"] and not check["saved"] and check["max_abs_logit_diff"] <= check["tolerance"]
+        assert [p.name for p in (run / "merged").iterdir()] == ["NOT_SAVED.txt"]
+        return
     if spec["peft"]["type"] == "prompt_tuning":
         assert check["mergeable"] is False and "virtual tokens" in check["reason"]
         assert (run / "merged/NOT_MERGED.txt").exists()
@@ -107,6 +115,13 @@ def test_tables_list_every_run(done):
     dora = grouped[grouped["method"] == "dora"].iloc[0]
     assert dora["exact_match_n"] == 1 and pd.isna(dora["exact_match_std"]) and pd.isna(dora["exact_match_ci_low"])  # never ± 0
     assert "\\begin{tabular}" in (tables / "summary.tex").read_text()
+    # disk: every run's record, and the matrix's total (the check-only block keeps no merged model)
+    runs_dir = work / "results/test/runs"
+    assert (summary["adapter_bytes"] == [artifacts.disk_bytes(runs_dir / r / "adapter") for r in summary["run_id"]]).all()
+    assert (summary.loc[summary["r"].isin([4, 16]), "merged_bytes"] == 0).all()
+    merged = [runs_dir / r / "merged" for r in summary["run_id"] if (runs_dir / r / "merged/config.json").exists()]
+    total = sum(map(artifacts.disk_bytes, [runs_dir / r / "adapter" for r in summary["run_id"]] + merged))
+    assert f"{len(summary)} finished runs keep {human_bytes(total)}:" in md
     for png in ("metrics.png", "loss.png"):
         assert (tables / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -354,8 +369,6 @@ def test_a_dry_run_or_a_refused_command_writes_nothing_while_a_matrix_runs(tmp_p
     import sys
     import time
 
-    from conftest import ROOT
-
     cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--cores", "1"]
     first = subprocess.Popen(
         [*cmd, "--configfile", str(ROOT / "config/test.yaml")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
@@ -377,3 +390,20 @@ def test_a_dry_run_or_a_refused_command_writes_nothing_while_a_matrix_runs(tmp_p
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
+
+
+def test_the_cost_plan_predicts_the_finished_matrix_within_a_factor_of_two(done, monkeypatch):
+    """peftlab.plan --validate: each finished run's wall time predicted from the others (leave one out)."""
+    from peftlab import plan as cost_plan
+
+    work, _ = done
+    monkeypatch.chdir(work)
+    result = cost_plan.cost(ROOT / "config/test.yaml", leave_one_out=True)
+    assert sorted(result["measured"]) == sorted(RUNS)
+    predicted = sum(sum(c.seconds.values()) for c in result["runs"].values())
+    measured = sum(sum(m["seconds"].values()) for m in result["measured"].values())
+    assert 0.5 <= predicted / measured <= 2.0, (predicted, measured)
+    assert all(c.source == "measured" for c in result["runs"].values())
+    for run_id, c in result["runs"].items():  # parameters counted on the meta device, as training counted them
+        train = artifacts.read_json(work / "results/test/runs" / run_id / "train.json")
+        assert (c.total_params, c.trainable_params) == (train["total_params"], train["trainable_params"]), run_id

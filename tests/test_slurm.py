@@ -84,6 +84,18 @@ def write_config(workdir: Path, **changes) -> Path:
     return path
 
 
+def with_small_task(workdir: Path) -> dict:
+    """The test config's tasks plus `small`: 20 rows, so a run with train_size 50 fails in its training job."""
+    data = workdir / "small"
+    data.mkdir()
+    rows = "".join(f'{{"text": "fine {i}", "label": {i % 2}}}\n' for i in range(20))
+    (data / "train.jsonl").write_text(rows)
+    (data / "eval.jsonl").write_text(rows)
+    tasks = load_yaml(CONFIG)["tasks"]
+    tasks["small"] = {"type": "classification", "data": {"files": {"train": str(data / "train.jsonl"), "eval": str(data / "eval.jsonl")}}}
+    return tasks
+
+
 @pytest.fixture(scope="module")
 def matrix(cluster, tmp_path_factory):
     """The Slurm test matrix, run once: (workdir, snakemake's output)."""
@@ -140,20 +152,10 @@ def test_two_nodes_train_like_one_process_with_the_same_global_batch(matrix):
 
 def test_a_failed_run_is_detected_leaves_nothing_finished_and_the_others_go_on(matrix):
     work, _ = matrix
-    data = work / "small"
-    data.mkdir()
-    rows = "".join(f'{{"text": "fine {i}", "label": {i % 2}}}\n' for i in range(20))
-    (data / "train.jsonl").write_text(rows)
-    (data / "eval.jsonl").write_text(rows)
-    raw = load_yaml(CONFIG)
-    raw["tasks"]["small"] = {
-        "type": "classification",
-        "data": {"files": {"train": str(data / "train.jsonl"), "eval": str(data / "eval.jsonl")}},
-    }
     # 50 examples from a 20-row file: only the training job can know, and it exits 1
     config = write_config(
         work,
-        tasks=raw["tasks"],
+        tasks=with_small_task(work),
         experiments=[{"name": "too-big", "task": "small", "training": {"train_size": 50}}, {"name": "other", "common": {"seed": 2}}],
     )
     proc = slurm_snakemake(work, config, "--retries", "0")
@@ -185,3 +187,56 @@ def test_a_run_killed_for_memory_succeeds_on_its_retry_with_twice_the_memory(mat
     logs = list((work / ".snakemake/slurm_logs/rule_train_run").glob("*small-mem/*.log"))
     assert any("exceeded memory limit" in p.read_text() for p in logs), [p.read_text()[-2000:] for p in logs]
     assert artifacts.read_json(work / "results/default/runs" / RUN / "small-mem" / "train.json")["steps"] == 8
+
+
+# profiles/slurm/config.yaml's packing block, as flags: 2 runs per sbatch call, one job at a time
+# inside it, each asking for what one run asks (1000 MB, 1 CPU)
+PACKED = [
+    "--groups", "train_run=run", "evaluate_run=run", "merge_run=run",
+    "--group-components", "run=2",
+    "--resources", "mem_mb=1000", "cpus_per_task=1",
+    "--set-resource-scopes", "mem_mb=local", "cpus_per_task=local",
+    "--keep-incomplete",
+]  # fmt: skip
+
+
+def test_packed_runs_share_sbatch_calls_and_a_failed_run_keeps_the_others(cluster, tmp_path):
+    good = [f"s{seed}" for seed in (1, 2, 3)]
+    config = write_config(
+        tmp_path,
+        tasks=with_small_task(tmp_path),
+        resources={"preset": "tiny", "mem_mb": 1000, "runtime": 10},
+        # too-big fails at its first step (50 examples of 20)
+        experiments=[
+            *({"name": n, "common": {"seed": int(n[1:])}} for n in good),
+            {"name": "too-big", "task": "small", "training": {"train_size": 50}},
+        ],
+    )
+    proc = slurm_snakemake(tmp_path, config, "--retries", "0", *PACKED)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0  # too-big failed
+    packed = re.findall(r"^sbatch call: .* --comment rule_run_evaluate_run_merge_run_train_run (.*?) --wrap=", out, re.M)
+    assert len(packed) == 2, out[-5000:]  # 4 runs, 2 per call: ceil(4 / 2) sbatch calls for every run stage
+    assert all(" --mem 1000 " in f" {flags} " and "--cpus-per-task=1" in flags for flags in packed), packed  # one run's share
+    assert not sbatch_calls(proc, "train_run", f"{RUN}/s1")  # no run stage went alone
+    runs = tmp_path / "results/default/runs"
+    assert not (runs / "small/tiny-llama/too-big/train.json").exists()
+    assert "Removing output files of failed job" not in out  # --keep-incomplete; peftlab's outputs are atomic
+    # the group without too-big finished both its runs; the run packed with it finished what it
+    # ran before the failure stopped the group (jobs run one at a time in there), and kept it
+    assert sum((runs / RUN / n / "merge_check.json").exists() for n in good) >= 2
+    trained = {n: (runs / RUN / n / "train.json").stat().st_mtime for n in good if (runs / RUN / n / "train.json").exists()}
+    for name in trained:
+        assert (runs / RUN / name / "adapter/adapter_model.safetensors").exists(), name
+
+    # without the failing run, the next call finishes the rest and retrains nothing it kept
+    again = slurm_snakemake(tmp_path, config, "--retries", "0", "--config", "exclude=too-big", *PACKED)
+    assert again.returncode == 0, again.stderr[-5000:] + failed_jobs(tmp_path)
+    for name in good:
+        record = artifacts.read_json(runs / RUN / name / "train.json")
+        assert record["steps"] == 8 and record["spec"] == artifacts.read_json(
+            tmp_path / f"results/default/specs/train_run/{RUN}/{name}.json"
+        )
+        assert artifacts.read_json(runs / RUN / name / "eval.json")["spec"]["run_id"] == f"{RUN}/{name}"
+        assert (runs / RUN / name / "merged/config.json").exists()
+    assert {n: (runs / RUN / n / "train.json").stat().st_mtime for n in trained} == trained

@@ -97,6 +97,14 @@ def atomic_dir(path: str | Path):
     os.replace(tmp, path)
 
 
+def disk_bytes(path: str | Path) -> int:
+    """Bytes a file or folder holds on disk (its files' sizes; 0 if it does not exist)."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+
+
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for pkg in PACKAGES:

@@ -1,7 +1,10 @@
 """A run's checkpoint folder: held by one trainer at a time, holding only checkpoints of one set of training settings.
 
 The folder lies outside the run's declared outputs (Snakemake deletes those before it
-reruns a failed job), at peftlab.paths.checkpoints; training removes it once the run is done.
+reruns a failed job), at peftlab.paths.checkpoints. Once the run is done, training keeps
+what the run's `outputs.checkpoints` says (`keep`): none (the folder is removed), the
+last, or every N steps and the last. A kept checkpoint stays beside the fingerprint of
+its settings, so a retrain from other settings discards it like any stale checkpoint.
 """
 
 from __future__ import annotations
@@ -15,11 +18,51 @@ import socket
 import time
 from pathlib import Path
 
+from transformers import TrainerCallback
+
 log = logging.getLogger(__name__)
 
 
 class CheckpointsInUse(RuntimeError):
     """Another live trainer holds the run's checkpoint folder."""
+
+
+KEEP = ("none", "last")  # outputs.checkpoints, besides every N steps (an integer)
+
+
+def step_of(checkpoint: Path) -> int:
+    return int(checkpoint.name.split("-")[1])
+
+
+def kept_steps(steps: list[int], keep: str | int, best: int | None = None) -> set[int]:
+    """Which of a run's checkpoint steps `outputs.checkpoints` keeps: none, the last, or every N and the last (and the best one, while training)."""
+    if keep == "none" or not steps:
+        return set()
+    last = {max(steps)} | ({best} if best is not None else set())
+    return last if keep == "last" else last | {s for s in steps if s % keep == 0}
+
+
+def prune(folder: Path, keep: str | int, best: str | None = None) -> list[Path]:
+    """Delete the checkpoints of `folder` that `keep` does not keep; the kept ones, oldest first."""
+    found = {step_of(p): p for p in folder.glob("checkpoint-*") if p.is_dir()}
+    keep_steps = kept_steps(list(found), keep, step_of(Path(best)) if best else None)
+    for step, path in found.items():
+        if step not in keep_steps:
+            shutil.rmtree(path)
+    return [found[s] for s in sorted(keep_steps)]
+
+
+class KeepEvery(TrainerCallback):
+    """A TrainerCallback for `outputs.checkpoints: N`: after each save, drop the checkpoints that are
+    neither a multiple of N, the newest (resuming needs it) nor the best evaluated one, so that
+    disk grows with N, not with save_steps (save_total_limit is off: it would delete kept ones)."""
+
+    def __init__(self, every: int):
+        self.every = every
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            prune(Path(args.output_dir), self.every, state.best_model_checkpoint)
 
 
 def last_checkpoint(folder: Path) -> str | None:

@@ -123,6 +123,39 @@ def for_stage(r: Resources, stage: str) -> Resources:
     return {"train": r, "evaluate": r.single(), "merge": r.cpu_only()}[stage]
 
 
+def rule_resources(by_run: dict[str, Resources], stage: str) -> dict:
+    """A run rule's `resources:` for every run of a matrix ({run id: its Resources}).
+
+    Snakemake inspects a resource function's signature for every job it plans, which
+    made planning a 1,000-run matrix several times slower than a bare workflow's. So a
+    key that no run sets is left out, a key every run sets alike is a constant, and only
+    memory and runtime (which grow with the attempt) and keys the runs disagree on are
+    functions of the job's run id. Worked out once per distinct Resources (a matrix has
+    a few), not per run: every Slurm job parses the workflow again.
+    """
+    first = {r: slurm_resources(for_stage(r, stage)) for r in set(by_run.values())}
+    out: dict = {}
+    for key in SLURM_KEYS:
+        values = {d.get(key) for d in first.values()}
+        if values <= {None}:
+            continue
+        if key in ("mem_mb", "runtime"):
+            out[key] = lambda wc, attempt, key=key: slurm_resources(for_stage(by_run[wc.run_id], stage), attempt)[key]
+        elif len(values) == 1:
+            out[key] = values.pop()
+        else:
+            out[key] = lambda wc, key=key: first[by_run[wc.run_id]].get(key)
+    return out
+
+
+def rule_threads(by_run: dict[str, Resources], stage: str):
+    """A run rule's `threads:`: a constant when every run has the same, else a function of the run id."""
+    threads = {for_stage(r, stage).cpus_per_task for r in set(by_run.values())}
+    if len(threads) <= 1:
+        return threads.pop() if threads else 1
+    return lambda wc: for_stage(by_run[wc.run_id], stage).cpus_per_task
+
+
 def slurm_resources(r: Resources, attempt: int = 1) -> dict:
     """The slurm plugin's resources for one job; memory and runtime scale with the attempt.
 

@@ -17,7 +17,7 @@ import fnmatch
 import itertools
 
 from peftlab import launch, methods, paths, tasks
-from peftlab.schema import SAFE_NAME, ConfigError
+from peftlab.schema import SAFE_NAME, ConfigError, json_copy
 from peftlab.spec import RunSpec
 from peftlab.validate import AXES, check_cell, task_spec
 
@@ -39,7 +39,7 @@ def _cells(cfg: dict):
     The resources levels are the (key path, value) pairs that override the model's
     resources, outermost first: a preset in one replaces what the levels before it set.
     """
-    defaults = {"peft": cfg["peft"], "training": cfg["training"], "tracker": cfg["tracker"]}
+    defaults = {"peft": cfg["peft"], "training": cfg["training"], "tracker": cfg["tracker"], "outputs": cfg["outputs"]}
     for i, block in enumerate(cfg.get("sweep", [])):
         axes = {a: _as_list(block[a]) for a in AXES if a in block}
         for axis in axes:
@@ -48,10 +48,10 @@ def _cells(cfg: dict):
                 raise ConfigError(
                     f"sweep[{i}]: both the axis {axis!r} and {section}.{rest[0]} are set; the axis would silently win, so keep one of them"
                 )
-        fixed = _deep_merge(defaults, {k: block[k] for k in ("peft", "training", "tracker") if k in block})
+        fixed = _deep_merge(defaults, {k: block[k] for k in ("peft", "training", "tracker", "outputs") if k in block})
         levels = [(f"sweep[{i}].resources", block.get("resources"))]
         for values in itertools.product(*axes.values()):
-            cell = copy.deepcopy(fixed)
+            cell = json_copy(fixed)
             for axis, value in zip(axes, values):
                 *parents, leaf = AXES[axis]
                 target = cell
@@ -146,6 +146,7 @@ def expand(cfg: dict, root: str = paths.RESULTS) -> tuple[dict[str, dict], dict[
             "wandb": {**cfg["wandb"], "dir": root},  # wandb writes to <dir>/wandb
             "data_dir": paths.data(root, task, model),
             "tracker": cell["tracker"],
+            "outputs": cell["outputs"],
         }
         spec = RunSpec.from_dict(spec).to_dict()  # canonical form: exactly what the stages read and record
         if run_id in runs and (runs[run_id], resources[run_id]) != (spec, res):

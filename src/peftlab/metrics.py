@@ -13,14 +13,16 @@ import math
 import re
 
 import numpy as np
-from scipy import stats
-from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef, precision_score, recall_score
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 ANSWER_FORMATS = ("gsm8k", "boxed", "last_number", "text", "none")
 
 
 def classification(labels, predictions, num_labels: int = 2) -> dict[str, float]:
+    # imported here: the workflow imports this module through the task registry when it
+    # plans a matrix, and scikit-learn's import alone is a second of every Slurm job's start
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef, precision_score, recall_score
+
     binary = {"average": "binary", "pos_label": 1} if num_labels == 2 else {"average": "macro"}
     return {
         "accuracy": float(accuracy_score(labels, predictions)),
@@ -33,6 +35,8 @@ def classification(labels, predictions, num_labels: int = 2) -> dict[str, float]
 
 
 def regression(labels, predictions) -> dict[str, float]:
+    from scipy import stats
+
     labels, predictions = np.asarray(labels, dtype=float), np.asarray(predictions, dtype=float)
     constant = np.ptp(predictions) == 0 or np.ptp(labels) == 0  # a correlation is undefined; report 0, not NaN
     return {

@@ -31,7 +31,7 @@ class StaleAdapter(RuntimeError):
 
 
 class NotMerged(RuntimeError):
-    """A run whose method cannot merge has no merged model (merged/NOT_MERGED.txt says why)."""
+    """A run without a merged model: its method cannot merge (merged/NOT_MERGED.txt), or outputs.merge kept none (merged/NOT_SAVED.txt)."""
 
 
 def resolve_path(path: str) -> str:
@@ -133,8 +133,12 @@ def load_run(run: Path, merged: bool = False):
     if not merged:
         tokenizer = load_tokenizer(spec.model)
         return spec, load_trained(spec, str(run / "adapter"), tokenizer), tokenizer
-    if (run / "merged" / "NOT_MERGED.txt").exists():
-        raise NotMerged(f"{run}/merged: {(run / 'merged' / 'NOT_MERGED.txt').read_text().strip()}; use the adapter (drop --merged)")
+    for why in ("NOT_MERGED.txt", "NOT_SAVED.txt"):  # a method that cannot merge; outputs.merge: check or none
+        if (run / "merged" / why).exists():
+            raise NotMerged(f"{run}/merged: {(run / 'merged' / why).read_text().strip()}; use the adapter (drop --merged)")
+    if (run / "merged" / "SAME_AS_ADAPTER.txt").exists():  # full fine-tuning: the adapter folder is the whole model
+        tokenizer = load_tokenizer(spec.model)
+        return spec, load_trained(spec, str(run / "adapter"), tokenizer), tokenizer
     tokenizer = AutoTokenizer.from_pretrained(run / "merged")
     return spec, load_model(spec.model, spec.task, tokenizer, path=str(run / "merged")).eval(), tokenizer
 

@@ -20,6 +20,12 @@ from __future__ import annotations
 RESULTS = "results"
 
 
+# a run id's shape: task/model/method/settings (a sweep cell) or task/model/name (a named
+# experiment), each part a safe name (peftlab.schema.SAFE_NAME); the workflow's wildcard constraint
+_PART = r"[A-Za-z0-9][A-Za-z0-9._+-]*"
+RUN_ID = rf"{_PART}(?:/{_PART}){{2,3}}"
+
+
 def root(matrix: str) -> str:
     return f"{RESULTS}/{matrix}"
 

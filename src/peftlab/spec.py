@@ -12,10 +12,14 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from peftlab.schema import schema_default
+from peftlab.schema import json_copy, schema_default
 
 
 class _Strict:
+    def to_dict(self) -> dict:
+        """The plain dict: what dataclasses.asdict gives, without its deepcopy of every leaf."""
+        return {f.name: v.to_dict() if isinstance(v := getattr(self, f.name), _Strict) else json_copy(v) for f in dataclasses.fields(self)}
+
     @classmethod
     def from_dict(cls, d: dict):
         """Build from a dict that has every required key and no unknown one."""
@@ -141,6 +145,14 @@ class TrackerSpec(_Strict):
 
 
 @dataclass(frozen=True)
+class OutputsSpec(_Strict):
+    """What a run keeps on disk besides its adapter."""
+
+    merge: str = _default("outputs", "merge")  # auto | save | check | none (peftlab.merge)
+    checkpoints: str | int = _default("outputs", "checkpoints")  # none | last | every N steps (peftlab.checkpoints.keep)
+
+
+@dataclass(frozen=True)
 class RunSpec(_Strict):
     run_id: str
     task: TaskSpec
@@ -151,6 +163,7 @@ class RunSpec(_Strict):
     world_size: int  # training processes (nodes x processes per node); sets the global batch
     data_dir: str  # tokenised data (datasets on disk)
     tracker: TrackerSpec = field(default_factory=TrackerSpec)
+    outputs: OutputsSpec = field(default_factory=OutputsSpec)
 
     @classmethod
     def from_dict(cls, d: dict) -> RunSpec:
@@ -161,11 +174,9 @@ class RunSpec(_Strict):
             "training": TrainingSpec,
             "wandb": WandbSpec,
             "tracker": TrackerSpec,
+            "outputs": OutputsSpec,
         }
         return super().from_dict({k: parts[k].from_dict(v) if k in parts else v for k, v in d.items()})
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 # --- which keys rerun which stage ------------------------------------------------------
@@ -183,10 +194,12 @@ NOT_READ: dict[str, tuple[str, ...]] = {
     "data_tokenize": EVAL_ONLY + ("model.dtype", "model.attn_implementation"),  # reads the tokenizer, not the weights
     # logging and checkpoint intervals, the reload check and wandb change no weight (the tracker
     # changes none either, but what it records is the train step's output, so it retrains)
-    "train_run": EVAL_ONLY + ("training.logging_steps", "training.save_steps", "training.check_reload", "wandb"),
+    "train_run": EVAL_ONLY + ("training.logging_steps", "training.save_steps", "training.check_reload", "wandb", "outputs.merge"),
     # a retrained adapter reruns both through the adapter itself
-    "evaluate_run": ("training", "world_size", "wandb", "tracker"),
-    "merge_run": EVAL_ONLY + ("training", "world_size", "wandb", "tracker"),
+    "evaluate_run": ("training", "world_size", "wandb", "tracker", "outputs"),
+    # outputs.merge is hashed even at its default: before it existed every merge was saved in
+    # float32, so a finished matrix's merges rerun once (no training) to follow the new rule
+    "merge_run": EVAL_ONLY + ("training", "world_size", "wandb", "tracker", "outputs.checkpoints"),
 }
 
 
@@ -210,6 +223,7 @@ HASHED_WHEN_SET = (
     "tracker.gradient_log_frequency",
     "tracker.subspace_k",
     "tracker.singular_values",
+    "outputs.checkpoints",
 )
 
 
@@ -232,6 +246,7 @@ def fingerprint(spec: dict, stage: str) -> str:
     for path in HASHED_WHEN_SET:
         section, key = path.split(".", 1)
         _pop(kept, path, schema_default("models" if section == "model" else section, key))
-    if kept.get("tracker") == {}:  # a section added later, all at its defaults, hashes as its absence did
-        del kept["tracker"]
+    for section in ("tracker", "outputs"):
+        if kept.get(section) == {}:  # a section added later, all at its defaults, hashes as its absence did
+            del kept[section]
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]

@@ -71,6 +71,9 @@ def run_row(run_dir: Path) -> dict | None:
         "final_loss": tr["final_loss"],
         "tokens_per_s": round(tr["tokens_per_s"]) if tr["tokens_per_s"] is not None else None,
         "train_time_s": round(tr["wall_time_s"], 1),
+        # what the run keeps on disk (None for runs recorded before peftlab recorded it)
+        "adapter_bytes": tr.get("adapter_bytes"),
+        "checkpoint_bytes": tr.get("checkpoint_bytes"),
         "losses": tr["losses"],  # for the loss plot; not a table column
         "evaluations": tr.get("evaluations"),  # in-training evaluations, for the eval plot
         "run_dir": Path(run_dir),  # where its predictions are
@@ -82,6 +85,7 @@ def run_row(run_dir: Path) -> dict | None:
     if check.exists():
         mc = artifacts.read_json(check)
         row["merge_diff"] = mc.get("max_abs_logit_diff") if mc["mergeable"] else "cannot merge"
+        row["merged_bytes"] = mc.get("merged_bytes")
     return row
 
 
@@ -359,6 +363,24 @@ def latex(table: pd.DataFrame, task: str, metric: str) -> str:
 
 
 LATEX_PREAMBLE = "% \\usepackage{booktabs,graphicx} in the preamble; \\input{} this file\n"
+DISK = {"adapter_bytes": "adapters", "checkpoint_bytes": "kept checkpoints", "merged_bytes": "merged models"}
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError
+
+
+def disk(table: pd.DataFrame) -> str:
+    """The matrix's disk, from its runs' records: adapters, kept checkpoints and merged models, and their sum."""
+    totals = {label: table[col].dropna().sum() if col in table else 0 for col, label in DISK.items()}
+    unrecorded = int(table[list(DISK)[0]].isna().sum()) if list(DISK)[0] in table else len(table)
+    parts = ", ".join(f"{human_bytes(v)} of {label}" for label, v in totals.items())
+    note = f" ({unrecorded} run(s) recorded before peftlab recorded disk are not counted)" if unrecorded else ""
+    return f"## Disk\n\n{len(table)} finished runs keep {human_bytes(sum(totals.values()))}: {parts}{note}.\n"
 
 
 def build(run_dirs: list[Path], out: Path, reference: str = "lora") -> pd.DataFrame:
@@ -403,6 +425,7 @@ def build(run_dirs: list[Path], out: Path, reference: str = "lora") -> pd.DataFr
         (out / "tasks" / f"{task}.tex").write_text(LATEX_PREAMBLE + latex(t, task, metric))
         md += section
         tex.append(latex(t, task, metric))
+    md += [disk(table), ""]
     shown = table.drop(columns=["task_type", "main_metric"]).dropna(axis=1, how="all")
     md += ["## Every finished run\n", blank(shown).to_markdown(index=False, floatfmt=".4g", missingval=""), ""]
     (out / "summary.md").write_text("\n".join(md))

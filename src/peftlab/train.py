@@ -9,7 +9,8 @@ trainer (peftlab.trainers: dynamic padding and length-grouped batches in a seede
 order; rlvr: TRL's GRPOTrainer with the task's rewards), checkpointing every
 `save_steps`, save the adapter in peft's format, check that it reloads onto an untouched base with
 the same logits (within `numerics.RELOAD_ULPS` of their scale), write train.json,
-drop the checkpoints.
+keep the checkpoints `outputs.checkpoints` asks for (none, the last, or every N steps:
+each with an adapter that evaluate reads) and drop the rest.
 
 A run started again after being killed resumes from its last complete checkpoint,
 but only one written from the same training settings: the checkpoint folder holds
@@ -45,7 +46,7 @@ import transformers
 from transformers import TrainerCallback, TrainerState
 
 from peftlab import artifacts, cli, methods, numerics, observe, tasks, trainers
-from peftlab.checkpoints import claimed, last_checkpoint
+from peftlab.checkpoints import KeepEvery, claimed, last_checkpoint, prune, step_of
 from peftlab.compute import device_of, logits
 from peftlab.methods import targets
 from peftlab.models import RUN_FILE, load_model, load_tokenizer, load_trained, probe_batch, trained_label_names
@@ -184,6 +185,7 @@ def _train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path, t
         observe.Progress(spec.run_id),
         *(callbacks(model) if (callbacks := methods.hook(method, "callbacks")) else []),
         tracker,
+        *([KeepEvery(keep)] if isinstance(keep := spec.outputs.checkpoints, int) else []),
     ]
     make_optimizer = functools.partial(optimizer, p=spec.peft) if (optimizer := methods.hook(method, "optimizer")) else None
     trainer = tasks.of(task).trainer(spec, model, tokenizer, train_ds, common, trainer_callbacks, make_optimizer)
@@ -236,6 +238,8 @@ def _train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path, t
     with artifacts.atomic_dir(tracking) as tmp:
         tracked = report.write_run(tracker, tmp, spec.run_id, fp, (spec.wandb.log_spectral_images, spec.wandb.log_gradient_images))
 
+    kept = keep_checkpoints(spec, trainer, model, tokenizer, checkpoints, initial if method.init_changes_base else None, fp)
+
     losses = [{"step": e["step"], "loss": e["loss"]} for e in state.log_history if "loss" in e]
     rl_rewards = [{"step": e["step"], "reward": e["reward"]} for e in state.log_history if "reward" in e]  # GRPO's mean reward
     session_tokens = state.num_input_tokens_seen - tokens_before  # real (non-padding) tokens since start or resume
@@ -264,14 +268,39 @@ def _train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path, t
         },
         "reload_max_abs_diff": reload_diff,
         "reload_tolerance": reload_tol,
+        "checkpoints": kept,  # outputs.checkpoints: each kept one's step and the adapter folder that evaluate reads
+        "adapter_bytes": artifacts.disk_bytes(adapter),
+        "checkpoint_bytes": artifacts.disk_bytes(checkpoints) if kept else 0,
         "world_size": args.world_size,
         "hosts": ran_on,
         "backend": torch.distributed.get_backend() if torch.distributed.is_initialized() else None,
         **prov.record(),
     }
     artifacts.write_json(record_path, record)
-    shutil.rmtree(checkpoints, ignore_errors=True)
+    if not kept:
+        shutil.rmtree(checkpoints, ignore_errors=True)
     return record
+
+
+def keep_checkpoints(spec: RunSpec, trainer, model, tokenizer, checkpoints: Path, initial: Path | None, fp: str) -> list[dict]:
+    """Prune the checkpoint folder to `outputs.checkpoints`; give each kept checkpoint an adapter `python -m peftlab.evaluate` reads.
+
+    The adapter is saved as the run's own is (methods.save: PiSSA's relative to the untouched
+    base), with the run's fingerprint; for `full` the checkpoint is the model, and gets the
+    fingerprint and tokenizer itself. The model's weights are the last checkpoint's afterwards.
+    """
+    kept = prune(checkpoints, spec.outputs.checkpoints) if spec.outputs.checkpoints != "none" else []
+    out = []
+    for ckpt in kept:
+        target = ckpt if methods.get(spec.peft.type).impl is None else ckpt / "adapter"
+        if target != ckpt:
+            trainer._load_from_checkpoint(str(ckpt))
+            with artifacts.atomic_dir(target) as tmp:
+                methods.save(model, tmp, initial)
+        tokenizer.save_pretrained(target)
+        artifacts.write_json(target / RUN_FILE, {"run_id": spec.run_id, "fingerprint": fp, "step": step_of(ckpt)})
+        out.append({"step": step_of(ckpt), "adapter": str(target)})
+    return out
 
 
 def main(argv=None):

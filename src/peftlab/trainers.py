@@ -49,7 +49,7 @@ FROM_SPEC = {
     "logging_steps": "training.logging_steps",
     "save_strategy": "training.save_steps",
     "save_steps": "training.save_steps",
-    "save_total_limit": "peftlab (the last two checkpoints, and the best one with load_best_model_at_end)",
+    "save_total_limit": "peftlab (the last two checkpoints, and the best one with load_best_model_at_end; outputs.checkpoints: every N keeps more)",
     "report_to": "the wandb section",
     "run_name": "the run id",
     "include_num_input_tokens_seen": "peftlab (train.json's tokens_seen)",
@@ -88,7 +88,8 @@ def arguments(spec, output_dir: str, report_to: list[str] | None = None) -> dict
         logging_steps=t.logging_steps,
         save_strategy="steps",
         save_steps=t.save_steps,
-        save_total_limit=2,
+        # outputs.checkpoints: every N prunes with peftlab.checkpoints.KeepEvery instead
+        save_total_limit=None if isinstance(spec.outputs.checkpoints, int) else 2,
         report_to=report_to if report_to is not None else ([] if spec.wandb.mode == "disabled" else ["wandb"]),
         run_name=spec.run_id,
         include_num_input_tokens_seen="non_padding",

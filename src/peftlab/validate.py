@@ -167,6 +167,11 @@ def check_cell(where: str, cell: dict, cfg: dict) -> None:
             raise ConfigError(f"{where}.lr: {value!r} is not a positive number")
     _check_method_settings(where, cell, method, model, cfg["tasks"][cell["task"]])
     _check_training(where, cell["training"], task_spec(cell["task"], cfg["tasks"][cell["task"]]))
+    keep, save_steps = cell["outputs"]["checkpoints"], cell["training"]["save_steps"]
+    if isinstance(keep, int) and keep % save_steps:
+        raise ConfigError(
+            f"{where}.outputs.checkpoints: every {keep} steps is not a multiple of training.save_steps ({save_steps}); only saved steps can be kept"
+        )
     data, size = cfg["tasks"][cell["task"]]["data"], cell["training"]["train_size"]
     if "generator" in data and isinstance(size, int) and size > data["num_train"]:
         raise ConfigError(

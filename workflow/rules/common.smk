@@ -7,7 +7,6 @@
 # stage ignores), through Snakemake's params rerun trigger; the newer file then reruns the
 # stage and what follows it. So editing a learning rate retrains one run, and editing
 # max_new_tokens re-evaluates it without retraining.
-import re
 from pathlib import Path
 
 from peftlab import artifacts, launch, paths
@@ -28,11 +27,23 @@ except ConfigError as e:
 ENV = "../../envs/peftlab.yaml"
 
 
+# run ids by their shape (task/model/method/settings, or task/model/name), not as a list:
+# an alternation of every run id made matching a path cost O(runs)
 wildcard_constraints:
-    run_id="|".join(map(re.escape, RUNS)),
+    run_id=paths.RUN_ID,
     task="[A-Za-z0-9][A-Za-z0-9._+-]*",
     model="[A-Za-z0-9][A-Za-z0-9._+-]*",
     stage="|".join(SPECS),
+
+
+def run_of(wc):
+    """The spec of a job's run: a clear error for a path that names no run of this matrix."""
+    if wc.run_id not in RUNS:
+        raise WorkflowError(
+            f"{wc.run_id!r} is not a run of {ROOT} ({len(RUNS)} runs); "
+            f"`python -m peftlab.config {_CONFIGFILE}` lists them"
+        )
+    return RUNS[wc.run_id]
 
 
 def spec(stage, key):
@@ -54,18 +65,12 @@ def task_data(task):
 
 
 def stage_resources(stage):
-    """A run rule's resources: one function per key peftlab.launch.slurm_resources may set
-    (None leaves a key unset), from the run's resources and the attempt number."""
-    return {
-        key: lambda wc, attempt, key=key: launch.slurm_resources(
-            launch.for_stage(RESOURCES[wc.run_id], stage), attempt
-        ).get(key)
-        for key in launch.SLURM_KEYS
-    }
+    """A run rule's resources (peftlab.launch.rule_resources: constants where every run agrees)."""
+    return launch.rule_resources(RESOURCES, stage)
 
 
 def stage_threads(stage):
-    return lambda wc: launch.for_stage(RESOURCES[wc.run_id], stage).cpus_per_task
+    return launch.rule_threads(RESOURCES, stage)
 
 
 def run_labels(wildcards):

@@ -1,8 +1,8 @@
 rule train_run:
     input:
         spec=spec("train_run", "{run_id}"),
-        data=lambda wc: RUNS[wc.run_id]["data_dir"],
-        model=lambda wc: built_model(RUNS[wc.run_id]["model"]["name"]),
+        data=lambda wc: run_of(wc)["data_dir"],
+        model=lambda wc: built_model(run_of(wc)["model"]["name"]),
     output:
         adapter=directory(paths.adapter(ROOT, "{run_id}")),
         # peftlab.tracking: what the adapter changed, layer by layer (the reason, when nothing to track)
