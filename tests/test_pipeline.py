@@ -80,7 +80,7 @@ def test_run(done, run_id):
     assert check["merged_bytes"] == (artifacts.disk_bytes(run / "merged") if check.get("saved") else 0)
     if spec["outputs"]["merge"] == "check":  # the rank x train size block: checked, no copy kept
         assert check["checked"] and not check["saved"] and check["max_abs_logit_diff"] <= check["tolerance"]
-        assert [p.name for p in (run / "merged").iterdir()] == ["NOT_SAVED.txt"]
+        assert [p.name for p in (run / "merged").iterdir() if p.name != ".snakemake_timestamp"] == ["NOT_SAVED.txt"]
         return
     if spec["peft"]["type"] == "prompt_tuning":
         assert check["mergeable"] is False and "virtual tokens" in check["reason"]

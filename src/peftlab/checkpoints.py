@@ -2,7 +2,7 @@
 
 The folder lies outside the run's declared outputs (Snakemake deletes those before it
 reruns a failed job), at peftlab.paths.checkpoints. Once the run is done, training keeps
-what the run's `outputs.checkpoints` says (`keep`): none (the folder is removed), the
+what the run's `outputs.checkpoints` says (`prune`): none (the folder is removed), the
 last, or every N steps and the last. A kept checkpoint stays beside the fingerprint of
 its settings, so a retrain from other settings discards it like any stale checkpoint.
 """

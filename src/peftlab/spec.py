@@ -149,7 +149,7 @@ class OutputsSpec(_Strict):
     """What a run keeps on disk besides its adapter."""
 
     merge: str = _default("outputs", "merge")  # auto | save | check | none (peftlab.merge)
-    checkpoints: str | int = _default("outputs", "checkpoints")  # none | last | every N steps (peftlab.checkpoints.keep)
+    checkpoints: str | int = _default("outputs", "checkpoints")  # none | last | every N steps (peftlab.checkpoints.kept_steps)
 
 
 @dataclass(frozen=True)
