@@ -10,6 +10,7 @@ import torch
 
 from conftest import load_test_config
 from peftlab import artifacts, data, infer, merge, methods, models, numerics
+from peftlab import spec as spec_module
 from peftlab.config import plan
 from peftlab.models import load_model, load_tokenizer
 from peftlab.spec import OutputsSpec, TaskSpec, fingerprint
@@ -117,7 +118,7 @@ def test_merge_auto_saves_below_the_size_and_checks_from_it(lora_adapter, tmp_pa
     small = merge.merge(with_merge(spec, "auto"), adapter, tmp_path / "small")
     assert small["saved"] and (tmp_path / "small" / "config.json").exists()
     assert small["merged_bytes"] == artifacts.disk_bytes(tmp_path / "small") > small["params"] * 4  # float32 weights
-    monkeypatch.setattr(merge, "AUTO_SAVE_BELOW", small["params"])  # this model is now "large"
+    monkeypatch.setattr(spec_module, "AUTO_SAVE_BELOW", small["params"])  # this model is now "large"
     large = merge.merge(with_merge(spec, "auto"), adapter, tmp_path / "large")
     assert large["checked"] and not large["saved"] and [p.name for p in (tmp_path / "large").iterdir()] == [merge.NOT_SAVED]
 

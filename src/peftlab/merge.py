@@ -11,7 +11,7 @@ The run's `outputs.merge` says what to keep:
   merge_check.json proves the merge exact, and merged/ holds only NOT_SAVED.txt. The
   default for large models: a merged float32 copy of a 7B base is 30 GB per run;
 - `none`: nothing is loaded; merge_check.json and merged/NOT_SAVED.txt say so;
-- `auto` (the default): `save` below `AUTO_SAVE_BELOW` parameters, `check` from there.
+- `auto` (the default): `save` below `spec.AUTO_SAVE_BELOW` parameters, `check` from there.
 
 The check, in two parts: (1) the merge itself, in float32 (QLoRA's and a bfloat16
 model's too): the merged model's logits against the adapter model's, on a fixed batch
@@ -50,7 +50,6 @@ class MergeMismatch(RuntimeError):
 
 
 MODES = ("auto", "save", "check", "none")  # outputs.merge
-AUTO_SAVE_BELOW = 1_000_000_000  # outputs.merge: auto saves the merged model of a base smaller than this (parameters)
 NOT_SAVED, SAME_AS_ADAPTER = "NOT_SAVED.txt", "SAME_AS_ADAPTER.txt"
 
 
@@ -78,7 +77,7 @@ def merge(spec: RunSpec, adapter: str, merged: Path) -> dict:
                 **prov.record(),
             }
         checked = _merge_and_check(spec, method, adapter, tmp / "model")
-        keep = mode == "save" or (mode == "auto" and checked["params"] < AUTO_SAVE_BELOW)
+        keep = spec.outputs.keeps_merged(checked["params"])
         if keep:
             for f in (tmp / "model").iterdir():
                 f.rename(tmp / f.name)

@@ -39,8 +39,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from peftlab import artifacts, paths
+from peftlab.checkpoints import kept_steps
 from peftlab.config import load_yaml, plan
 from peftlab.schema import ConfigError
+from peftlab.spec import OutputsSpec
 
 H100_BF16_TFLOPS = 989.0  # dense bf16 peak of an H100 SXM
 DEFAULT_MFU = 0.4
@@ -132,8 +134,8 @@ class _Vocab:
         return self.size
 
 
-def tokens(run: dict) -> tuple[float, float, bool]:
-    """(training tokens, evaluation tokens, estimated) of a run: steps × global batch × mean length."""
+def tokens(run: dict) -> tuple[float, float, bool, int]:
+    """(training tokens, evaluation tokens, estimated, optimizer steps) of a run: steps × global batch × mean length."""
     t, task = run["training"], run["task"]
     meta_path = Path(run["data_dir"]) / "meta.json"
     meta = artifacts.read_json(meta_path) if meta_path.exists() else None
@@ -145,7 +147,7 @@ def tokens(run: dict) -> tuple[float, float, bool]:
     seen = t["max_steps"] * batch if t["max_steps"] else math.ceil(t["epochs"] * examples)
     eval_examples = (meta["counts"].get("eval") if meta else data.get("num_eval")) or 0
     eval_tokens = eval_examples * (length + task.get("max_new_tokens", 0))
-    return seen * length, eval_tokens, meta is None
+    return seen * length, eval_tokens, meta is None, t["max_steps"] or math.ceil(seen / batch)
 
 
 def measured(root: str, run_id: str) -> dict | None:
@@ -186,7 +188,7 @@ def predict(
     for run_id in which:
         run = runs[run_id]
         total, trainable = counts[run_id]
-        train_tokens, eval_tokens, estimated = tokens(run)
+        train_tokens, eval_tokens, estimated, steps = tokens(run)
         full = run["peft"]["type"] == "full"
         flops_per_token = (6 if full else 4) * total + (2 * total if run["training"]["gradient_checkpointing"] else 0)
         rate = peak_tflops * 1e12 * mfu * devices[run_id]
@@ -203,11 +205,9 @@ def predict(
             source = "compute"
         dtype_bytes = BYTES[run["model"]["dtype"]]
         adapter = total * dtype_bytes if full else trainable * 4
-        keep = run["outputs"]["checkpoints"]
-        steps = run["training"]["max_steps"] or 0
-        kept = 0 if keep == "none" else 1 if keep == "last" else (steps // keep + (steps % keep > 0) if steps else 1)
-        merge = run["outputs"]["merge"]
-        saves = not full and (merge == "save" or (merge == "auto" and total < 1_000_000_000))
+        every = run["training"]["save_steps"]  # the Trainer saves every save_steps and at the last step
+        kept = len(kept_steps(sorted({*range(every, steps + 1, every), steps}), run["outputs"]["checkpoints"]))
+        saves = not full and OutputsSpec.from_dict(run["outputs"]).keeps_merged(total)
         out[run_id] = Cost(
             run_id, total, trainable, train_tokens, estimated, devices[run_id], seconds, source,
             adapter, kept * (adapter + 2 * trainable * 4), total * dtype_bytes if saves else 0,

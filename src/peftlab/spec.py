@@ -144,12 +144,19 @@ class TrackerSpec(_Strict):
     singular_values: int = _default("tracker", "singular_values")  # how many of ΔW's largest are recorded
 
 
+AUTO_SAVE_BELOW = 1_000_000_000  # outputs.merge: auto keeps the merged model of a base smaller than this (parameters)
+
+
 @dataclass(frozen=True)
 class OutputsSpec(_Strict):
     """What a run keeps on disk besides its adapter."""
 
     merge: str = _default("outputs", "merge")  # auto | save | check | none (peftlab.merge)
     checkpoints: str | int = _default("outputs", "checkpoints")  # none | last | every N steps (peftlab.checkpoints.kept_steps)
+
+    def keeps_merged(self, params: int) -> bool:
+        """Whether the merge keeps its merged model of a base with `params` parameters (peftlab.plan asks too)."""
+        return self.merge == "save" or (self.merge == "auto" and params < AUTO_SAVE_BELOW)
 
 
 @dataclass(frozen=True)
