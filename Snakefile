@@ -26,12 +26,13 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/merge.smk"
+include: "workflow/rules/lr_search.smk"
 include: "workflow/rules/tables.smk"
 
 
 rule all:
     default_target: True
     input:
-        [paths.eval_record(ROOT, run_id) for run_id in RUNS],
-        [paths.merge_check(ROOT, run_id) for run_id in RUNS],
+        [paths.eval_record(ROOT, run_id) for run_id in FINAL],
+        [paths.merge_check(ROOT, run_id) for run_id in FINAL],
         f"{paths.tables(ROOT)}/summary.md",

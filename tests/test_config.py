@@ -173,7 +173,7 @@ BAD = [
     (
         "unknown top-level key",
         lambda c: c.update(sweeps=[]),
-        r"<top level>: unknown key\(s\) 'sweeps'; allowed: base, description, exclude, experiments, models, name, only",
+        r"<top level>: unknown key\(s\) 'sweeps'; allowed: base, description, exclude, experiments, lr_search, models, name, only",
     ),
     ("unknown training key", lambda c: c.update(training={"lr": 1}), r"training: unknown key\(s\) 'lr'; allowed: .*learning_rate"),
     ("wrong type", lambda c: c.update(training={"batch_size": "16"}), r"training.batch_size: '16' is not of type 'integer'"),

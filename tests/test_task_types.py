@@ -36,7 +36,7 @@ ROWS = {
     "classification": Row(
         {"text_fields": ["text"], "num_labels": 2},
         {"text": "a fine film", "label": 1},
-        ["accuracy", "macro_f1", "f1", "precision", "recall", "mcc"],
+        ["accuracy", "macro_f1", "f1", "precision", "recall", "mcc", "eval_loss"],
         "accuracy",
         "SEQ_CLS",
     ),

@@ -73,8 +73,27 @@ SEED_MATRICES = {
 }
 
 
+# The seeds' matrices with a learning-rate search per cell (peftlab.lr_search): (final runs, search runs, selections).
+LR_SEARCH_MATRICES = {
+    "playground_glue_lr_search.yaml": (24, 120, 24),  # 8 tasks x 3 methods, 5 rates each
+    "core_1.5B_lr_search.yaml": (24, 40, 8),  # 8 methods x 3 seeds; 5 rates x 1 search seed per method
+}
+
+
 def test_every_experiment_file_has_a_count():
-    assert sorted(SEED_MATRICES) == sorted(p.name for p in (ROOT / "config/experiments").glob("*.yaml"))
+    assert sorted([*SEED_MATRICES, *LR_SEARCH_MATRICES]) == sorted(p.name for p in (ROOT / "config/experiments").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name,counts", LR_SEARCH_MATRICES.items())
+def test_a_matrix_with_a_search_plans_the_search_the_selections_and_the_final_runs(name, counts, tmp_path):
+    final, search, cells = counts
+    proc = snakemake(tmp_path, "-n", config=ROOT / "config/experiments" / name)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = planned_jobs(proc)
+    assert jobs["train_run"] == jobs["evaluate_run"] == final + search
+    assert (jobs["merge_run"], jobs["lr_select"]) == (final, cells)
+    runs = plan(yaml.safe_load((ROOT / "config/experiments" / name).read_text())).runs
+    assert sum(r["holdout"] is not None for r in runs.values()) == search
 
 
 @pytest.mark.parametrize("name,count", SEED_MATRICES.items())

@@ -213,6 +213,26 @@ def tokenize(task: TaskSpec, tokenizer, raw: datasets.DatasetDict) -> datasets.D
     )
 
 
+def split(data_dir: str | Path, name: str = "train") -> datasets.Dataset:
+    """One split of a run's tokenised data, opening that split's files only (a search run never opens the evaluation split's)."""
+    return datasets.load_from_disk(str(Path(data_dir) / name))
+
+
+def holdout(ds: datasets.Dataset, share: float, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """(the rest, the held-out validation rows): `share` of `ds` (a number of examples when it is 1 or
+    more) drawn with `seed`, both in file order.
+
+    The draw depends on the split's size, the share and the seed only, so every search run of
+    a task and model is scored on the same rows, whatever its method, rate or training seed.
+    """
+    n = len(ds)
+    k = round(share * n) if share < 1 else int(share)
+    if not 0 < k < n:
+        raise ValueError(f"lr_search.validation_share={share} of {n} training examples holds out {k}; it must leave both parts non-empty")
+    order = random.Random(seed).sample(range(n), n)
+    return ds.select(sorted(order[k:])), ds.select(sorted(order[:k]))
+
+
 def main(argv=None):
     p = cli.parser(__doc__)
     p.add_argument("command", choices=["generate", "tokenize"])

@@ -24,7 +24,7 @@ import datasets
 
 from peftlab import artifacts, cli, observe, tasks
 from peftlab.compute import place
-from peftlab.data import eval_names
+from peftlab.data import eval_names, holdout, split
 from peftlab.models import RUN_FILE, load_tokenizer, load_trained
 from peftlab.spec import RunSpec
 
@@ -35,19 +35,38 @@ PREDICTIONS = "predictions.jsonl"  # id, split, prediction, reference, and per-e
 def evaluate(spec: RunSpec, adapter: str) -> tuple[dict, list[dict]]:
     """(the record: the task's metrics on its held-out split, with named splits (MNLI's matched and
     mismatched) the first one's at the top and every one's under `splits`; the per-example
-    predictions, each row naming its split)."""
+    predictions, each row naming its split).
+
+    A search run of a learning-rate search (`spec.holdout`) is evaluated on its validation
+    share of the training split instead, and never opens the evaluation split; one whose
+    training diverged is recorded as such, unevaluated.
+    """
     prov = artifacts.Provenance(spec.to_dict())
-    data = datasets.load_from_disk(spec.data_dir)
+    marker = Path(adapter) / RUN_FILE
+    if marker.exists() and (run := artifacts.read_json(marker)).get("diverged"):
+        return {
+            "run_id": spec.run_id,
+            "task_type": spec.task.type,
+            "examples": 0,
+            "metrics": {},
+            "diverged": run["diverged"],
+            **prov.record(),
+        }, []
+    if spec.holdout is not None:
+        data = {"eval": holdout(split(spec.data_dir, "train"), spec.holdout.share, spec.holdout.seed)[1]}
+        names = {"eval": None}
+    else:
+        data = datasets.load_from_disk(spec.data_dir)
+        names = eval_names(spec.task)
     tokenizer = load_tokenizer(spec.model)
     model = place(load_trained(spec, adapter, tokenizer))
-    names = eval_names(spec.task)
     ttype = tasks.of(spec.task)
-    by_split = {split: ttype.evaluate(spec.task, model, tokenizer, data[split]) for split in names}
-    predictions = [{"split": names[split] or split, **row} for split, m in by_split.items() for row in m.pop("predictions", [])]
+    by_split = {split_: ttype.evaluate(spec.task, model, tokenizer, data[split_]) for split_ in names}
+    predictions = [{"split": names[s] or s, **row} for s, m in by_split.items() for row in m.pop("predictions", [])]
     result = by_split["eval"]
     if names["eval"] is not None:
-        result = {**result, "splits": {names[split]: m for split, m in by_split.items()}}
-    examples = sum(len(data[split]) for split in names)
+        result = {**result, "splits": {names[s]: m for s, m in by_split.items()}}
+    examples = sum(len(data[s]) for s in names)
     record = {"run_id": spec.run_id, "task_type": spec.task.type, "examples": examples, "metrics": result, **prov.record()}
     return record, predictions
 
@@ -62,6 +81,9 @@ def main(argv=None):
     record, predictions = evaluate(spec, args.adapter)
     artifacts.write_jsonl(args.predictions or Path(args.out).with_name(PREDICTIONS), predictions)  # before eval.json, which says done
     artifacts.write_json(args.out, record)
+    if "diverged" in record:
+        log.info("%s: training diverged, nothing to evaluate", record["run_id"])
+        return
     observe.log_eval(spec, artifacts.read_json(Path(args.adapter) / RUN_FILE)["fingerprint"], record)
     log.info("%s: %s", record["run_id"], {k: v for k, v in record["metrics"].items() if k != "samples"})
 

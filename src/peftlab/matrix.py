@@ -16,7 +16,7 @@ import copy
 import fnmatch
 import itertools
 
-from peftlab import launch, methods, paths, tasks
+from peftlab import launch, lr_search, methods, paths, tasks
 from peftlab.schema import SAFE_NAME, ConfigError, json_copy
 from peftlab.spec import RunSpec
 from peftlab.validate import AXES, check_cell, task_spec
@@ -34,7 +34,7 @@ def _as_list(v) -> list:
 
 
 def _cells(cfg: dict):
-    """Yield (where, cell, axes shown in the run id or None for a named experiment, resources levels) for every run.
+    """Yield (where, cell, axes shown in the run id or None for a named experiment, resources levels, lr_search or None) for every run.
 
     The resources levels are the (key path, value) pairs that override the model's
     resources, outermost first: a preset in one replaces what the levels before it set.
@@ -48,6 +48,10 @@ def _cells(cfg: dict):
                 raise ConfigError(
                     f"sweep[{i}]: both the axis {axis!r} and {section}.{rest[0]} are set; the axis would silently win, so keep one of them"
                 )
+        search = block["lr_search"] if "lr_search" in block else cfg["lr_search"]
+        if search is not None and ("lr" in axes or "learning_rate" in block.get("training", {})):
+            key = "the lr axis" if "lr" in axes else "training.learning_rate"
+            raise ConfigError(f"sweep[{i}]: both lr_search and {key} are set; the search picks each cell's rate, so keep one of them")
         fixed = _deep_merge(defaults, {k: block[k] for k in ("peft", "training", "tracker", "outputs") if k in block})
         levels = [(f"sweep[{i}].resources", block.get("resources"))]
         for values in itertools.product(*axes.values()):
@@ -58,7 +62,12 @@ def _cells(cfg: dict):
                 for p in parents:
                     target = target[p]
                 target[leaf] = value
-            yield f"sweep[{i}]", cell, [a for a in ("lr", "train_size") if a in axes], levels
+            yield f"sweep[{i}]", cell, [a for a in ("lr", "train_size") if a in axes], levels, search
+    if cfg["lr_search"] is not None and cfg.get("experiments"):
+        raise ConfigError(
+            "lr_search: a learning-rate search runs per sweep block; named experiments (base, experiments) set their own "
+            "training.learning_rate, so write the matrix as sweep blocks to search it"
+        )
     base = cfg.get("base", {})
     base_levels = [("base.resources", base.get("resources"))]
     base = _deep_merge(defaults, {k: v for k, v in base.items() if k != "resources"})
@@ -67,20 +76,63 @@ def _cells(cfg: dict):
         common = cell.pop("common", {})
         if "seed" in common:
             cell["training"]["seed"] = common["seed"]
-        yield f"experiments[{i}]", cell, None, [*base_levels, (f"experiments[{i}].resources", exp.get("resources"))]
+        yield f"experiments[{i}]", cell, None, [*base_levels, (f"experiments[{i}].resources", exp.get("resources"))], None
 
 
-def _run_id(cell: dict, method: methods.Method, shown_axes) -> str:
-    if shown_axes is None:  # named experiment
-        return f"{cell['task']}/{cell['model']}/{cell['name']}"
+def _parts(cell: dict, method: methods.Method, shown_axes, seed: bool = True) -> list[str]:
+    """A sweep run id's settings part, e.g. [r8, s1, n100] (without the seed: its search cell's)."""
     parts = [f"r{cell['peft']['r']}"] if method.uses_rank else []
-    parts.append(f"s{cell['training']['seed']}")
+    if seed:
+        parts.append(f"s{cell['training']['seed']}")
     if "lr" in shown_axes:
         parts.append(f"lr{cell['training']['learning_rate']:g}")
     if "train_size" in shown_axes:
         size = cell["training"]["train_size"]
         parts.append(f"n{size}" if size is not None else "nall")  # train_size: [1000, null] -> n1000, nall
-    return f"{cell['task']}/{cell['model']}/{method.name}/{'-'.join(parts)}"
+    return parts
+
+
+def _run_id(cell: dict, method: methods.Method, shown_axes) -> str:
+    if shown_axes is None:  # named experiment
+        return f"{cell['task']}/{cell['model']}/{cell['name']}"
+    return f"{cell['task']}/{cell['model']}/{method.name}/{'-'.join(_parts(cell, method, shown_axes))}"
+
+
+def _search_metric(where: str, search: dict, task: str, cfg: dict) -> str:
+    """lr_search.metric as the task reports it: main -> the task's main metric, loss -> eval_loss."""
+    spec = task_spec(task, cfg["tasks"][task])
+    metric = {"main": tasks.main_metric(spec), "loss": lr_search.LOSS}.get(search["metric"], search["metric"])
+    reported = tasks.of(spec).metric_names(spec)
+    if metric not in reported:
+        raise ConfigError(
+            f"{where}.lr_search.metric: {search['metric']!r} is not reported for task {task!r}; "
+            f"allowed: main, {'loss, ' if lr_search.LOSS in reported else ''}{', '.join(reported)}"
+        )
+    return metric
+
+
+def _searched(where: str, cell: dict, method, shown_axes, search: dict, cfg: dict) -> tuple[dict, list[tuple[str, dict]]]:
+    """A cell under a learning-rate search: (the final run's lr_search spec, [(search run id, its cell)])."""
+    cell_name = lr_search.cell_id(cell["task"], cell["model"], method.name, _parts(cell, method, shown_axes, seed=False))
+    search = lr_search.resolved(search)
+    final = {
+        "cell": cell_name,
+        "rates": search["rates"],
+        "seeds": search["seeds"],
+        "validation_share": search["validation_share"],
+        "validation_seed": search["validation_seed"],
+        "metric": _search_metric(where, search, cell["task"], cfg),
+    }
+    runs = []
+    for seed in search["seeds"]:
+        for rate in search["rates"]:
+            c = json_copy(cell)
+            c["training"].update(seed=seed, learning_rate=rate, eval_steps=None, load_best_model_at_end=False)
+            c["outputs"] = {"merge": "none", "checkpoints": "none"}  # a search run's adapter is scored, never merged or kept
+            c["tracker"].update(enable_spectral_tracking=False, enable_gradient_tracking=False)
+            c["holdout"] = {"share": search["validation_share"], "seed": search["validation_seed"]}
+            runs.append((lr_search.search_run_id(cell_name, seed, rate), c))
+    return final, runs
 
 
 def site_presets(cfg: dict) -> dict[str, launch.Resources]:
@@ -112,7 +164,8 @@ def expand(cfg: dict, root: str = paths.RESULTS) -> tuple[dict[str, dict], dict[
     runs: dict[str, dict] = {}
     resources: dict[str, launch.Resources] = {}
     presets = site_presets(cfg)
-    for where, cell, shown_axes, levels in _cells(cfg):
+    searches: dict[str, dict] = {}  # search cell -> its lr_search spec
+    for where, cell, shown_axes, levels, search in _cells(cfg):
         check_cell(where, cell, cfg)
         method = methods.METHODS[cell["peft"]["type"]]
         if not method.uses_rank:
@@ -136,26 +189,43 @@ def expand(cfg: dict, root: str = paths.RESULTS) -> tuple[dict[str, dict], dict[
                 f"{where}.training: GRPO samples rl.num_generations={rl['num_generations']} completions per prompt, so batch_size x grad_accum x "
                 f"processes ({t['batch_size']} x {t['grad_accum']} x {res.world_size}) must be a multiple of it"
             )
-        spec = {
-            "run_id": run_id,
-            "task": {"name": task, **cfg["tasks"][task]},
-            "model": model_spec(cfg, model, root),
-            "peft": cell["peft"],
-            "training": cell["training"],
-            "world_size": res.world_size,
-            "wandb": {**cfg["wandb"], "dir": root},  # wandb writes to <dir>/wandb
-            "data_dir": paths.data(root, task, model),
-            "tracker": cell["tracker"],
-            "outputs": cell["outputs"],
-        }
-        spec = RunSpec.from_dict(spec).to_dict()  # canonical form: exactly what the stages read and record
-        if run_id in runs and (runs[run_id], resources[run_id]) != (spec, res):
-            raise ConfigError(
-                f"{where}: run id {run_id!r} appears twice with different settings; add the differing value as a sweep axis (lr, train_size) or split it into a named experiment"
-            )
-        runs[run_id], resources[run_id] = spec, res
-    keep = selected(list(runs), cfg["only"], cfg["exclude"])
-    return {k: runs[k] for k in keep}, {k: resources[k] for k in keep}
+        found = [(run_id, cell)]
+        if search is not None:
+            final, search_runs = _searched(where, cell, method, shown_axes, search, cfg)
+            if searches.setdefault(final["cell"], final) != final:
+                raise ConfigError(
+                    f"{where}.lr_search: cell {final['cell']!r} is searched twice with different settings "
+                    f"({searches[final['cell']]} and {final}); give its blocks one lr_search"
+                )
+            cell["training"]["learning_rate"], cell["lr_search"] = None, final
+            found += search_runs
+        for rid, c in found:
+            spec = {
+                "run_id": rid,
+                "task": {"name": task, **cfg["tasks"][task]},
+                "model": model_spec(cfg, model, root),
+                "peft": c["peft"],
+                "training": c["training"],
+                "world_size": res.world_size,
+                "wandb": {**cfg["wandb"], "dir": root},  # wandb writes to <dir>/wandb
+                "data_dir": paths.data(root, task, model),
+                "tracker": c["tracker"],
+                "outputs": c["outputs"],
+                "holdout": c.get("holdout"),
+                "lr_search": c.get("lr_search"),
+            }
+            spec = RunSpec.from_dict(spec).to_dict()  # canonical form: exactly what the stages read and record
+            if rid in runs and (runs[rid], resources[rid]) != (spec, res):
+                raise ConfigError(
+                    f"{where}: run id {rid!r} appears twice with different settings; add the differing value as a sweep axis (lr, train_size) or split it into a named experiment"
+                )
+            runs[rid], resources[rid] = spec, res
+    # only/exclude pick final runs; a kept final run keeps its cell's search runs
+    finals = [r for r, s in runs.items() if s["holdout"] is None]
+    keep = set(selected(finals, cfg["only"], cfg["exclude"]))
+    cells = {runs[r]["lr_search"]["cell"] for r in keep if runs[r]["lr_search"]}
+    keep |= {r for r, s in runs.items() if s["holdout"] is not None and lr_search.cell_of(r) in cells}
+    return {k: runs[k] for k in runs if k in keep}, {k: resources[k] for k in runs if k in keep}
 
 
 def _globs(value) -> list[str]:
@@ -206,7 +276,7 @@ def model_spec(cfg: dict, name: str, root: str = paths.RESULTS) -> dict:
     return {"name": name, "path": model["path"], **loading}
 
 
-STAGES = ("data_generate", "model_build", "data_tokenize", "train_run", "evaluate_run", "merge_run")
+STAGES = ("data_generate", "model_build", "data_tokenize", "train_run", "evaluate_run", "merge_run", "lr_select")
 
 
 def step_specs(cfg: dict, runs: dict[str, dict], root: str = paths.RESULTS) -> dict[str, dict[str, dict]]:
@@ -234,6 +304,8 @@ def step_specs(cfg: dict, runs: dict[str, dict], root: str = paths.RESULTS) -> d
         specs["data_tokenize"][f"{task}/{model}"] = {"task": task_files(run["task"], root), "model": run["model"]}
         for stage in ("train_run", "evaluate_run", "merge_run"):
             specs[stage][run["run_id"]] = run
+        if run["lr_search"]:
+            specs["lr_select"][run["lr_search"]["cell"]] = lr_search.select_spec(run["lr_search"])
     return specs
 
 

@@ -96,10 +96,17 @@ def trained_label_names(spec: RunSpec) -> list[str] | None:
 
 
 def check_trained_by(spec: RunSpec, folder: str | Path) -> None:
-    """Fail unless the adapter in `folder` was trained from `spec`'s training settings (spec.fingerprint)."""
+    """Fail unless the adapter in `folder` was trained from `spec`'s training settings (spec.fingerprint).
+
+    A final run of a learning-rate search trained at the rate its selection picked, which
+    its adapter records: the spec is checked at that rate.
+    """
     path = Path(folder) / RUN_FILE
+    run = artifacts.read_json(path) if path.exists() else {}
+    if spec.lr_search is not None and spec.training.learning_rate is None and "learning_rate" in run:
+        spec = spec.with_learning_rate(run["learning_rate"])
     expected = fingerprint(spec.to_dict(), "train_run")
-    found = artifacts.read_json(path)["fingerprint"] if path.exists() else None
+    found = run.get("fingerprint")
     if found != expected:
         raise StaleAdapter(
             f"{spec.run_id}: the adapter in {folder} was trained from other settings (fingerprint {found}, the spec's is {expected}); "

@@ -11,6 +11,7 @@ rules and the package spell each path once, here:
     <root>/runs/<run_id>/                  adapter/, tracking/, train.json, eval.json, predictions.jsonl,
                                            merged/, merge_check.json
     <root>/checkpoints/<run_id>/           outside every declared output (Snakemake deletes those on a rerun)
+    <root>/lr_search/<cell>.json           a learning-rate search's selection (peftlab.lr_search)
     <root>/logs/<stage>/<key>.log          and benchmarks/<stage>/<key>.tsv
     <root>/tables/                         summary tables and plots
 """
@@ -84,6 +85,10 @@ def merge_check(root: str, run_id: str) -> str:
 
 # each run stage and the file that says it finished, in order
 RUN_OUTPUTS = (("train_run", "train.json"), ("evaluate_run", "eval.json"), ("merge_run", "merge_check.json"))
+
+
+def lr_choice(root: str, cell: str) -> str:
+    return f"{root}/lr_search/{cell}.json"
 
 
 def checkpoints(root: str, run_id: str) -> str:

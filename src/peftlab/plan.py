@@ -63,6 +63,7 @@ class Cost:
     adapter_bytes: int
     checkpoint_bytes: int
     merged_bytes: int
+    search: bool = False  # a search run of a learning-rate search (peftlab.lr_search)
 
     @property
     def device_hours(self) -> float:
@@ -142,10 +143,14 @@ def tokens(run: dict) -> tuple[float, float, bool, int]:
     length = meta["mean_train_length"] if meta else task["max_length"]
     data = task["data"]
     available = meta["counts"]["train"] if meta else data.get("num_train")
+    eval_examples = (meta["counts"].get("eval") if meta else data.get("num_eval")) or 0
+    if run.get("holdout") and available:  # a search run: trains on the rest, is evaluated on its validation share
+        share = run["holdout"]["share"]
+        eval_examples = round(share * available) if share < 1 else int(share)
+        available -= eval_examples
     examples = t["train_size"] or available or 0
     batch = t["batch_size"] * t["grad_accum"] * run["world_size"]
     seen = t["max_steps"] * batch if t["max_steps"] else math.ceil(t["epochs"] * examples)
-    eval_examples = (meta["counts"].get("eval") if meta else data.get("num_eval")) or 0
     eval_tokens = eval_examples * (length + task.get("max_new_tokens", 0))
     return seen * length, eval_tokens, meta is None, t["max_steps"] or math.ceil(seen / batch)
 
@@ -210,7 +215,7 @@ def predict(
         saves = not full and OutputsSpec.from_dict(run["outputs"]).keeps_merged(total)
         out[run_id] = Cost(
             run_id, total, trainable, train_tokens, estimated, devices[run_id], seconds, source,
-            adapter, kept * (adapter + 2 * trainable * 4), total * dtype_bytes if saves else 0,
+            adapter, kept * (adapter + 2 * trainable * 4), total * dtype_bytes if saves else 0, run.get("holdout") is not None,
         )  # fmt: skip
     return out
 
@@ -254,6 +259,13 @@ def report(result: dict, validate: bool) -> str:
         f"\n{len(costs)} runs: {human_hours(hours)} device time; disk {human_bytes(sum(disk.values()))} "
         f"(adapters {human_bytes(disk['adapter_bytes'])}, checkpoints {human_bytes(disk['checkpoint_bytes'])}, merged {human_bytes(disk['merged_bytes'])})"
     )
+    search = [c for c in costs.values() if c.search]
+    if search:
+        share = sum(c.device_hours for c in search) / hours if hours else 0.0
+        lines.append(
+            f"of which the learning-rate search: {len(search)} search runs, {human_hours(sum(c.device_hours for c in search))} device time "
+            f"({share:.0%} of the matrix), disk {human_bytes(sum(c.disk_bytes for c in search))}"
+        )
     if any(c.tokens_estimated for c in costs.values()):
         lines.append("~: tokens from max_length (no tokenised data yet), an upper bound")
     if validate:

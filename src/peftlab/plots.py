@@ -254,3 +254,34 @@ def overview(runs: pd.DataFrame, out: Path) -> None:
         for ax in list(axes.flat)[len(facets) :]:
             ax.set_visible(False)
         _save(fig, out / f"{name}.png")
+
+
+def lr_search_plot(rows: pd.DataFrame, path: Path) -> Path:
+    """Score against learning rate, one panel per task, model and metric, one curve per method and setting;
+    the chosen rate a star, a diverged candidate an x on the axis (peftlab.lr_search.table's rows)."""
+    panels = list(rows.groupby(["task", "model", "metric"], sort=False))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, ((task, model, metric), part) in zip(axes[0], panels):
+        styles = {}
+        for (method, setting), g in part.groupby(["method", "setting"], sort=False):
+            style = STYLES[styles.setdefault(method, len(styles)) % len(STYLES)] if part["setting"].nunique() > 1 else "-"
+            ok = g[g["score"].notna()]
+            label = method + (f" {setting}" if setting != "-" else "")
+            ax.plot(ok["rate"], ok["score"], style, marker="o", color=colour(method), label=label)
+            best = g[g["chosen"]]
+            ax.plot(best["rate"], best["score"], "*", ms=14, color=colour(method), markeredgecolor="black")
+            bad = g[g["score"].isna()]
+            if len(bad):
+                ax.plot(bad["rate"], [0] * len(bad), "x", color=colour(method), transform=ax.get_xaxis_transform(), clip_on=False)
+        ax.set_xscale("log")
+        rates = sorted(part["rate"].unique())
+        if len(rates) <= 12:
+            ax.set_xticks(rates, [f"{r:g}" for r in rates])
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        _fit(ax, list(part["score"].dropna()))
+        ax.set_xlabel("learning rate")
+        direction = "lower is better" if metric in LOWER_IS_BETTER else "higher is better"
+        ax.set_ylabel(f"validation {metric} ({direction})")
+        ax.set_title(f"{task} / {model}: {metric} against learning rate\n(star: chosen; x: diverged)", fontsize=9)
+        ax.legend(fontsize=7)
+    return _save(fig, path)

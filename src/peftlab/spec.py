@@ -96,7 +96,7 @@ class PeftSpec(_Strict):
 @dataclass(frozen=True)
 class TrainingSpec(_Strict):
     seed: int
-    learning_rate: float
+    learning_rate: float | None  # None: a final run whose lr_search picks it (RunSpec.with_learning_rate)
     epochs: float
     max_steps: int | None
     batch_size: int
@@ -160,6 +160,28 @@ class OutputsSpec(_Strict):
 
 
 @dataclass(frozen=True)
+class HoldoutSpec(_Strict):
+    """A search run's validation (peftlab.lr_search): `share` of the training split, drawn with
+    `seed`, is held out of training, and the run is evaluated on it instead of the evaluation split."""
+
+    share: float  # a share of the training split, or a number of examples when 1 or more
+    seed: int
+
+
+@dataclass(frozen=True)
+class LrSearchSpec(_Strict):
+    """A final run's learning-rate search (peftlab.lr_search): the cell whose selection sets
+    training.learning_rate (None in the spec until the train step reads the selection)."""
+
+    cell: str
+    rates: list[float]
+    seeds: list[int]
+    validation_share: float
+    validation_seed: int
+    metric: str  # the task metric selected on (eval_loss: the validation loss)
+
+
+@dataclass(frozen=True)
 class RunSpec(_Strict):
     run_id: str
     task: TaskSpec
@@ -171,6 +193,8 @@ class RunSpec(_Strict):
     data_dir: str  # tokenised data (datasets on disk)
     tracker: TrackerSpec = field(default_factory=TrackerSpec)
     outputs: OutputsSpec = field(default_factory=OutputsSpec)
+    holdout: HoldoutSpec | None = None  # a search run's validation share
+    lr_search: LrSearchSpec | None = None  # a final run whose rate a search picks
 
     @classmethod
     def from_dict(cls, d: dict) -> RunSpec:
@@ -182,8 +206,14 @@ class RunSpec(_Strict):
             "wandb": WandbSpec,
             "tracker": TrackerSpec,
             "outputs": OutputsSpec,
+            "holdout": HoldoutSpec,
+            "lr_search": LrSearchSpec,
         }
-        return super().from_dict({k: parts[k].from_dict(v) if k in parts else v for k, v in d.items()})
+        return super().from_dict({k: parts[k].from_dict(v) if k in parts and v is not None else v for k, v in d.items()})
+
+    def with_learning_rate(self, rate: float) -> RunSpec:
+        """This spec at `rate`: a searched run as it trains, once its cell's selection is known."""
+        return dataclasses.replace(self, training=dataclasses.replace(self.training, learning_rate=rate))
 
 
 # --- which keys rerun which stage ------------------------------------------------------
@@ -203,10 +233,11 @@ NOT_READ: dict[str, tuple[str, ...]] = {
     # changes none either, but what it records is the train step's output, so it retrains)
     "train_run": EVAL_ONLY + ("training.logging_steps", "training.save_steps", "training.check_reload", "wandb", "outputs.merge"),
     # a retrained adapter reruns both through the adapter itself
-    "evaluate_run": ("training", "world_size", "wandb", "tracker", "outputs"),
+    "evaluate_run": ("training", "world_size", "wandb", "tracker", "outputs", "lr_search"),
     # outputs.merge is hashed even at its default: before it existed every merge was saved in
     # float32, so a finished matrix's merges rerun once (no training) to follow the new rule
-    "merge_run": EVAL_ONLY + ("training", "world_size", "wandb", "tracker", "outputs.checkpoints"),
+    "merge_run": EVAL_ONLY + ("training", "world_size", "wandb", "tracker", "outputs.checkpoints", "lr_search"),
+    "lr_select": (),  # its spec is the cell's search alone (peftlab.lr_search.select_spec)
 }
 
 
@@ -253,6 +284,9 @@ def fingerprint(spec: dict, stage: str) -> str:
     for path in HASHED_WHEN_SET:
         section, key = path.split(".", 1)
         _pop(kept, path, schema_default("models" if section == "model" else section, key))
+    for section in ("holdout", "lr_search"):  # set on the runs of a learning-rate search only
+        if section in kept and kept[section] is None:
+            del kept[section]
     for section in ("tracker", "outputs"):
         if kept.get(section) == {}:  # a section added later, all at its defaults, hashes as its absence did
             del kept[section]

@@ -158,10 +158,13 @@ def error_line(text: str) -> str | None:
     return (errors or lines or [None])[-1]
 
 
-def run_state(root: str, run_id: str, workdir: Path = Path("."), stale_s: float = 3600, now: float | None = None) -> Run:
+def run_state(
+    root: str, run_id: str, workdir: Path = Path("."), stale_s: float = 3600, now: float | None = None, search: bool = False
+) -> Run:
+    """A run's state from its files and logs; a learning-rate search's run (`search`) is done once evaluated (it is never merged)."""
     now = time.time() if now is None else now
     run_dir = Path(paths.run(root, run_id))
-    for stage, output in paths.RUN_OUTPUTS:
+    for stage, output in paths.RUN_OUTPUTS[:2] if search else paths.RUN_OUTPUTS:
         if (run_dir / output).exists():
             continue
         log_file = Path(paths.log(root, stage, run_id))
@@ -195,8 +198,8 @@ def run_state(root: str, run_id: str, workdir: Path = Path("."), stale_s: float 
     return Run(run_id, "done", wall_time_s=seconds, peak_rss_mb=rss, peak_gpu_mb=gpu)
 
 
-def matrix_status(root: str, run_ids: list[str], workdir: Path = Path("."), stale_s: float = 3600) -> list[Run]:
-    return [run_state(root, r, workdir, stale_s) for r in run_ids]
+def matrix_status(root: str, run_ids: list[str], workdir: Path = Path("."), stale_s: float = 3600, search_runs=frozenset()) -> list[Run]:
+    return [run_state(root, r, workdir, stale_s, search=r in search_runs) for r in run_ids]
 
 
 def _clock(seconds: float | None) -> str:
@@ -283,7 +286,8 @@ def main(argv=None):
     except (ConfigError, OSError) as e:
         raise SystemExit(f"--configfile {args.configfile}: {e}") from None
     while True:
-        runs = matrix_status(planned.root, list(planned.runs), Path("."), args.stale * 60)
+        search = {r for r, spec in planned.runs.items() if spec["holdout"] is not None}
+        runs = matrix_status(planned.root, list(planned.runs), Path("."), args.stale * 60, search)
         if args.json:
             text = json.dumps(
                 {"root": planned.root, "counts": {s: sum(r.state == s for r in runs) for s in STATES}, "runs": [asdict(r) for r in runs]},

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score, matthews_corrcoef
 
-from peftlab import artifacts, paths, plots, stats, tasks
+from peftlab import artifacts, lr_search, paths, plots, stats, tasks
 from peftlab.spec import TaskSpec
 from peftlab.status import run_state
 from peftlab.tracking import report
@@ -383,13 +383,30 @@ def disk(table: pd.DataFrame) -> str:
     return f"## Disk\n\n{len(table)} finished runs keep {human_bytes(sum(totals.values()))}: {parts}{note}.\n"
 
 
-def build(run_dirs: list[Path], out: Path, reference: str = "lora") -> pd.DataFrame:
+def lr_tables(files: list[Path], out: Path) -> None:
+    """best_lr.csv, best_lr.md and lr_search.png from the learning-rate searches' selections that exist."""
+    selections = [artifacts.read_json(f) for f in files if Path(f).exists()]
+    if not selections:
+        return
+    rows = pd.DataFrame(lr_search.table(selections))
+    rows.to_csv(out / "best_lr.csv", index=False)
+    (out / "best_lr.md").write_text(lr_search.markdown(selections))
+    plots.lr_search_plot(rows, out / "lr_search.png")
+
+
+def build(run_dirs: list[Path], out: Path, reference: str = "lora", lr_selections: list[Path] = ()) -> pd.DataFrame:
     runs, status = collect(run_dirs)
     out.mkdir(parents=True, exist_ok=True)
+    lr_tables(list(lr_selections), out)
     (out / "tasks").mkdir(exist_ok=True)
     counts = ", ".join(f"{n} {s}" for s, n in status["status"].value_counts().items())
     blank = lambda df: df.astype(object).where(df.notna(), None)  # noqa: E731  (tabulate prints None as missingval)
     md = [f"# Results: {len(status)} runs ({counts})\n"]
+    if searched := [f for f in lr_selections if Path(f).exists()]:
+        md.append(
+            f"{len(searched)} cells chose their learning rate by a search on a validation share of their training data: "
+            "the `lr` column is the rate each run trained at; best_lr.md lists every candidate's score.\n"
+        )
     not_done = status[status["status"] != "done"]
     if len(not_done):
         md += ["## Runs not done\n", blank(not_done).to_markdown(index=False, missingval=""), ""]
@@ -441,9 +458,12 @@ def main(argv=None):
     p.add_argument("runs", nargs="+", type=Path, help="run folders (results/default/runs/<run_id>)")
     p.add_argument("--out", required=True, type=Path, help="folder for the tables and plots")
     p.add_argument("--reference", default="lora", help="the method every other one is compared with (default: lora)")
+    p.add_argument(
+        "--lr-search", nargs="*", type=Path, default=[], help="learning-rate searches' selections (results/<m>/lr_search/<cell>.json)"
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    runs = build(args.runs, args.out, args.reference)
+    runs = build(args.runs, args.out, args.reference, args.lr_search)
     log.info("tabulated %d finished run(s) of %d into %s", len(runs), len(args.runs), args.out)
 
 

@@ -45,9 +45,10 @@ import torch
 import transformers
 from transformers import TrainerCallback, TrainerState
 
-from peftlab import artifacts, cli, methods, numerics, observe, tasks, trainers
+from peftlab import artifacts, cli, lr_search, methods, numerics, observe, tasks, trainers
 from peftlab.checkpoints import KeepEvery, claimed, last_checkpoint, prune, step_of
 from peftlab.compute import device_of, logits
+from peftlab.data import holdout, split
 from peftlab.methods import targets
 from peftlab.models import RUN_FILE, load_model, load_tokenizer, load_trained, probe_batch, trained_label_names
 from peftlab.schema import schema_default
@@ -148,7 +149,26 @@ def train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path, tr
     fp = fingerprint(spec.to_dict(), "train_run")
     tracking = tracking or record_path.parent / report.TRACKING
     with claimed(checkpoints, fp) if rank == 0 else contextlib.nullcontext():
-        return _train(spec, adapter, record_path, checkpoints, tracking, fp)
+        try:
+            return _train(spec, adapter, record_path, checkpoints, tracking, fp)
+        except Diverged as e:
+            if spec.holdout is None or rank != 0:
+                raise
+            return diverged(spec, str(e), adapter, record_path, tracking, checkpoints, fp)
+
+
+def diverged(spec: RunSpec, reason: str, adapter: Path, record_path: Path, tracking: Path, checkpoints: Path, fp: str) -> dict:
+    """A search run whose training diverged: a result, not a failure (its candidate rate scores as the
+    worst, peftlab.lr_search). Its adapter folder holds the reason instead of weights, which evaluate reads."""
+    log.warning("%s: %s; recorded as a diverged candidate of its learning-rate search", spec.run_id, reason)
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    with artifacts.atomic_dir(adapter) as tmp:
+        artifacts.write_json(tmp / RUN_FILE, {"run_id": spec.run_id, "fingerprint": fp, "diverged": reason})
+    with artifacts.atomic_dir(tracking) as tmp:
+        (tmp / "DIVERGED.txt").write_text(reason + "\n")
+    record = {"run_id": spec.run_id, "fingerprint": fp, "diverged": reason, **artifacts.Provenance(spec.to_dict()).record()}
+    artifacts.write_json(record_path, record)
+    return record
 
 
 def _train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path, tracking: Path, fp: str) -> dict:
@@ -159,8 +179,13 @@ def _train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path, t
     transformers.set_seed(t.seed)
 
     # --- set up: data, model, adapter
-    data = datasets.load_from_disk(spec.data_dir)
-    train_ds = train_subset(data["train"], t.train_size, t.data_seed)
+    # a search run holds out its validation share, and never opens the evaluation split
+    train_ds = split(spec.data_dir, "train")
+    if spec.holdout is not None:
+        train_ds, probe_rows = holdout(train_ds, spec.holdout.share, spec.holdout.seed)
+    else:
+        probe_rows = split(spec.data_dir, "eval")
+    train_ds = train_subset(train_ds, t.train_size, t.data_seed)
     tokenizer = load_tokenizer(spec.model)
     base = load_model(spec.model, task, tokenizer, quantization=methods.quantization(spec.peft), label_names=trained_label_names(spec))
     total_params = base.num_parameters()  # counts a 4-bit base's packed weights as the parameters they hold
@@ -216,14 +241,15 @@ def _train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path, t
     tracker.finish(kept["checkpoint_step"] if kept else state.global_step)
 
     # --- save, then check the saved adapter against the model in memory
-    probe = probe_batch(data["eval"], tokenizer, task)
+    probe = probe_batch(probe_rows, tokenizer, task)
     trained_logits = logits(model, probe)
     if not numerics.finite(trained_logits):
         raise Diverged(f"{spec.run_id}: the trained model gives non-finite logits on the probe batch; the adapter is broken")
     with artifacts.atomic_dir(adapter) as tmp:
         methods.save(model, tmp, initial if method.init_changes_base else None)
         tokenizer.save_pretrained(tmp)
-        artifacts.write_json(tmp / RUN_FILE, {"run_id": spec.run_id, "fingerprint": fp})
+        searched = {"learning_rate": t.learning_rate} if spec.lr_search else {}  # the rate its search picked (models.check_trained_by)
+        artifacts.write_json(tmp / RUN_FILE, {"run_id": spec.run_id, "fingerprint": fp, **searched})
     reload_diff = reload_tol = None
     if t.check_reload:
         reloaded, device = load_trained(spec, adapter, tokenizer), device_of(model)
@@ -309,9 +335,18 @@ def main(argv=None):
     p.add_argument("--record", required=True, type=Path, help="train.json to write")
     p.add_argument("--checkpoints", required=True, type=Path, help="checkpoint folder, outside every declared output")
     p.add_argument("--tracking", type=Path, help="tracking folder to write (default: tracking/ beside the record)")
+    p.add_argument("--lr-from", type=Path, help="a final run of a learning-rate search: its cell's selection (peftlab.lr_search)")
     args = p.parse_args(argv)
-    record = train(RunSpec.from_dict(cli.start(args)), args.adapter, args.record, args.checkpoints, args.tracking)
-    if record:
+    spec = RunSpec.from_dict(cli.start(args))
+    if spec.lr_search is not None:
+        if args.lr_from is None:
+            p.error(f"{spec.run_id}: its learning rate comes from the search of {spec.lr_search.cell}; give that selection with --lr-from")
+        spec = spec.with_learning_rate(lr_search.chosen_rate(args.lr_from, spec.lr_search))
+        log.info(
+            "%s: training at %g, the rate its learning-rate search picked (%s)", spec.run_id, spec.training.learning_rate, args.lr_from
+        )
+    record = train(spec, args.adapter, args.record, args.checkpoints, args.tracking)
+    if record and "diverged" not in record:
         log.info("%s: loss %s -> %s, %s tokens/s", record["run_id"], record["first_loss"], record["final_loss"], record["tokens_per_s"])
 
 

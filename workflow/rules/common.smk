@@ -25,12 +25,15 @@ except ConfigError as e:
     raise WorkflowError(str(e)) from None
 
 ENV = "../../envs/peftlab.yaml"
+# the runs a matrix reports (a learning-rate search's runs only feed its selections)
+FINAL = [run_id for run_id, r in RUNS.items() if r["holdout"] is None]
 
 
 # run ids by their shape (task/model/method/settings, or task/model/name), not as a list:
 # an alternation of every run id made matching a path cost O(runs)
 wildcard_constraints:
     run_id=paths.RUN_ID,
+    cell=paths.RUN_ID,
     task="[A-Za-z0-9][A-Za-z0-9._+-]*",
     model="[A-Za-z0-9][A-Za-z0-9._+-]*",
     stage="|".join(SPECS),
@@ -44,6 +47,17 @@ def run_of(wc):
             f"`python -m peftlab.config {_CONFIGFILE}` lists them"
         )
     return RUNS[wc.run_id]
+
+
+def lr_choice(wc):
+    """The selection a final run of a learning-rate search trains at (none for other runs)."""
+    search = run_of(wc)["lr_search"]
+    return [paths.lr_choice(ROOT, search["cell"])] if search else []
+
+
+def search_records(wc):
+    """The eval.json of every search run of a cell: what its selection reads."""
+    return [paths.eval_record(ROOT, r) for r in SPECS["lr_select"][wc.cell]["runs"]]
 
 
 def spec(stage, key):

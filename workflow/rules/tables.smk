@@ -11,8 +11,18 @@ TABLES = [
         "comparisons.csv",
     )
 ]
-RUN_DIRS = [paths.run(ROOT, run_id) for run_id in RUNS]
-TASKS = sorted({r["task"]["name"] for r in RUNS.values()})
+RUN_DIRS = [paths.run(ROOT, run_id) for run_id in FINAL]
+TASKS = sorted({RUNS[r]["task"]["name"] for r in FINAL})
+# learning-rate searches: every cell's selection, tabulated as best_lr.csv/.md and plotted
+LR_CHOICES = [paths.lr_choice(ROOT, cell) for cell in SPECS["lr_select"]]
+LR_TABLES = (
+    [
+        in_report(f"{TABLES_DIR}/{name}", "lr_search", "Learning rates", {"plot": name})
+        for name in ("best_lr.csv", "best_lr.md", "lr_search.png")
+    ]
+    if LR_CHOICES
+    else []
+)
 # peftlab.tracking.report.matrix: the methods compared by what their adapters changed
 TRACKING_TABLES = (
     [
@@ -25,7 +35,7 @@ TRACKING_TABLES = (
         )
         for plot in ("alignment", "effective_rank", "depth")
     ]
-    if any(r["tracker"]["enable_spectral_tracking"] for r in RUNS.values())
+    if any(RUNS[r]["tracker"]["enable_spectral_tracking"] for r in FINAL)
     else []
 )
 
@@ -33,7 +43,8 @@ TRACKING_TABLES = (
 rule tables_build:
     input:
         [f"{run}/{output}" for run in RUN_DIRS for _, output in paths.RUN_OUTPUTS],
-        [paths.predictions(ROOT, run_id) for run_id in RUNS],
+        [paths.predictions(ROOT, run_id) for run_id in FINAL],
+        LR_CHOICES,
     output:
         TABLES,
         [
@@ -67,6 +78,7 @@ rule tables_build:
             labels={"plot": "loss"},
         ),
         TRACKING_TABLES,
+        LR_TABLES,
     log:
         paths.log(ROOT, "tables_build", "tables"),
     localrule: True
@@ -76,8 +88,9 @@ rule tables_build:
         runs=RUN_DIRS,
         out=lambda wc, output: str(Path(output[0]).parent),
         reference=CFG["tables"]["reference"],
+        lr=f"--lr-search {' '.join(LR_CHOICES)}" if LR_CHOICES else "",
     shell:
-        "python -m peftlab.tables --out {params.out} --reference {params.reference} {params.runs} > {log} 2>&1"
+        "python -m peftlab.tables --out {params.out} --reference {params.reference} {params.runs} {params.lr} > {log} 2>&1"
 
 
 # `snakemake tables`: rebuild the tables from the runs that have finished, training nothing;
@@ -92,14 +105,15 @@ rule tables:
         runs=RUN_DIRS,
         out=TABLES_DIR,
         reference=CFG["tables"]["reference"],
+        lr=f"--lr-search {' '.join(LR_CHOICES)}" if LR_CHOICES else "",
     shell:
-        "python -m peftlab.tables --out {params.out} --reference {params.reference} {params.runs} > {log} 2>&1"
+        "python -m peftlab.tables --out {params.out} --reference {params.reference} {params.runs} {params.lr} > {log} 2>&1"
 
 
 # A run failed (the default profile keeps going past it): once every other job is done,
 # the tables list every run with its status and the first line of each failure.
 onerror:
-    if RUNS:
+    if FINAL:
         ONERROR_LOG = paths.log(ROOT, "tables", "onerror")
         REFERENCE = CFG["tables"]["reference"]
         shell(

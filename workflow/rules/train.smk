@@ -3,6 +3,8 @@ rule train_run:
         spec=spec("train_run", "{run_id}"),
         data=lambda wc: run_of(wc)["data_dir"],
         model=lambda wc: built_model(run_of(wc)["model"]["name"]),
+        # a final run of a learning-rate search: its cell's selection (peftlab.lr_search)
+        lr=lr_choice,
     output:
         adapter=directory(paths.adapter(ROOT, "{run_id}")),
         # peftlab.tracking: what the adapter changed, layer by layer (the reason, when nothing to track)
@@ -29,6 +31,7 @@ rule train_run:
         launcher=lambda wc: launch.launcher(RESOURCES[wc.run_id], "train"),
         # outside every declared output: Snakemake deletes those before a rerun
         checkpoints=paths.checkpoints(ROOT, "{run_id}"),
+        lr_from=lambda wc, input: f"--lr-from {input.lr}" if input.lr else "",
     shell:
         "{params.launcher} --spec {input.spec} --adapter {output.adapter} --tracking {output.tracking} --record {output.record}"
-        " --checkpoints {params.checkpoints} --threads {threads} > {log} 2>&1"
+        " --checkpoints {params.checkpoints} {params.lr_from} --threads {threads} > {log} 2>&1"

@@ -12,7 +12,7 @@ import math
 
 from peftlab.tasks.base import Supervised
 
-CLASS_METRICS = ["accuracy", "macro_f1", "f1", "precision", "recall", "mcc"]
+CLASS_METRICS = ["accuracy", "macro_f1", "f1", "precision", "recall", "mcc", "eval_loss"]  # eval_loss: mean cross-entropy
 REGRESSION_METRICS = ["pearson", "spearman", "mse"]
 
 
@@ -101,18 +101,25 @@ class Classification(Supervised):
         from peftlab import compute, metrics
 
         pad = DataCollatorWithPadding(tokenizer)
-        predictions, labels = [], []
+        predictions, labels, loss_sum = [], [], 0.0
         with torch.no_grad():
             for rows in compute.batches(ds.select_columns(compute.model_columns(ds)), task.eval_batch_size):
                 batch = pad(rows.to_list())
-                labels += batch.pop("labels").tolist()
+                y = batch.pop("labels")
+                labels += y.tolist()
                 out = model(**batch.to(compute.device_of(model))).logits.float()
                 predictions += (out[:, 0] if task.num_labels == 1 else out.argmax(-1)).tolist()
+                if task.num_labels > 1:
+                    loss_sum += torch.nn.functional.cross_entropy(out, y.to(out.device), reduction="sum").item()
         if task.num_labels == 1:
             rows = [{"id": i, "prediction": p, "reference": y} for i, (p, y) in enumerate(zip(predictions, labels))]
             return {**metrics.regression(labels, predictions), "predictions": rows}
         rows = [{"id": i, "prediction": p, "reference": y, "correct": p == y} for i, (p, y) in enumerate(zip(predictions, labels))]
-        return {**metrics.classification(labels, predictions, task.num_labels), "predictions": rows}
+        return {
+            **metrics.classification(labels, predictions, task.num_labels),
+            "eval_loss": loss_sum / max(len(labels), 1),
+            "predictions": rows,
+        }
 
     def input_column(self, task):
         return task.text_fields[0]

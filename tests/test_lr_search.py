@@ -1,0 +1,294 @@
+"""The learning-rate search (peftlab.lr_search): its plan, its selection, its data isolation, and the matrix end to end."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+
+import pyarrow
+import pytest
+import yaml
+
+from conftest import ROOT, planned_jobs, snakemake
+from peftlab import api, lr_search, paths, status
+from peftlab.config import ConfigError, plan
+from peftlab.evaluate import evaluate
+from peftlab.spec import HoldoutSpec, fingerprint
+from peftlab.train import Diverged, train
+
+TEST_LR = ROOT / "config/test_lr.yaml"
+
+
+def lr_config(**over) -> dict:
+    raw = yaml.safe_load(TEST_LR.read_text())
+    raw.update(over)
+    return raw
+
+
+# --- the plan -------------------------------------------------------------------------
+
+
+def test_a_search_plans_one_run_per_candidate_and_search_seed_and_final_runs_without_a_rate():
+    raw = lr_config()
+    raw["lr_search"]["seeds"] = [0, 1]
+    p = plan(raw, "config/test_lr.yaml")
+    search = {r: s for r, s in p.runs.items() if s["holdout"] is not None}
+    final = {r: s for r, s in p.runs.items() if s["holdout"] is None}
+    assert sorted(final) == [
+        "arith/tiny-llama/ia3/s1",
+        "arith/tiny-llama/ia3/s2",
+        "arith/tiny-llama/lora/r8-s1",
+        "arith/tiny-llama/lora/r8-s2",
+    ]
+    assert len(search) == 2 * 4 * 2  # methods x rates x search seeds
+    lora = search["arith/tiny-llama/lora/search-r8-s1-lr0.03"]
+    assert (lora["training"]["learning_rate"], lora["training"]["seed"]) == (0.03, 1)
+    assert lora["holdout"] == {"share": 0.1, "seed": 0}
+    assert lora["outputs"] == {"merge": "none", "checkpoints": "none"} and lora["lr_search"] is None
+    for r in final.values():
+        assert r["training"]["learning_rate"] is None
+        assert r["lr_search"]["rates"] == [3e-4, 3e-3, 3e-2, 3e-1] and r["lr_search"]["metric"] == "eval_loss"
+    sel = p.specs["lr_select"]["arith/tiny-llama/ia3/search"]
+    assert sel["greater_is_better"] is False
+    assert set(sel["runs"]) == {r for r in search if "/ia3/" in r}
+    # a search run is evaluated on its validation share, not the evaluation split: never merged
+    assert set(p.specs["merge_run"]) >= set(search)  # spec files exist for every run; rule all asks merges of final runs only
+
+
+def test_a_range_spaces_its_candidates_on_a_log_scale():
+    assert lr_search.candidates({"range": {"low": 1e-5, "high": 1e-2, "count": 4}}) == [1e-5, 1e-4, 1e-3, 1e-2]
+    assert lr_search.candidates({"range": {"low": 1e-4, "high": 1e-3, "count": 3}}) == [1e-4, 3.16e-4, 1e-3]
+    assert lr_search.candidates({"rates": [0.1, 0.001, 0.01]}) == [0.001, 0.01, 0.1]
+
+
+def test_editing_only_the_final_seeds_leaves_every_search_spec_as_it_was():
+    before = plan(lr_config(), "config/test_lr.yaml")
+    raw = lr_config()
+    raw["sweep"][0]["seed"] = [1, 2, 3]
+    after = plan(raw, "config/test_lr.yaml")
+    assert before.specs["lr_select"] == after.specs["lr_select"]
+    for run_id, s in before.runs.items():
+        if s["holdout"] is not None:
+            assert fingerprint(after.runs[run_id], "train_run") == fingerprint(s, "train_run")
+    assert len(after.runs) == len(before.runs) + 2
+
+
+@pytest.mark.parametrize(
+    "change,error",
+    [
+        (lambda raw: raw["sweep"][0].update(lr=[0.1, 0.01]), "sweep[0]: both lr_search and the lr axis are set"),
+        (
+            lambda raw: raw["sweep"][0].update(training={"learning_rate": 0.1}),
+            "sweep[0]: both lr_search and training.learning_rate are set",
+        ),
+        (
+            lambda raw: raw["lr_search"].update(metric="accuracy"),
+            "sweep[0].lr_search.metric: 'accuracy' is not reported for task 'arith'; allowed: main, loss",
+        ),
+        (lambda raw: raw["lr_search"].update(range={"low": 1e-4, "high": 1e-2, "count": 3}), "lr_search"),
+        (lambda raw: raw["lr_search"].update(validation_share=1.5), "lr_search"),
+        (lambda raw: raw["lr_search"].update(rates=[1e-3]), "lr_search"),
+    ],
+    ids=["lr-axis", "fixed-rate", "metric", "rates-and-range", "share", "one-rate"],
+)
+def test_a_bad_search_is_refused_naming_its_key(change, error):
+    raw = lr_config()
+    change(raw)
+    with pytest.raises(ConfigError) as e:
+        plan(raw, "config/test_lr.yaml")
+    assert error in str(e.value)
+
+
+def test_named_experiments_cannot_take_a_top_level_search():
+    raw = lr_config()
+    raw["base"] = {"task": "arith", "model": "tiny-llama"}
+    raw["experiments"] = [{"name": "lora_s1"}]
+    del raw["sweep"]
+    with pytest.raises(ConfigError, match="lr_search: a learning-rate search runs per sweep block; named experiments"):
+        plan(raw, "config/test_lr.yaml")
+
+
+def test_a_block_can_turn_the_search_off_and_only_keeps_the_search_of_the_runs_it_keeps():
+    raw = lr_config()
+    raw["sweep"].append(
+        {"task": "arith", "model": "tiny-llama", "method": "dora", "seed": 1, "lr_search": None, "training": {"learning_rate": 0.003}}
+    )
+    runs = plan(raw, "config/test_lr.yaml").runs
+    assert runs["arith/tiny-llama/dora/r8-s1"]["training"]["learning_rate"] == 0.003 and not any("dora/search" in r for r in runs)
+    raw["only"] = "arith/tiny-llama/ia3/*"
+    kept = plan(raw, "config/test_lr.yaml").runs
+    assert sorted(kept) == sorted(r for r in runs if "/ia3/" in r)  # the ia3 finals and the ia3 search runs
+
+
+# --- the selection ----------------------------------------------------------------------
+
+
+def _select_spec(greater: bool) -> dict:
+    search = {"cell": "t/m/lora/search-r8", "rates": [1e-3, 1e-2, 1e-1], "seeds": [0, 1], "validation_share": 0.1, "validation_seed": 0}
+    spec = lr_search.select_spec({**search, "metric": "accuracy" if greater else "eval_loss"})
+    assert spec["greater_is_better"] is greater
+    return spec
+
+
+def _records(spec: dict, scores: dict[tuple[float, int], float | None]) -> dict:
+    out = {}
+    for run_id, r in spec["runs"].items():
+        value = scores[(r["rate"], r["seed"])]
+        out[run_id] = {"diverged": "nan loss", "metrics": {}} if value is None else {"metrics": {spec["metric"]: value}}
+    return out
+
+
+def test_the_selection_takes_the_best_mean_over_the_search_seeds():
+    spec = _select_spec(greater=True)
+    # 1e-2 has the best single seed (0.95) but 1e-3 the best mean (0.8 vs 0.75)
+    scores = {(1e-3, 0): 0.8, (1e-3, 1): 0.8, (1e-2, 0): 0.95, (1e-2, 1): 0.55, (1e-1, 0): 0.5, (1e-1, 1): 0.5}
+    sel = lr_search.select(spec, _records(spec, scores))
+    assert sel["best_rate"] == 1e-3 and sel["best_score"] == pytest.approx(0.8)
+    assert [c["mean"] for c in sel["candidates"]] == pytest.approx([0.8, 0.75, 0.5])
+    assert sel["at_edge"]  # the lowest rate won: the grid should be widened
+    loss = _select_spec(greater=False)
+    sel = lr_search.select(loss, _records(loss, {k: 1 - v for k, v in scores.items()}))
+    assert sel["best_rate"] == 1e-3  # lowest loss
+
+
+def test_a_diverged_candidate_cannot_win_and_a_cell_with_no_finite_score_fails():
+    spec = _select_spec(greater=False)
+    scores = {(1e-3, 0): 2.0, (1e-3, 1): 2.1, (1e-2, 0): 1.5, (1e-2, 1): 1.4, (1e-1, 0): 0.1, (1e-1, 1): None}
+    sel = lr_search.select(spec, _records(spec, scores))
+    assert sel["best_rate"] == 1e-2 and not sel["at_edge"]
+    assert sel["candidates"][2]["mean"] is None and sel["candidates"][2]["scores"] == {"0": 0.1, "1": None}
+    nan = {k: (math.nan if k[0] == 1e-2 else None) for k in scores}
+    with pytest.raises(RuntimeError, match="every candidate rate diverged or reported no eval_loss"):
+        lr_search.select(spec, _records(spec, nan))
+
+
+def test_a_final_run_refuses_the_selection_of_another_search(tmp_path):
+    spec = _select_spec(greater=True)
+    sel = lr_search.select(spec, _records(spec, {(r, s): r for r in spec["rates"] for s in spec["seeds"]}))
+    (tmp_path / "sel.json").write_text(json.dumps(sel))
+    from peftlab.spec import LrSearchSpec
+
+    mine = LrSearchSpec(**{k: spec[k] for k in lr_search.SEARCH_KEYS})
+    assert lr_search.chosen_rate(tmp_path / "sel.json", mine) == 0.1
+    for other in dataclasses.replace(mine, rates=[1e-3, 1e-2]), dataclasses.replace(mine, validation_share=0.2):
+        with pytest.raises(RuntimeError, match="is the selection of another search"):
+            lr_search.chosen_rate(tmp_path / "sel.json", other)
+
+
+# --- a search run's data ----------------------------------------------------------------
+
+
+def test_a_search_run_trains_and_is_scored_without_opening_the_evaluation_split(in_tiny, tmp_path):
+    """The evaluation split's data file is replaced by bytes that fail to load: a search run
+    trains and evaluates on its validation share regardless; a final run's evaluation fails on it."""
+    spec = in_tiny("lora", max_steps=4)
+    data_dir = tmp_path / "data"
+    shutil.copytree(spec.data_dir, data_dir)
+    for arrow in (data_dir / "eval").glob("*.arrow"):
+        arrow.write_bytes(b"this file must never be read by a search run")
+    search = dataclasses.replace(spec, data_dir=str(data_dir), holdout=HoldoutSpec(share=0.1, seed=0))
+    record = train(search, tmp_path / "adapter", tmp_path / "train.json", tmp_path / "ckpt")
+    n = len(__import__("datasets").load_from_disk(str(data_dir / "train")))
+    held = round(0.1 * n)
+    assert record["examples"] == n - held
+    result, predictions = evaluate(search, str(tmp_path / "adapter"))
+    assert result["examples"] == held == len(predictions) and math.isfinite(result["metrics"]["eval_loss"])
+    final = dataclasses.replace(search, holdout=None)
+    with pytest.raises(pyarrow.ArrowInvalid):  # the poisoned file does fail whoever opens it
+        evaluate(final, str(tmp_path / "adapter"))
+
+
+@pytest.mark.slow
+def test_a_diverged_search_run_is_recorded_and_a_diverged_final_run_fails(in_tiny, tmp_path):
+    spec = in_tiny("lora", learning_rate=1e37, max_steps=40, logging_steps=2, save_steps=1000)
+    search = dataclasses.replace(spec, holdout=HoldoutSpec(share=0.1, seed=0))
+    record = train(search, tmp_path / "adapter", tmp_path / "train.json", tmp_path / "checkpoints")
+    assert record["diverged"].startswith("training diverged:")
+    assert json.loads((tmp_path / "train.json").read_text())["diverged"] == record["diverged"]
+    assert not (tmp_path / "checkpoints").exists() and (tmp_path / "tracking" / "DIVERGED.txt").exists()
+    result, predictions = evaluate(search, str(tmp_path / "adapter"))
+    assert result["diverged"] == record["diverged"] and result["metrics"] == {} and predictions == []
+    with pytest.raises(Diverged):  # outside a search, divergence fails the run
+        train(spec, tmp_path / "final", tmp_path / "final.json", tmp_path / "final_ckpt")
+
+
+def test_the_validation_share_is_the_same_rows_for_every_search_run():
+    import datasets
+
+    from peftlab.data import holdout
+
+    ds = datasets.Dataset.from_dict({"x": list(range(100))})
+    rest, held = holdout(ds, 0.1, 0)
+    assert len(held) == 10 and len(rest) == 90 and not set(held["x"]) & set(rest["x"])
+    assert holdout(ds, 0.1, 0)[1]["x"] == held["x"] and holdout(ds, 0.1, 1)[1]["x"] != held["x"]
+    with pytest.raises(ValueError, match="validation_share=0.001 of 100 training examples holds out 0"):
+        holdout(ds, 0.001, 0)
+
+
+# --- the matrix, end to end -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lr_matrix(tmp_path_factory):
+    """config/test_lr.yaml run through Snakemake: 8 search runs, 2 selections, 4 final runs."""
+    work = tmp_path_factory.mktemp("lr")
+    proc = snakemake(work, "--cores", "2", config=TEST_LR)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    return work, work / paths.root("test_lr")
+
+
+@pytest.mark.slow
+def test_each_cell_trains_at_the_rate_its_search_scores_show_best(lr_matrix, monkeypatch):
+    work, root = lr_matrix
+    p = plan(lr_config(), "config/test_lr.yaml")
+    chosen = {}
+    for cell, spec in p.specs["lr_select"].items():
+        sel = json.loads((root / "lr_search" / f"{cell}.json").read_text())
+        scores = {}
+        for run_id, r in spec["runs"].items():
+            rec = json.loads((root / "runs" / run_id / "eval.json").read_text())
+            assert rec["examples"] == 120  # the validation share of 1,200 training examples
+            scores[r["rate"]] = rec["metrics"].get("eval_loss") if not rec.get("diverged") else None
+        finite = {rate: s for rate, s in scores.items() if s is not None and math.isfinite(s)}
+        assert sel["best_rate"] == min(finite, key=finite.get), (cell, scores)
+        chosen[cell.split("/")[2]] = sel["best_rate"]
+    assert chosen["ia3"] > chosen["lora"]  # IA3 needs a higher rate than LoRA
+    for run_id, spec in p.runs.items():
+        if spec["lr_search"]:
+            tr = json.loads((root / "runs" / run_id / "train.json").read_text())
+            assert tr["spec"]["training"]["learning_rate"] == chosen[spec["peft"]["type"]]
+            ev = json.loads((root / "runs" / run_id / "eval.json").read_text())
+            assert ev["examples"] == 32  # the evaluation split
+    best = (root / "tables" / "best_lr.md").read_text()
+    assert "| arith | tiny-llama | ia3 | - | eval_loss |" in best and (root / "tables" / "lr_search.png").stat().st_size > 10_000
+    summary = (root / "tables" / "summary.csv").read_text()
+    assert "search-" not in summary  # search runs feed the selection only
+    states = status.matrix_status(str(root), list(p.runs), work, search_runs={r for r, s in p.runs.items() if s["holdout"]})
+    assert {s.state for s in states} == {"done"}  # a search run is done once evaluated: it is never merged
+    monkeypatch.chdir(work)  # the spec's paths are relative to the workflow's directory
+    model, _ = api.load(root / "runs" / "arith/tiny-llama/ia3/s1")  # a final run loads at the rate it trained at
+    assert model is not None
+
+
+@pytest.mark.slow
+def test_after_the_search_new_final_seeds_rerun_no_search_job(lr_matrix, tmp_path):
+    work, _ = lr_matrix
+    raw = lr_config()
+    raw["sweep"][0]["seed"] = [1, 2, 3]
+    config = tmp_path / "test_lr.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    proc = snakemake(work, "-n", config=config)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = planned_jobs(proc)
+    assert jobs["train_run"] == jobs["evaluate_run"] == jobs["merge_run"] == 2  # the two new final runs
+    assert "lr_select" not in jobs  # nor any search run: the two train_run jobs are the new finals
+
+
+def test_a_dry_run_shows_the_search_the_selection_and_the_final_runs(tmp_path):
+    proc = snakemake(tmp_path, "-n", config=TEST_LR)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = planned_jobs(proc)
+    assert (jobs["train_run"], jobs["evaluate_run"], jobs["lr_select"], jobs["merge_run"]) == (12, 12, 2, 4)
+    assert not (tmp_path / "results").exists()  # a dry run writes nothing
