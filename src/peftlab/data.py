@@ -22,7 +22,7 @@ import datasets
 
 from peftlab import artifacts, cli, tasks
 from peftlab.generators import GENERATORS
-from peftlab.spec import ModelSpec, TaskSpec
+from peftlab.spec import HoldoutSpec, ModelSpec, TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ def holdout(ds: datasets.Dataset, share: float, seed: int) -> tuple[datasets.Dat
     a task and model is scored on the same rows, whatever its method, rate or training seed.
     """
     n = len(ds)
-    k = round(share * n) if share < 1 else int(share)
+    k = HoldoutSpec(share, seed).size(n)
     if not 0 < k < n:
         raise ValueError(f"lr_search.validation_share={share} of {n} training examples holds out {k}; it must leave both parts non-empty")
     order = random.Random(seed).sample(range(n), n)

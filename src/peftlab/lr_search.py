@@ -123,18 +123,24 @@ def chosen_rate(selection_file: str | Path, lr_search) -> float:
     return sel["best_rate"]
 
 
+def coordinates(cell: str) -> tuple[str, str, str, str]:
+    """(task, model, method, setting) of a cell id; the setting is its rank and train size ('r8-n100'), or '-'."""
+    task, model, method, last = cell.split("/")
+    return task, model, method, last.removeprefix("search").lstrip("-") or "-"
+
+
 def table(selections: list[dict]) -> list[dict]:
     """best_lr.csv's rows: one per cell and candidate rate, with its mean score, every seed's, and the winner marked."""
     rows = []
     for sel in selections:
-        task, model, method, setting = sel["cell"].split("/")
+        task, model, method, setting = coordinates(sel["cell"])
         for c in sel["candidates"]:
             rows.append(
                 {
                     "task": task,
                     "model": model,
                     "method": method,
-                    "setting": setting.removeprefix("search").lstrip("-") or "-",
+                    "setting": setting,
                     "metric": sel["metric"],
                     "rate": c["rate"],
                     "score": c["mean"],
@@ -157,7 +163,7 @@ def markdown(selections: list[dict]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for sel in selections:
-        task, model, method, setting = sel["cell"].split("/")
+        task, model, method, setting = coordinates(sel["cell"])
         cands = ", ".join(
             ("**{}: {}**" if c["rate"] == sel["best_rate"] else "{}: {}").format(
                 f"{c['rate']:g}", "diverged" if c["mean"] is None else f"{c['mean']:.4g}"
@@ -165,10 +171,7 @@ def markdown(selections: list[dict]) -> str:
             for c in sel["candidates"]
         )
         edge = " (edge)" if sel["at_edge"] else ""
-        lines.append(
-            f"| {task} | {model} | {method} | {setting.removeprefix('search').lstrip('-') or '-'} | {sel['metric']} | "
-            f"{sel['best_rate']:g}{edge} | {cands} |"
-        )
+        lines.append(f"| {task} | {model} | {method} | {setting} | {sel['metric']} | {sel['best_rate']:g}{edge} | {cands} |")
     return "\n".join(lines) + "\n"
 
 

@@ -42,7 +42,7 @@ from peftlab import artifacts, paths
 from peftlab.checkpoints import kept_steps
 from peftlab.config import load_yaml, plan
 from peftlab.schema import ConfigError
-from peftlab.spec import OutputsSpec
+from peftlab.spec import HoldoutSpec, OutputsSpec
 
 H100_BF16_TFLOPS = 989.0  # dense bf16 peak of an H100 SXM
 DEFAULT_MFU = 0.4
@@ -145,8 +145,7 @@ def tokens(run: dict) -> tuple[float, float, bool, int]:
     available = meta["counts"]["train"] if meta else data.get("num_train")
     eval_examples = (meta["counts"].get("eval") if meta else data.get("num_eval")) or 0
     if run.get("holdout") and available:  # a search run: trains on the rest, is evaluated on its validation share
-        share = run["holdout"]["share"]
-        eval_examples = round(share * available) if share < 1 else int(share)
+        eval_examples = HoldoutSpec.from_dict(run["holdout"]).size(available)
         available -= eval_examples
     examples = t["train_size"] or available or 0
     batch = t["batch_size"] * t["grad_accum"] * run["world_size"]

@@ -167,6 +167,10 @@ class HoldoutSpec(_Strict):
     share: float  # a share of the training split, or a number of examples when 1 or more
     seed: int
 
+    def size(self, n: int) -> int:
+        """How many of a training split's `n` examples are held out (peftlab.plan counts them too)."""
+        return round(self.share * n) if self.share < 1 else int(self.share)
+
 
 @dataclass(frozen=True)
 class LrSearchSpec(_Strict):

@@ -285,8 +285,8 @@ def main(argv=None):
         planned = plan(load_yaml(args.configfile), args.configfile)
     except (ConfigError, OSError) as e:
         raise SystemExit(f"--configfile {args.configfile}: {e}") from None
+    search = {r for r, spec in planned.runs.items() if spec["holdout"] is not None}
     while True:
-        search = {r for r, spec in planned.runs.items() if spec["holdout"] is not None}
         runs = matrix_status(planned.root, list(planned.runs), Path("."), args.stale * 60, search)
         if args.json:
             text = json.dumps(

@@ -383,28 +383,29 @@ def disk(table: pd.DataFrame) -> str:
     return f"## Disk\n\n{len(table)} finished runs keep {human_bytes(sum(totals.values()))}: {parts}{note}.\n"
 
 
-def lr_tables(files: list[Path], out: Path) -> None:
-    """best_lr.csv, best_lr.md and lr_search.png from the learning-rate searches' selections that exist."""
+def lr_tables(files: list[Path], out: Path) -> int:
+    """best_lr.csv, best_lr.md and lr_search.png from the learning-rate searches' selections that exist; how many there were."""
     selections = [artifacts.read_json(f) for f in files if Path(f).exists()]
     if not selections:
-        return
+        return 0
     rows = pd.DataFrame(lr_search.table(selections))
     rows.to_csv(out / "best_lr.csv", index=False)
     (out / "best_lr.md").write_text(lr_search.markdown(selections))
     plots.lr_search_plot(rows, out / "lr_search.png")
+    return len(selections)
 
 
 def build(run_dirs: list[Path], out: Path, reference: str = "lora", lr_selections: list[Path] = ()) -> pd.DataFrame:
     runs, status = collect(run_dirs)
     out.mkdir(parents=True, exist_ok=True)
-    lr_tables(list(lr_selections), out)
+    searched = lr_tables(list(lr_selections), out)
     (out / "tasks").mkdir(exist_ok=True)
     counts = ", ".join(f"{n} {s}" for s, n in status["status"].value_counts().items())
     blank = lambda df: df.astype(object).where(df.notna(), None)  # noqa: E731  (tabulate prints None as missingval)
     md = [f"# Results: {len(status)} runs ({counts})\n"]
-    if searched := [f for f in lr_selections if Path(f).exists()]:
+    if searched:
         md.append(
-            f"{len(searched)} cells chose their learning rate by a search on a validation share of their training data: "
+            f"{searched} cells chose their learning rate by a search on a validation share of their training data: "
             "the `lr` column is the rate each run trained at; best_lr.md lists every candidate's score.\n"
         )
     not_done = status[status["status"] != "done"]
