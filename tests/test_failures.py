@@ -59,9 +59,7 @@ def lora_adapter(in_tiny, tmp_path):
                 p.normal_(0, 0.1)
     methods.save(model, tmp_path / "adapter")
     load_tokenizer(spec.model).save_pretrained(tmp_path / "adapter")
-    artifacts.write_json(
-        tmp_path / "adapter" / models.RUN_FILE, {"run_id": spec.run_id, "fingerprint": fingerprint(spec.to_dict(), "train_run")}
-    )
+    artifacts.write_json(tmp_path / "adapter" / models.RUN_FILE, models.run_marker(spec, fingerprint(spec.to_dict(), "train_run")))
     return spec, tmp_path / "adapter"
 
 
@@ -106,8 +104,9 @@ def test_merge_check_proves_the_merge_and_keeps_no_copy(lora_adapter, tmp_path):
 
 
 def test_merge_none_loads_nothing_and_says_so(lora_adapter, tmp_path):
-    spec, _ = lora_adapter
-    record = merge.merge(with_merge(spec, "none"), "no adapter is read", tmp_path / "merged")
+    spec, adapter = lora_adapter
+    (adapter / "adapter_model.safetensors").unlink()  # its weights are never read: only the settings it records
+    record = merge.merge(with_merge(spec, "none"), adapter, tmp_path / "merged")
     assert (record["merge"], record["checked"], record["saved"], record["merged_bytes"]) == ("none", False, False, 0)
     assert "max_abs_logit_diff" not in record
     assert (tmp_path / "merged" / merge.NOT_SAVED).read_text().startswith("outputs.merge: none")
@@ -124,7 +123,10 @@ def test_merge_auto_saves_below_the_size_and_checks_from_it(lora_adapter, tmp_pa
 
 
 def test_prompt_tuning_records_why_it_cannot_merge(in_tiny, tmp_path):
-    record = merge.merge(in_tiny("prompt_tuning"), "unused", tmp_path / "merged")
+    spec = in_tiny("prompt_tuning")
+    (tmp_path / "adapter").mkdir()  # no weights are read: only the settings it records
+    artifacts.write_json(tmp_path / "adapter" / models.RUN_FILE, models.run_marker(spec, fingerprint(spec.to_dict(), "train_run")))
+    record = merge.merge(spec, tmp_path / "adapter", tmp_path / "merged")
     assert record["mergeable"] is False and "virtual tokens" in record["reason"]
     assert (tmp_path / "merged" / "NOT_MERGED.txt").read_text().strip() == record["reason"]
 

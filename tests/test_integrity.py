@@ -128,13 +128,33 @@ def test_a_run_that_failed_after_training_resumes_its_final_checkpoint_without_t
 
 
 @pytest.mark.slow
-def test_an_adapter_from_other_settings_is_refused_by_evaluate_and_merge(in_tiny, tmp_path):
+def test_evaluate_and_merge_follow_the_adapters_training_and_refuse_an_adapter_of_other_settings(in_tiny, tmp_path):
+    """Downstream trusts what it consumes: a stage's spec file is not rewritten when only training keys
+    change (spec.NOT_READ), so evaluate and merge take the training settings from the adapter itself,
+    and refuse it only when it disagrees on a key they read too."""
     spec = in_tiny("lora", max_steps=4, save_steps=1000)
     train.train(spec, tmp_path / "adapter", tmp_path / "train.json", tmp_path / "ckpt")
-    other = in_tiny("lora", max_steps=4, save_steps=1000, learning_rate=spec.training.learning_rate / 10)
-    with pytest.raises(models.StaleAdapter, match=r"was trained from other settings"):
-        merge.merge(other, str(tmp_path / "adapter"), tmp_path / "merged")
-    assert not (tmp_path / "merged").exists()
+    recorded = artifacts.read_json(tmp_path / "adapter" / models.RUN_FILE)
+    assert recorded["spec"] == spec.to_dict() and recorded["fingerprint"] == fingerprint(spec.to_dict(), "train_run")
+
+    # the spec files of evaluate and merge as they stood before the learning rate was edited
+    old = in_tiny("lora", max_steps=4, save_steps=1000, learning_rate=spec.training.learning_rate / 10)
+    old = old.__class__.from_dict({**old.to_dict(), "task": {**old.to_dict()["task"], "max_new_tokens": 5}})
+    followed = models.trained_spec(old, tmp_path / "adapter", "evaluate_run")
+    assert followed.training == spec.training  # the adapter's rate, not the stale file's
+    assert followed.task.max_new_tokens == 5  # evaluation's own key
+    check = merge.merge(old, str(tmp_path / "adapter"), tmp_path / "merged")
+    assert check["spec"]["training"]["learning_rate"] == spec.training.learning_rate
+    assert check["trained_fingerprint"] == recorded["fingerprint"]
+
+    # a key both read (the rank): refused, naming it
+    other = in_tiny("lora", max_steps=4, save_steps=1000)
+    other = other.__class__.from_dict({**other.to_dict(), "peft": {**other.to_dict()["peft"], "r": 4}})
+    with pytest.raises(models.StaleAdapter, match=r"was trained from other settings than merge_run reads \(peft.r: 8 -> 4\)"):
+        merge.merge(other, str(tmp_path / "adapter"), tmp_path / "merged2")
+    assert not (tmp_path / "merged2").exists()
+    with pytest.raises(models.StaleAdapter, match=r"peft.r: 8 -> 4"):
+        models.trained_spec(other, tmp_path / "adapter", "evaluate_run")
 
 
 @pytest.mark.slow

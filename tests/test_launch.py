@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
+from dataclasses import replace
 
 import pytest
 
@@ -126,3 +128,60 @@ def test_rule_resources_are_constants_where_every_run_agrees():
     assert rule_threads(mixed, "train")(a) == 6 and rule_threads(mixed, "evaluate")(a) == 3
     assert rule_resources(mixed, "merge")["cpus_per_task"](a) == 3  # merging: no GPU, one GPU's cores
     assert "gpu" not in rule_resources(mixed, "merge")
+
+
+def test_packing_groups_runs_by_their_resources():
+    """`--group-components run=N` packs runs per resource class: only runs with equal resources share a group (an sbatch call)."""
+    from peftlab.launch import pack_groups
+
+    cpu, gpu = Resources(threads=1, mem_mb=1000), Resources(gpus=1, gpu_model="a100", partition="gpu")
+    groups = pack_groups(
+        {"a": cpu, "b": Resources(threads=1, mem_mb=1000), "g": gpu, "h": replace(gpu, mem_mb=8000), "n": PRESETS["2x4gpu"]}
+    )
+    assert groups["a"] == groups["b"]  # identical resources share
+    assert len({groups["a"], groups["g"], groups["h"]}) == 3  # any difference (here memory) parts them
+    assert re.fullmatch(r"run-default-cpu-[0-9a-f]{8}", groups["a"]) and re.fullmatch(r"run-gpu-1gpu-[0-9a-f]{8}", groups["g"])
+    assert groups["n"] is None  # a multi-node run is submitted alone
+    assert pack_groups({"x": cpu}) == {"x": groups["a"]}  # the same name from any matrix: a digest, not an order
+
+
+def test_packing_refuses_groups_that_mix_resources_and_runs_over_the_caps():
+    from peftlab.launch import check_packing
+
+    runs = {"t/m/a": Resources(threads=1, mem_mb=1000), "t/m/g": Resources(gpus=2, cpus_per_gpu=1, mem_mb=1000)}
+    check_packing(runs, {}, {"mem_mb": 1000, "cpus_per_task": 2, "gpu": 2})
+    with pytest.raises(ResourcesError, match=r"`groups:` \(--groups\) puts evaluate_run, train_run .* `group-components: \[run=N\]`"):
+        check_packing(runs, {"train_run": "run", "evaluate_run": "run"}, {})
+    with pytest.raises(ResourcesError, match=r"run t/m/g: its train job asks for gpu=2 \(cap 1\), more than .* raise the cap"):
+        check_packing(runs, {}, {"gpu": 1})
+    runs["t/m/b"] = runs["t/m/a"]
+    with pytest.raises(
+        ResourcesError, match=r"run t/m/a and 1 more run\(s\) with its resources: its train job asks for mem_mb=1000 \(cap 500\)"
+    ):
+        check_packing(runs, {}, {"mem_mb": 500})
+
+
+def test_packed_evaluation_and_merging_leave_the_gpu_model_to_training():
+    """In one group, evaluation and merging run side by side: Snakemake refuses a string resource (the GPU model) that only one asks for."""
+    from types import SimpleNamespace
+
+    from peftlab.launch import rule_resources
+
+    runs, wc = {"a": Resources(gpus=1, gpu_model="a100", partition="gpu")}, SimpleNamespace(run_id="a")
+    assert rule_resources(runs, "evaluate")["gpu_model"](wc) == "a100"
+    assert rule_resources(runs, "evaluate", lambda: True)["gpu_model"](wc) is None  # Snakemake drops a None resource
+    assert "gpu_model" not in rule_resources(runs, "merge", lambda: True)  # merging asks for no GPU anyway
+    assert rule_resources(runs, "train", lambda: True)["gpu_model"] == "a100"
+    assert rule_resources(runs, "evaluate", lambda: True)["slurm_partition"] == "gpu"
+
+
+def test_a_packed_plan_refuses_the_groups_flag_and_runs_over_the_caps(tmp_path):
+    """The Slurm test matrix (CPU, GPU, two-node runs) plans packed; the refusals come before any job runs."""
+    from conftest import ROOT, snakemake
+
+    config = ROOT / "tests/slurm/config.yaml"
+    assert snakemake(tmp_path, "-n", "--group-components", "run=2", config=config).returncode == 0
+    proc = snakemake(tmp_path, "-n", "--groups", "train_run=run", "evaluate_run=run", "merge_run=run", config=config)
+    assert proc.returncode != 0 and "`groups:` (--groups) puts evaluate_run, merge_run, train_run of every run in one group" in proc.stdout
+    proc = snakemake(tmp_path, "-n", "--group-components", "run=2", "--resources", "gpu=1", config=config)
+    assert proc.returncode != 0 and "its train job asks for gpu=2 (cap 1)" in proc.stdout

@@ -15,6 +15,7 @@ from conftest import ROOT, planned_jobs, snakemake
 from peftlab import api, lr_search, paths, status
 from peftlab.config import ConfigError, plan
 from peftlab.evaluate import evaluate
+from peftlab.models import StaleAdapter
 from peftlab.spec import HoldoutSpec, fingerprint
 from peftlab.train import Diverged, train
 
@@ -196,8 +197,10 @@ def test_a_search_run_trains_and_is_scored_without_opening_the_evaluation_split(
     result, predictions = evaluate(search, str(tmp_path / "adapter"))
     assert result["examples"] == held == len(predictions) and math.isfinite(result["metrics"]["eval_loss"])
     final = dataclasses.replace(search, holdout=None)
-    with pytest.raises(pyarrow.ArrowInvalid):  # the poisoned file does fail whoever opens it
+    with pytest.raises(StaleAdapter, match=r"holdout"):  # a search run's adapter is no final run's
         evaluate(final, str(tmp_path / "adapter"))
+    with pytest.raises(pyarrow.ArrowInvalid):  # the poisoned file does fail whoever opens it
+        __import__("datasets").load_from_disk(str(data_dir))["eval"].to_list()
 
 
 @pytest.mark.slow

@@ -259,31 +259,6 @@ def test_tables_target_trains_nothing(done):
     assert all(run_id in (work / "results/test/tables/summary.md").read_text() for run_id in RUNS)
 
 
-def test_one_run_target_reruns_exactly_that_run(done):
-    work, _ = done
-    target = "results/test/runs/arith/tiny-llama/lora/r8-s2/eval.json"
-    proc = snakemake(work, "-n", "--forcerun", "train_run", "--", target)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert planned_jobs(proc) == {"train_run": 1, "evaluate_run": 1}
-    assert "wildcards: run_id=arith/tiny-llama/lora/r8-s2" in proc.stdout
-
-
-def test_editing_one_run_reruns_only_that_run(done, tmp_path):
-    work, _ = done
-    raw = load_test_config()
-    assert raw["sweep"][2]["method"] == "ia3"
-    raw["sweep"][2]["training"]["learning_rate"] = 0.05
-    raw["name"] = "test"  # the same matrix (results/test), edited
-    (tmp_path / "edited.yaml").write_text(yaml.safe_dump(raw))
-    proc = snakemake(work, "-n", config=tmp_path / "edited.yaml")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    jobs = planned_jobs(proc)
-    assert jobs["train_run"] == 1 and jobs["evaluate_run"] == 1 and jobs["merge_run"] == 1, jobs
-    assert "wildcards: run_id=arith/tiny-llama/ia3/s1" in proc.stdout
-    # only the training spec changes: evaluate and merge rerun because the adapter does
-    assert jobs["spec_write"] == 1 and jobs.get("data_tokenize", 0) == jobs.get("model_build", 0) == 0
-
-
 def test_resources_rerun_a_run_only_when_they_change_its_world_size(done, tmp_path):
     """Memory, time and partition are not results: raising them reruns nothing; more processes change the global batch."""
     work, _ = done
@@ -298,24 +273,6 @@ def test_resources_rerun_a_run_only_when_they_change_its_world_size(done, tmp_pa
     proc = snakemake(work, "-n", config=tmp_path / "two.yaml")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert planned_jobs(proc)["train_run"] == 1 and "wildcards: run_id=arith/tiny-llama/ia3/s1" in proc.stdout
-
-
-def test_keys_that_cannot_change_training_retrain_nothing(done, tmp_path):
-    """Generation length re-evaluates the arith runs only; logging and wandb rerun nothing at all."""
-    work, _ = done
-    raw = load_test_config()
-    raw["tasks"]["arith"]["max_new_tokens"] = 24
-    (tmp_path / "test.yaml").write_text(yaml.safe_dump(raw))
-    proc = snakemake(work, "-n", config=tmp_path / "test.yaml")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    arith = sum(r.startswith("arith/") for r in RUNS)
-    assert planned_jobs(proc) == {"spec_write": arith, "evaluate_run": arith, "tables_build": 1, "all": 1}, proc.stdout[-3000:]
-    raw = load_test_config()
-    raw["training"]["logging_steps"] = 7
-    raw["wandb"] = {"mode": "offline"}
-    (tmp_path / "test.yaml").write_text(yaml.safe_dump(raw))
-    proc = snakemake(work, "-n", config=tmp_path / "test.yaml")
-    assert proc.returncode == 0 and "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout[-3000:]
 
 
 def test_another_matrix_plans_its_own_files_and_touches_none_of_these(done, tmp_path):

@@ -189,15 +189,22 @@ def test_a_run_killed_for_memory_succeeds_on_its_retry_with_twice_the_memory(mat
     assert artifacts.read_json(work / "results/default/runs" / RUN / "small-mem" / "train.json")["steps"] == 8
 
 
-# profiles/slurm/config.yaml's packing block, as flags: 2 runs per sbatch call, one job at a time
-# inside it, each asking for what one run asks (1000 MB, 1 CPU)
+# profiles/slurm/config.yaml's packing block, as flags: 2 runs with the same resources per sbatch
+# call, one job at a time inside it, each asking for what one run asks (1000 MB, 1 CPU)
 PACKED = [
-    "--groups", "train_run=run", "evaluate_run=run", "merge_run=run",
     "--group-components", "run=2",
     "--resources", "mem_mb=1000", "cpus_per_task=1",
     "--set-resource-scopes", "mem_mb=local", "cpus_per_task=local",
     "--keep-incomplete",
 ]  # fmt: skip
+
+
+def packed_calls(proc: subprocess.CompletedProcess) -> list[tuple[str, str]]:
+    """(group, resource flags) of each sbatch call that packs runs: a group per resource class, run-<partition>-<GPUs>-<digest>."""
+    calls = re.findall(
+        r"^sbatch call: .* --comment rule_(run-\S+?)_evaluate_run_merge_run_train_run (.*?) --wrap=", proc.stdout + proc.stderr, re.M
+    )
+    return [(group, " ".join(re.sub(r"-D \S+", "", flags).split())) for group, flags in calls]
 
 
 def test_packed_runs_share_sbatch_calls_and_a_failed_run_keeps_the_others(cluster, tmp_path):
@@ -215,7 +222,7 @@ def test_packed_runs_share_sbatch_calls_and_a_failed_run_keeps_the_others(cluste
     proc = slurm_snakemake(tmp_path, config, "--retries", "0", *PACKED)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0  # too-big failed
-    packed = re.findall(r"^sbatch call: .* --comment rule_run_evaluate_run_merge_run_train_run (.*?) --wrap=", out, re.M)
+    packed = [flags for _, flags in packed_calls(proc)]
     assert len(packed) == 2, out[-5000:]  # 4 runs, 2 per call: ceil(4 / 2) sbatch calls for every run stage
     assert all(" --mem 1000 " in f" {flags} " and "--cpus-per-task=1" in flags for flags in packed), packed  # one run's share
     assert not sbatch_calls(proc, "train_run", f"{RUN}/s1")  # no run stage went alone
@@ -240,3 +247,40 @@ def test_packed_runs_share_sbatch_calls_and_a_failed_run_keeps_the_others(cluste
         assert artifacts.read_json(runs / RUN / name / "eval.json")["spec"]["run_id"] == f"{RUN}/{name}"
         assert (runs / RUN / name / "merged/config.json").exists()
     assert {n: (runs / RUN / n / "train.json").stat().st_mtime for n in trained} == trained
+
+
+def test_a_mixed_matrix_packs_each_resource_class_apart(matrix):
+    """CPU runs, GPU runs on the second partition and a two-node run, packed: no grouping error, and no sbatch call mixes them."""
+    work, _ = matrix  # its data, model and tokens: only run jobs are submitted here
+    gpu = {"gpus": 1, "gpu_model": "fake", "cpus_per_gpu": 1, "partition": "gpu"}
+    experiments = [{"name": f"pack-cpu{seed}", "common": {"seed": seed}} for seed in (11, 12)]
+    experiments += [{"name": f"pack-gpu{seed}", "common": {"seed": seed}, "resources": gpu} for seed in (13, 14)]
+    experiments += [{"name": "pack-nodes2", "common": {"seed": 15}, "training": {"batch_size": 4}, "resources": {**gpu, "nodes": 2}}]
+    config = write_config(work, experiments=experiments)
+    caps = [
+        "--resources",
+        "mem_mb=1500",
+        "cpus_per_task=1",
+        "gpu=1",
+        "--set-resource-scopes",
+        "mem_mb=local",
+        "cpus_per_task=local",
+        "gpu=local",
+    ]
+    proc = slurm_snakemake(work, config, "--retries", "0", "--group-components", "run=2", *caps)
+    assert proc.returncode == 0, proc.stderr[-8000:] + failed_jobs(work)
+    packed = dict(packed_calls(proc))
+    # one call per resource class, its two runs' six jobs one after another (6 x 10 min); the two-node run alone
+    assert sorted(packed.values()) == [
+        "-p cpu -t 60 --mem 1500 --ntasks=1 --cpus-per-task=1",
+        "-p gpu -t 60 --mem 1500 --cpus-per-task=1 --gpus=fake:1",
+    ], packed
+    assert sbatch_calls(proc, "train_run", f"{RUN}/pack-nodes2") == [
+        "-p gpu -t 10 --mem 1500 --nodes=2 --ntasks=2 --cpus-per-task=1 --gres=gpu:fake:1"
+    ]
+    assert (
+        len(re.findall(r"^sbatch call: ", proc.stdout + proc.stderr, re.M)) == 5
+    )  # 2 packed, and the two-node run's train, evaluate, merge
+    for name in (e["name"] for e in experiments):
+        for f in "train.json", "eval.json", "merge_check.json":
+            assert (work / "results/default/runs" / RUN / name / f).exists(), f"{name}/{f}"

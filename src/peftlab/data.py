@@ -252,13 +252,11 @@ def run(command: str, spec: dict, out: str, prov: artifacts.Provenance) -> None:
         if command == "generate":
             meta = {"counts": generate(spec["data"], tmp)}
         else:
-            from transformers import AutoConfig
-
             from peftlab.methods.targets import max_positions
-            from peftlab.models import hub_kwargs, load_tokenizer, resolve_path
+            from peftlab.models import load_config, load_tokenizer
 
             task, model = TaskSpec.from_dict(spec["task"]), ModelSpec.from_dict(spec["model"])
-            check_lengths(task, max_positions(AutoConfig.from_pretrained(resolve_path(model.path), **hub_kwargs(model)).to_dict()))
+            check_lengths(task, max_positions(load_config(model).to_dict()))
             raw = load_raw(task)
             ds = tokenize(task, load_tokenizer(model), raw)
             ds.save_to_disk(str(tmp))

@@ -25,7 +25,7 @@ import datasets
 from peftlab import artifacts, cli, observe, tasks
 from peftlab.compute import place
 from peftlab.data import eval_names, holdout, split
-from peftlab.models import RUN_FILE, load_tokenizer, load_trained
+from peftlab.models import RUN_FILE, load_tokenizer, load_trained, trained_spec
 from peftlab.spec import RunSpec
 
 log = logging.getLogger(__name__)
@@ -40,12 +40,17 @@ def evaluate(spec: RunSpec, adapter: str) -> tuple[dict, list[dict]]:
     A search run of a learning-rate search (`spec.holdout`) is evaluated on its validation
     share of the training split instead, and never opens the evaluation split; one whose
     training diverged is recorded as such, unevaluated.
+
+    The training settings are the adapter's own (models.trained_spec): the record's spec is
+    the one the adapter was trained from, with this stage's evaluation keys.
     """
+    spec = trained_spec(spec, adapter, "evaluate_run")
     prov = artifacts.Provenance(spec.to_dict())
-    marker = Path(adapter) / RUN_FILE
-    if marker.exists() and (run := artifacts.read_json(marker)).get("diverged"):
+    run = artifacts.read_json(Path(adapter) / RUN_FILE)
+    if run.get("diverged"):
         return {
             "run_id": spec.run_id,
+            "trained_fingerprint": run["fingerprint"],
             "task_type": spec.task.type,
             "examples": 0,
             "metrics": {},
@@ -67,7 +72,14 @@ def evaluate(spec: RunSpec, adapter: str) -> tuple[dict, list[dict]]:
     if names["eval"] is not None:
         result = {**result, "splits": {names[s]: m for s, m in by_split.items()}}
     examples = sum(len(data[s]) for s in names)
-    record = {"run_id": spec.run_id, "task_type": spec.task.type, "examples": examples, "metrics": result, **prov.record()}
+    record = {
+        "run_id": spec.run_id,
+        "trained_fingerprint": run["fingerprint"],  # the adapter evaluated: train.json's fingerprint
+        "task_type": spec.task.type,
+        "examples": examples,
+        "metrics": result,
+        **prov.record(),
+    }
     return record, predictions
 
 
@@ -84,7 +96,7 @@ def main(argv=None):
     if "diverged" in record:
         log.info("%s: training diverged, nothing to evaluate", record["run_id"])
         return
-    observe.log_eval(spec, artifacts.read_json(Path(args.adapter) / RUN_FILE)["fingerprint"], record)
+    observe.log_eval(RunSpec.from_dict(record["spec"]), record["trained_fingerprint"], record)
     log.info("%s: %s", record["run_id"], {k: v for k, v in record["metrics"].items() if k != "samples"})
 
 

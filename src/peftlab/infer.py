@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from peftlab import artifacts, data, tasks
+from peftlab import artifacts, cli, data, tasks
 from peftlab.compute import place
 from peftlab.models import NotMerged, load_run, trained_label_names
 from peftlab.spec import RunSpec
@@ -78,6 +78,7 @@ def main(argv=None):
     p.add_argument("--out", "--output-file", "--output_file", type=Path, help="JSON file for the answers (default: stdout)")
     p.add_argument("--max-new-tokens", type=int, help="generation budget (default: the task's max_new_tokens)")
     args = p.parse_args(argv)
+    cli.one_line_errors()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not (args.run / "train.json").exists():
         raise SystemExit(f"--run {args.run}: no train.json; give a finished run folder (results/default/runs/<run_id>)")

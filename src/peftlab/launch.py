@@ -25,7 +25,10 @@ Pure functions: nothing here imports torch or talks to Slurm.
 
 from __future__ import annotations
 
+import hashlib
+import re
 import shlex
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 
 
@@ -123,7 +126,7 @@ def for_stage(r: Resources, stage: str) -> Resources:
     return {"train": r, "evaluate": r.single(), "merge": r.cpu_only()}[stage]
 
 
-def rule_resources(by_run: dict[str, Resources], stage: str) -> dict:
+def rule_resources(by_run: dict[str, Resources], stage: str, packing: Callable[[], bool] = lambda: False) -> dict:
     """A run rule's `resources:` for every run of a matrix ({run id: its Resources}).
 
     Snakemake inspects a resource function's signature for every job it plans, which
@@ -131,7 +134,9 @@ def rule_resources(by_run: dict[str, Resources], stage: str) -> dict:
     key that no run sets is left out, a key every run sets alike is a constant, and only
     memory and runtime (which grow with the attempt) and keys the runs disagree on are
     functions of the job's run id. Worked out once per distinct Resources (a matrix has
-    a few), not per run: every Slurm job parses the workflow again.
+    a few), not per run: every Slurm job parses the workflow again. While `packing()`
+    (asked per job: Snakemake knows its group settings only once the workflow is
+    parsed), evaluation and merging leave the GPU model to training (see pack_group).
     """
     first = {r: slurm_resources(for_stage(r, stage)) for r in set(by_run.values())}
     out: dict = {}
@@ -141,6 +146,8 @@ def rule_resources(by_run: dict[str, Resources], stage: str) -> dict:
             continue
         if key in ("mem_mb", "runtime"):
             out[key] = lambda wc, attempt, key=key: slurm_resources(for_stage(by_run[wc.run_id], stage), attempt)[key]
+        elif key == "gpu_model" and stage != "train":
+            out[key] = lambda wc: None if packing() else first[by_run[wc.run_id]].get("gpu_model")
         elif len(values) == 1:
             out[key] = values.pop()
         else:
@@ -154,6 +161,66 @@ def rule_threads(by_run: dict[str, Resources], stage: str):
     if len(threads) <= 1:
         return threads.pop() if threads else 1
     return lambda wc: for_stage(by_run[wc.run_id], stage).cpus_per_task
+
+
+# the job group --group-components counts when packing runs (`--group-components run=N`)
+PACK = "run"
+PACKED_RULES = ("train_run", "evaluate_run", "merge_run")
+
+
+def pack_group(r: Resources) -> str | None:
+    """The job group of a run's train, evaluate and merge jobs when packing, so that one sbatch call holds only runs with equal resources.
+
+    Snakemake asks for one request per group: a string resource (partition, QoS,
+    constraint, GPU model) must be the same in all its jobs, and numbers are summed or
+    maxed. So each resource class gets its own group: `run-<partition>-<GPUs>-<digest>`,
+    the digest over every key. Within a run, evaluation and merging run side by side and
+    merging asks for no GPU: packed, they leave the GPU model to training (rule_resources).
+    A multi-node run gets none and is submitted alone: the plugin's MPI path starts one
+    srun task per node in its own allocation, which a packed job cannot hold.
+    """
+    if r.nodes > 1:
+        return None
+    label = [r.partition or "default", f"{r.gpus}gpu" if r.gpus else "cpu"]
+    digest = hashlib.sha1(repr(r).encode()).hexdigest()[:8]
+    return "-".join([PACK, *(re.sub(r"[^A-Za-z0-9.]", "_", part) for part in label), digest])
+
+
+def pack_groups(by_run: dict[str, Resources]) -> dict[str, str | None]:
+    """{run id: its pack_group}, worked out once per distinct Resources."""
+    names = {r: pack_group(r) for r in set(by_run.values())}
+    return {run_id: names[r] for run_id, r in by_run.items()}
+
+
+def check_packing(by_run: dict[str, Resources], groups: Mapping[str, str], caps: Mapping[str, int]) -> None:
+    """Refuse what packing cannot run as asked: `--groups` on the run rules, or runs over the packed job's caps.
+
+    `groups` is Snakemake's --groups: one name for every run would pack runs with
+    different resources together, which Snakemake refuses only once it submits them.
+    `caps` is its --resources: Snakemake shrinks every job to them, so a run asking for
+    more would start with less memory, fewer cores or fewer GPUs than it needs.
+    """
+    overridden = sorted(set(groups) & set(PACKED_RULES))
+    if overridden:
+        raise ResourcesError(
+            f"`groups:` (--groups) puts {', '.join(overridden)} of every run in one group, whatever their resources; "
+            f"drop it: `group-components: [{PACK}=N]` alone packs N runs with the same resources per sbatch call "
+            '(README "Packing short runs into fewer Slurm jobs")'
+        )
+    runs: dict[Resources, list[str]] = {}
+    for run_id, r in by_run.items():
+        runs.setdefault(r, []).append(run_id)
+    for r, ids in runs.items():
+        for stage in ("train", "evaluate", "merge"):
+            asked = slurm_resources(for_stage(r, stage))
+            over = [f"{key}={asked[key]} (cap {cap})" for key, cap in caps.items() if isinstance(asked.get(key), int) and asked[key] > cap]
+            if over:
+                more = f" and {len(ids) - 1} more run(s) with its resources" if len(ids) > 1 else ""
+                raise ResourcesError(
+                    f"run {ids[0]}{more}: its {stage} job asks for {', '.join(over)}, more than the profile's `resources:` "
+                    "allow a packed job, and Snakemake would shrink the request to the cap; raise the cap, "
+                    "or lower the run's `resources`"
+                )
 
 
 def slurm_resources(r: Resources, attempt: int = 1) -> dict:

@@ -19,7 +19,7 @@ import itertools
 from peftlab import launch, lr_search, methods, paths, tasks
 from peftlab.schema import SAFE_NAME, ConfigError, json_copy
 from peftlab.spec import RunSpec
-from peftlab.validate import AXES, check_cell, task_spec
+from peftlab.validate import AXES, check_cell, check_holdout, task_spec
 
 
 def _deep_merge(base: dict, over: dict) -> dict:
@@ -115,6 +115,7 @@ def _searched(where: str, cell: dict, method, shown_axes, search: dict, cfg: dic
     """A cell under a learning-rate search: (the final run's lr_search spec, [(search run id, its cell)])."""
     cell_name = lr_search.cell_id(cell["task"], cell["model"], method.name, _parts(cell, method, shown_axes, seed=False))
     search = lr_search.resolved(search)
+    check_holdout(where, cell, search["validation_share"], cfg["tasks"][cell["task"]])
     final = {
         "cell": cell_name,
         "rates": search["rates"],

@@ -39,7 +39,7 @@ import torch
 
 from peftlab import artifacts, cli, methods, numerics
 from peftlab.compute import logits
-from peftlab.models import DTYPES, load_model, load_tokenizer, load_trained, probe_batch
+from peftlab.models import DTYPES, RUN_FILE, load_model, load_tokenizer, load_trained, probe_batch, trained_spec
 from peftlab.spec import RunSpec
 
 log = logging.getLogger(__name__)
@@ -54,10 +54,14 @@ NOT_SAVED, SAME_AS_ADAPTER = "NOT_SAVED.txt", "SAME_AS_ADAPTER.txt"
 
 
 def merge(spec: RunSpec, adapter: str, merged: Path) -> dict:
-    """Merge, check and keep per `spec.outputs.merge`; the merge_check.json record."""
+    """Merge, check and keep per `spec.outputs.merge`; the merge_check.json record.
+
+    The training settings are the adapter's own (models.trained_spec), and so is the record's spec.
+    """
+    spec = trained_spec(spec, adapter, "merge_run")
     prov = artifacts.Provenance(spec.to_dict())
     method, mode = methods.get(spec.peft.type), spec.outputs.merge
-    record = {"run_id": spec.run_id, "merge": mode}
+    record = {"run_id": spec.run_id, "trained_fingerprint": artifacts.read_json(Path(adapter) / RUN_FILE)["fingerprint"], "merge": mode}
     with artifacts.atomic_dir(merged) as tmp:
         if not method.mergeable:
             (tmp / "NOT_MERGED.txt").write_text(method.not_mergeable_reason + "\n")

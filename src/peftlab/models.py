@@ -9,6 +9,7 @@ models through this module and `peftlab.compute`, never through each other.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 from pathlib import Path
@@ -17,17 +18,21 @@ import datasets
 import torch
 from transformers import AutoTokenizer, DataCollatorForSeq2Seq, DataCollatorWithPadding
 
-from peftlab import artifacts, methods, tasks
+from peftlab import artifacts, cli, methods, tasks
 from peftlab.compute import model_columns
-from peftlab.spec import ModelSpec, RunSpec, TaskSpec, fingerprint
+from peftlab.spec import NOT_READ, ModelSpec, RunSpec, TaskSpec, read_by, with_keys_of
 
 log = logging.getLogger(__name__)
 
-RUN_FILE = "peftlab_run.json"  # written into every trained adapter folder: the run and its training fingerprint
+RUN_FILE = "peftlab_run.json"  # written into every trained adapter folder: the run, its training fingerprint and spec (run_marker)
 
 
 class StaleAdapter(RuntimeError):
     """An adapter folder trained from other settings than the spec at hand."""
+
+
+class ModelFilesError(cli.ClearError, OSError):
+    """A model's files could not be read: a hub id with no network and no cached copy, a missing or gated repository, a folder without them."""
 
 
 class NotMerged(RuntimeError):
@@ -54,12 +59,43 @@ def hub_kwargs(model: ModelSpec) -> dict:
     return {"revision": model.revision, "trust_remote_code": model.trust_remote_code}
 
 
+@contextlib.contextmanager
+def model_files(model: ModelSpec, name: str | None = None):
+    """Reading the files of `model` (or of `name`: its tokenizer's, a merged folder): an OSError of transformers or its hub client
+    (some 40 lines of traceback) becomes a ModelFilesError, one line that names the model and what to do."""
+    name = name or model.path
+    try:
+        yield
+    except ModelFilesError:
+        raise
+    except OSError as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if name.startswith(("package:", "/", ".", "~")) or Path(name).exists():
+            todo = "check that the folder exists and holds the model's files (config.json, weights, tokenizer)"
+        else:
+            todo = (
+                f"give models.{model.name}.path a local model folder, or fill the Hugging Face cache (HF_HOME) where the hub "
+                "is reachable and set HF_HUB_OFFLINE=1 to read it without network"
+            )
+        raise ModelFilesError(f"model {model.name!r}: cannot read the files of {name!r} ({first}); {todo}") from e
+
+
+def load_config(model: ModelSpec):
+    """The model's transformers config (its config.json), without its weights."""
+    from transformers import AutoConfig
+
+    with model_files(model):
+        return AutoConfig.from_pretrained(resolve_path(model.path), **hub_kwargs(model))
+
+
 def load_tokenizer(model: ModelSpec):
     """The model's tokenizer (or `tokenizer_name`'s), padding on the right (generation switches to the left)."""
     if model.tokenizer_name:
-        tok = AutoTokenizer.from_pretrained(model.tokenizer_name, trust_remote_code=model.trust_remote_code)
+        with model_files(model, model.tokenizer_name):
+            tok = AutoTokenizer.from_pretrained(model.tokenizer_name, trust_remote_code=model.trust_remote_code)
     else:
-        tok = AutoTokenizer.from_pretrained(resolve_path(model.path), **hub_kwargs(model))
+        with model_files(model):
+            tok = AutoTokenizer.from_pretrained(resolve_path(model.path), **hub_kwargs(model))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "right"
@@ -84,7 +120,8 @@ def load_model(
         kwargs["quantization_config"] = quantization
     if path is None:
         kwargs["revision"] = model.revision
-    return tasks.of(task).load_model(path or resolve_path(model.path), task, tokenizer, label_names, kwargs)
+    with model_files(model, path):
+        return tasks.of(task).load_model(path or resolve_path(model.path), task, tokenizer, label_names, kwargs)
 
 
 def trained_label_names(spec: RunSpec) -> list[str] | None:
@@ -95,23 +132,54 @@ def trained_label_names(spec: RunSpec) -> list[str] | None:
     return artifacts.read_json(meta).get("label_names") if meta.exists() else None
 
 
-def check_trained_by(spec: RunSpec, folder: str | Path) -> None:
-    """Fail unless the adapter in `folder` was trained from `spec`'s training settings (spec.fingerprint).
+def run_marker(spec: RunSpec, fp: str, **extra) -> dict:
+    """What training writes into an adapter folder (RUN_FILE): the run, its training fingerprint and the
+    whole spec it trained from, which is what the stages that read the adapter go by (`trained_spec`)."""
+    return {"run_id": spec.run_id, "fingerprint": fp, "spec": spec.to_dict(), **extra}
 
-    A final run of a learning-rate search trained at the rate its selection picked, which
-    its adapter records: the spec is checked at that rate.
+
+def trained_spec(spec: RunSpec, folder: str | Path, stage: str = "train_run") -> RunSpec:
+    """The spec the adapter in `folder` was trained from, as `stage` (the stage reading it) goes on with it.
+
+    The keys that training reads come from the adapter's own record (RUN_FILE): the learning rate
+    it trained at, its steps, its tracker. The keys training does not read (generation length,
+    wandb, outputs.merge: `spec.NOT_READ["train_run"]`) are `spec`'s. The two must agree on every
+    key that both `stage` and training read (the run, task, model, PEFT settings, data), else
+    StaleAdapter. So a stage never recomputes the training fingerprint from its own copy of the
+    training settings: after an edit that retrains, evaluate and merge follow the new adapter.
     """
     path = Path(folder) / RUN_FILE
     run = artifacts.read_json(path) if path.exists() else {}
-    if spec.lr_search is not None and spec.training.learning_rate is None and "learning_rate" in run:
-        spec = spec.with_learning_rate(run["learning_rate"])
-    expected = fingerprint(spec.to_dict(), "train_run")
-    found = run.get("fingerprint")
-    if found != expected:
+    trained = run.get("spec")
+    legacy = Path(folder).parent / "train.json"  # adapters of peftlab <= 0.1.0 record no spec: their train.json does
+    if (
+        trained is None
+        and run.get("fingerprint")
+        and legacy.exists()
+        and artifacts.read_json(legacy).get("fingerprint") == run["fingerprint"]
+    ):
+        trained = artifacts.read_json(legacy)["spec"]
+    own = spec.to_dict()
+    agreed = (read_by(trained, "train_run", stage), read_by(own, "train_run", stage)) if trained else None
+    if agreed is None or agreed[0] != agreed[1]:
         raise StaleAdapter(
-            f"{spec.run_id}: the adapter in {folder} was trained from other settings (fingerprint {found}, the spec's is {expected}); "
+            f"{spec.run_id}: the adapter in {folder} was trained from other settings than {stage} reads "
+            f"({_differences(*agreed) if agreed else 'it records none'}); "
             "retrain it: snakemake --forcerun train_run <its eval.json>"
         )
+    return RunSpec.from_dict(with_keys_of(trained, own, NOT_READ["train_run"]))
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> str:
+    """The dotted keys at which two specs differ, e.g. 'peft.r: 8 -> 16'."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out.append(_differences(x, y, f"{prefix}{k}."))
+        elif x != y:
+            out.append(f"{prefix}{k}: {x!r} -> {y!r}")
+    return ", ".join(filter(None, out))
 
 
 def load_trained(spec: RunSpec, folder: str | Path, tokenizer=None, float32: bool = False):
@@ -119,9 +187,9 @@ def load_trained(spec: RunSpec, folder: str | Path, tokenizer=None, float32: boo
 
     For `full`, `folder` holds the whole trained model. The base loads as it trained (the
     model's dtype; quantised for QLoRA) unless `float32` (merging). The folder must have
-    been trained from `spec` (`check_trained_by`).
+    been trained from `spec`'s training settings (`trained_spec`).
     """
-    check_trained_by(spec, folder)
+    trained_spec(spec, folder)
     bnb = None if float32 else methods.quantization(spec.peft)
     names = trained_label_names(spec)
     if methods.get(spec.peft.type).impl is None:

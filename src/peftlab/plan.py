@@ -38,7 +38,7 @@ import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from peftlab import artifacts, paths
+from peftlab import artifacts, cli, paths
 from peftlab.checkpoints import kept_steps
 from peftlab.config import load_yaml, plan
 from peftlab.schema import ConfigError
@@ -103,7 +103,7 @@ def meta_model(spec):
     import transformers
 
     from peftlab import tasks
-    from peftlab.models import hub_kwargs, resolve_path
+    from peftlab.models import load_config
 
     folder = Path(spec.model.path)
     if spec.model.build and not (folder / "config.json").exists():  # not built yet: the build's own config
@@ -113,7 +113,7 @@ def meta_model(spec):
         vocab = _Vocab(b.get("vocab_size", 512))
         make = build._tiny_t5 if b.get("arch") == "t5" else build._tiny_llama
         return make(vocab, b)
-    config = transformers.AutoConfig.from_pretrained(resolve_path(spec.model.path), **hub_kwargs(spec.model))
+    config = load_config(spec.model)
     ttype = tasks.of(spec.task)
     if spec.task.type == "classification":
         config.num_labels = spec.task.num_labels
@@ -291,6 +291,7 @@ def main(argv=None):
     p.add_argument("--validate", action="store_true", help="predict each finished run from the others and compare with what it took")
     p.add_argument("--json", action="store_true", help="one JSON object: every run's cost and the totals")
     args = p.parse_args(argv)
+    cli.one_line_errors()
     try:
         result = cost(args.config, args.peak_tflops, args.mfu, leave_one_out=args.validate)
     except ConfigError as e:

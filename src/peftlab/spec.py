@@ -245,6 +245,21 @@ NOT_READ: dict[str, tuple[str, ...]] = {
 }
 
 
+# what a stage with nothing in NOT_READ reads: its spec is a part of the run's (README's table)
+SPEC_OF = {
+    "data_generate": "its spec is the task's `data` section alone",
+    "lr_select": "its spec is the cell's search alone: rates, seeds, validation share and seed, metric",
+}
+
+
+def rerun_table() -> str:
+    """The README's "Which keys rerun which stages" table, made from NOT_READ (a test holds the README to it)."""
+    rows = ["| rule | reruns when anything changes except |", "|---|---|"]
+    for stage, keys in NOT_READ.items():
+        rows.append(f"| `{stage}` | " + (", ".join(f"`{k}`" for k in keys) if keys else f"({SPEC_OF[stage]})") + " |")
+    return "\n".join(rows) + "\n"
+
+
 # Keys added to the spec after runs were recorded without them. Each is hashed only when it
 # differs from its default, the value that reproduces what peftlab did before the key
 # existed: upgrading peftlab reruns no finished run, and setting the key reruns its stages.
@@ -269,6 +284,21 @@ HASHED_WHEN_SET = (
 )
 
 
+def with_keys_of(spec: dict, other: dict, paths: tuple[str, ...]) -> dict:
+    """A copy of `spec` holding `other`'s value (or absence) at each dotted path of `paths`."""
+    out = json_copy(spec)
+    for path in paths:
+        *parents, leaf = path.split(".")
+        src, dst = other, out
+        for p in parents:
+            src, dst = (src or {}).get(p), dst.setdefault(p, {})
+        if isinstance(src, dict) and leaf in src:
+            dst[leaf] = json_copy(src[leaf])
+        else:
+            dst.pop(leaf, None)
+    return out
+
+
 def _pop(tree: dict, path: str, only_if=dataclasses.MISSING) -> None:
     *parents, leaf = path.split(".")
     for p in parents:
@@ -277,13 +307,10 @@ def _pop(tree: dict, path: str, only_if=dataclasses.MISSING) -> None:
         del tree[leaf]
 
 
-def fingerprint(spec: dict, stage: str) -> str:
-    """A short hash of what `stage` reads of `spec` (see NOT_READ and HASHED_WHEN_SET)."""
-    import hashlib
-    import json
-
-    kept = json.loads(json.dumps(spec))
-    for path in NOT_READ[stage]:
+def read_by(spec: dict, *stages: str) -> dict:
+    """What every one of `stages` reads of `spec`: the spec less NOT_READ and keys at a HASHED_WHEN_SET default."""
+    kept = json_copy(spec)
+    for path in {p for stage in stages for p in NOT_READ[stage]}:
         _pop(kept, path)
     for path in HASHED_WHEN_SET:
         section, key = path.split(".", 1)
@@ -294,4 +321,16 @@ def fingerprint(spec: dict, stage: str) -> str:
     for section in ("tracker", "outputs"):
         if kept.get(section) == {}:  # a section added later, all at its defaults, hashes as its absence did
             del kept[section]
-    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
+    return kept
+
+
+def fingerprint(spec: dict, *stages: str) -> str:
+    """A short hash of what every one of `stages` reads of `spec` (`read_by`).
+
+    One stage: the hash that reruns it. Two: the keys both read, on which a stage and the
+    output of another that it consumes must agree (peftlab.models.trained_spec).
+    """
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(read_by(spec, *stages), sort_keys=True).encode()).hexdigest()[:16]

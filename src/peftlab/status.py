@@ -40,7 +40,7 @@ PROGRESS = re.compile(
 )
 # a line that says a job failed: a traceback's start or its exception line, or Slurm's or the kernel's kill
 TRACEBACK = re.compile(
-    r"^(Traceback \(most recent call last\)|[\w.]*(Error|Exception|Diverged|Mismatch|InUse|Adapter)\b.*:.*|merge check failed:.*"
+    r"^(Traceback \(most recent call last\):?|[\w.]*(Error|Exception|Diverged|Mismatch|InUse|Adapter)\b.*:.*|merge check failed:.*"
     r"|.*CANCELLED AT .*|.*oom.kill.*|Killed)$"
 )
 
@@ -50,7 +50,7 @@ CAUSES = (
         "slurm_time_limit",
         "Slurm stopped the job at its time limit",
         [r"DUE TO TIME LIMIT", r"TIMEOUT"],
-        "raise the run's resources.time (or its preset's); a retried job gets attempt x the time, so check --retries",
+        "raise the run's resources.runtime, in minutes (or its preset's); a retried job gets attempt x the time, so check --retries",
     ),
     (
         "slurm_memory_limit",
@@ -83,6 +83,20 @@ CAUSES = (
         "tensor shapes do not fit (a head, an adapter or a checkpoint of another model)",
         [r"size mismatch", r"shape mismatch", r"shapes cannot be multiplied", r"The size of tensor a", r"Expected .* to have .* size"],
         "check the model and num_labels against the adapter or checkpoint; target_modules may name layers of another architecture",
+    ),
+    (
+        "stale_adapter",
+        "the stage read an adapter trained from other settings than its own spec",
+        [r"StaleAdapter"],
+        "run the same snakemake command again (it reruns the stages whose settings changed); if it fails the same way, "
+        "retrain the run: snakemake --forcerun train_run <the run's eval.json>, with the same --configfile",
+    ),
+    (
+        "model_files",
+        "a model's files could not be read: not a local folder, and the hub unreachable or the files not in its cache",
+        [r"ModelFilesError", r"couldn't connect to 'https://huggingface.co'"],
+        "give models.<name>.path a local model folder, or fill the Hugging Face cache on a machine with network and "
+        "set HF_HUB_OFFLINE=1; then run the same command again",
     ),
     (
         "lock",
@@ -132,12 +146,23 @@ def slurm_logs(workdir: Path, stage: str, run_id: str) -> list[Path]:
     return sorted(folder.glob("*.log"), key=lambda p: p.stat().st_mtime) if folder.exists() else []
 
 
+OTHER = (
+    "an error peftlab does not recognise",
+    "read the error in the run's log (--diagnose prints its last lines), fix its cause, and run the same snakemake command again",
+)
+
+
 def classify(text: str) -> tuple[str, str, str]:
     """(class, what it is, the fix) of a failure's log text."""
     for cause, what, patterns, fix in CAUSES:
         if any(re.search(p, text) for p in patterns):
             return cause, what, fix
-    return "other", "an error peftlab does not recognise", "read the log lines below"
+    return "other", *OTHER
+
+
+def explain(cause: str) -> tuple[str, str]:
+    """(what it is, the fix) of a failure class."""
+    return next(((what, fix) for c, what, _, fix in CAUSES if c == cause), OTHER)
 
 
 def relevant_lines(text: str, n: int = 12) -> list[str]:
@@ -242,7 +267,9 @@ def render(root: str, runs: list[Run], verbose: bool = False) -> str:
             out.append(f"  {marks[state]} {r.run_id}  ({detail})")
     out += ["", "Progress: " + bar(counts["done"], len(runs))]
     if counts["failed"]:
-        out.append("Failed runs: python -m peftlab.status --diagnose (same arguments) groups them by cause.")
+        causes = dict.fromkeys(r.cause for r in runs if r.state == "failed")
+        out += [f"what to do: [{cause}] {explain(cause)[1]}" for cause in causes]
+        out.append("Failed runs: python -m peftlab.status --diagnose (same arguments) groups them by cause, with their logs.")
     return "\n".join(out)
 
 
@@ -255,9 +282,7 @@ def diagnose(runs: list[Run], n_lines: int = 12) -> str:
     for r in failed:
         by_cause.setdefault(r.cause, []).append(r)
     for cause, group in sorted(by_cause.items(), key=lambda kv: -len(kv[1])):
-        _, what, fix = next(
-            ((c, w, f) for c, w, _, f in CAUSES if c == cause), (cause, "an error peftlab does not recognise", "read the log lines below")
-        )
+        what, fix = explain(cause)
         out += ["", f"== {cause}: {len(group)} run(s): {what}", f"   fix: {fix}"]
         for r in group:
             out.append(f"   - {r.run_id} ({r.stage}) log: {r.log}")

@@ -464,7 +464,8 @@ def main(argv=None):
     )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    runs = build(args.runs, args.out, args.reference, args.lr_search)
+    with artifacts.atomic_dir(args.out) as tmp:  # whole: no table or plot of a run or search no longer in the matrix stays behind
+        runs = build(args.runs, tmp, args.reference, args.lr_search)
     log.info("tabulated %d finished run(s) of %d into %s", len(runs), len(args.runs), args.out)
 
 

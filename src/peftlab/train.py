@@ -50,7 +50,7 @@ from peftlab.checkpoints import KeepEvery, claimed, last_checkpoint, prune, step
 from peftlab.compute import device_of, logits
 from peftlab.data import holdout, split
 from peftlab.methods import targets
-from peftlab.models import RUN_FILE, load_model, load_tokenizer, load_trained, probe_batch, trained_label_names
+from peftlab.models import RUN_FILE, load_model, load_tokenizer, load_trained, probe_batch, run_marker, trained_label_names
 from peftlab.schema import schema_default
 from peftlab.spec import RunSpec, fingerprint
 from peftlab.tracking import report
@@ -163,7 +163,7 @@ def diverged(spec: RunSpec, reason: str, adapter: Path, record_path: Path, track
     log.warning("%s: %s; recorded as a diverged candidate of its learning-rate search", spec.run_id, reason)
     shutil.rmtree(checkpoints, ignore_errors=True)
     with artifacts.atomic_dir(adapter) as tmp:
-        artifacts.write_json(tmp / RUN_FILE, {"run_id": spec.run_id, "fingerprint": fp, "diverged": reason})
+        artifacts.write_json(tmp / RUN_FILE, run_marker(spec, fp, diverged=reason))
     with artifacts.atomic_dir(tracking) as tmp:
         (tmp / "DIVERGED.txt").write_text(reason + "\n")
     record = {"run_id": spec.run_id, "fingerprint": fp, "diverged": reason, **artifacts.Provenance(spec.to_dict()).record()}
@@ -248,8 +248,7 @@ def _train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path, t
     with artifacts.atomic_dir(adapter) as tmp:
         methods.save(model, tmp, initial if method.init_changes_base else None)
         tokenizer.save_pretrained(tmp)
-        searched = {"learning_rate": t.learning_rate} if spec.lr_search else {}  # the rate its search picked (models.check_trained_by)
-        artifacts.write_json(tmp / RUN_FILE, {"run_id": spec.run_id, "fingerprint": fp, **searched})
+        artifacts.write_json(tmp / RUN_FILE, run_marker(spec, fp))  # with the spec: a searched run's, at the rate its search picked
     reload_diff = reload_tol = None
     if t.check_reload:
         reloaded, device = load_trained(spec, adapter, tokenizer), device_of(model)
@@ -324,7 +323,7 @@ def keep_checkpoints(spec: RunSpec, trainer, model, tokenizer, checkpoints: Path
             with artifacts.atomic_dir(target) as tmp:
                 methods.save(model, tmp, initial)
         tokenizer.save_pretrained(target)
-        artifacts.write_json(target / RUN_FILE, {"run_id": spec.run_id, "fingerprint": fp, "step": step_of(ckpt)})
+        artifacts.write_json(target / RUN_FILE, run_marker(spec, fp, step=step_of(ckpt)))
         out.append({"step": step_of(ckpt), "adapter": str(target)})
     return out
 

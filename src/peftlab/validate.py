@@ -10,11 +10,11 @@ import copy
 import string
 from pathlib import Path
 
-from peftlab import methods, perl, rewards, tasks
+from peftlab import lr_search, methods, perl, rewards, tasks
 from peftlab.generators import GENERATORS
 from peftlab.methods import targets
 from peftlab.schema import SAFE_NAME, ConfigError, schema, validate
-from peftlab.spec import TaskSpec
+from peftlab.spec import HoldoutSpec, TaskSpec
 
 # sweep axis -> where its value goes in a run
 AXES = {
@@ -101,10 +101,72 @@ def _check_names(cfg: dict, check_files: bool) -> None:
             problems.append(
                 f"models.{name}.build.corpus_task: unknown task {corpus!r}; defined in tasks: {', '.join(sorted(cfg['tasks']))}"
             )
+    searches = [("lr_search", cfg["lr_search"])] + [
+        (f"sweep[{i}].lr_search", b.get("lr_search")) for i, b in enumerate(cfg.get("sweep", []))
+    ]
+    problems += [p for where, search in searches if (p := _lr_range_problem(where, search))]
     if cfg["tables"]["reference"] not in methods.METHODS:
         problems.append(f"tables.reference: unknown method {cfg['tables']['reference']!r}; allowed: {', '.join(sorted(methods.METHODS))}")
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def _lr_range_problem(where: str, search: dict | None) -> str | None:
+    """Why a learning-rate `range` gives no ascending grid of distinct rates (peftlab.lr_search.candidates)."""
+    if not search or "range" not in search:
+        return None
+    r = search["range"]
+    if r["low"] >= r["high"]:
+        return f"{where}.range: low {r['low']:g} is not below high {r['high']:g}; give low < high (the candidates ascend from low to high)"
+    rates = lr_search.candidates(search)
+    distinct = sorted(set(rates))
+    if len(distinct) < len(rates):
+        return (
+            f"{where}.range: its {len(rates)} candidates round to {len(distinct)} distinct rate(s) ({', '.join(f'{x:g}' for x in distinct)}) "
+            "at 3 significant digits; widen low..high or lower count"
+        )
+    return None
+
+
+def check_holdout(where: str, cell: dict, share: float, task: dict) -> None:
+    """A learning-rate search's validation share against the generated training split it is drawn from
+    (peftlab.data.holdout), and the cell's train_size against what it leaves. The size of other
+    data (files, the hub) is known when a job reads it."""
+    if "generator" not in task["data"]:
+        return
+    n, size = task["data"]["num_train"], cell["training"]["train_size"]
+    k = HoldoutSpec(share, 0).size(n)
+    if not 0 < k < n:
+        raise ConfigError(
+            f"{where}.lr_search.validation_share: {share:g} holds out {k} of the {n} training examples task {cell['task']!r} generates "
+            f"(data.num_train); both parts must be non-empty: allowed a share below 1 (such as 0.1) or 1 to {n - 1} examples"
+        )
+    if size is not None and size > n - k:
+        raise ConfigError(
+            f"{where}.train_size: {size} is more than the {n - k} training examples left once lr_search.validation_share holds out {k} "
+            f"of the {n} task {cell['task']!r} generates; lower train_size or validation_share"
+        )
+
+
+def _check_architecture(where: str, cell: dict, model: dict, ttype: tasks.TaskType) -> None:
+    """A task type against what a `path` model's family can load as: an encoder-only model generates nothing,
+    and a seq2seq task needs an encoder-decoder. (A built model's arch is checked in check_cell.)"""
+    fam = targets.family(model)
+    if fam is None:
+        return
+    if ttype.generates and fam in targets.ENCODER_ONLY:
+        runs = ", ".join(t.name for t in tasks.TASK_TYPES.values() if not t.generates)
+        decoders = ", ".join(f for f in targets.LINEAR if f not in targets.ENCODER_ONLY + targets.ENCODER_DECODER)
+        raise ConfigError(
+            f"{where}.model: {cell['model']!r} is an encoder-only model ({fam} family), which cannot generate text for {ttype.name} task "
+            f"{cell['task']!r}; it runs {runs} tasks; give a decoder ({decoders} family) or an encoder-decoder ({', '.join(targets.ENCODER_DECODER)})"
+        )
+    if ttype.encoder_decoder and fam not in targets.ENCODER_DECODER:
+        needs = ", ".join(t.name for t in tasks.TASK_TYPES.values() if t.encoder_decoder)
+        raise ConfigError(
+            f"{where}.model: {cell['model']!r} is a decoder-only model ({fam} family), which cannot run {ttype.name} task {cell['task']!r}; "
+            f"{needs} tasks need an encoder-decoder ({', '.join(targets.ENCODER_DECODER)} family)"
+        )
 
 
 def _model_path_problem(path: str) -> str | None:
@@ -177,6 +239,8 @@ def check_cell(where: str, cell: dict, cfg: dict) -> None:
         raise ConfigError(
             f"{where}.train_size: {size} is more than the {data['num_train']} training examples task {cell['task']!r} generates (data.num_train)"
         )
+    if "path" in model:
+        _check_architecture(where, cell, model, tasks.TASK_TYPES[task_type])
     arch = model.get("build", {}).get("arch")
     if arch is not None and (arch == "t5") != tasks.TASK_TYPES[task_type].encoder_decoder:
         needs_t5 = ", ".join(t.name for t in tasks.TASK_TYPES.values() if t.encoder_decoder)
@@ -214,6 +278,12 @@ def _check_method_settings(where: str, cell: dict, method: methods.Method, model
     hidden = targets.width(shape)
     if method.uses_rank and hidden is not None and p["r"] > hidden:
         raise ConfigError(f"{where}.peft.r: rank {p['r']} is above the model's width {hidden}; a rank is at most the layer's smaller side")
+    k = cell["tracker"]["subspace_k"]
+    if k is not None and hidden is not None and k > hidden:
+        raise ConfigError(
+            f"{where}.tracker.subspace_k: {k} is above the width {hidden} of model {cell['model']!r}; W's top-k and bottom-k singular "
+            f"subspaces have at most {hidden} dimensions: allowed: 1 to {hidden}, or null (the adapter's rank)"
+        )
     if method.quantized and hidden is not None:
         wide = {k: shape[k] for k in ("hidden_size", "intermediate_size", "d_model", "d_ff") if isinstance(shape.get(k), int)}
         odd = {k: v for k, v in wide.items() if v % QLORA_MULTIPLE}
@@ -228,11 +298,23 @@ def _check_method_settings(where: str, cell: dict, method: methods.Method, model
             f"{where}: task {cell['task']!r} has max_length {task['max_length']}, but model {cell['model']!r} has position embeddings "
             f"for {limit} tokens; set tasks.{cell['task']}.max_length to at most {limit}"
         )
+    ttype, longest = tasks.TASK_TYPES[task["type"]], task["max_length"] + task["max_new_tokens"]
+    if limit is not None and ttype.generates and not ttype.encoder_decoder and longest > limit:
+        raise ConfigError(
+            f"{where}: task {cell['task']!r} generates from max_length {task['max_length']} + max_new_tokens {task['max_new_tokens']} = "
+            f"{longest} tokens, but model {cell['model']!r} has position embeddings for {limit}; lower tasks.{cell['task']}.max_new_tokens "
+            f"or tasks.{cell['task']}.max_length so that they add up to at most {limit}"
+        )
 
 
 def _check_training(where: str, t: dict, task: TaskSpec) -> None:
     """In-training evaluation and `extra` TrainingArguments, against the task and transformers."""
     ttype = tasks.of(task)
+    if t["eval_steps"] and t["max_steps"] and t["eval_steps"] > t["max_steps"]:
+        raise ConfigError(
+            f"{where}.training.eval_steps: {t['eval_steps']} is above max_steps {t['max_steps']}, so training would never evaluate; "
+            f"allowed: 1 to {t['max_steps']}, or null (evaluate after training only)"
+        )
     if t["eval_steps"] and ttype.rewarded:
         raise ConfigError(
             f"{where}.training.eval_steps: {ttype.name} runs train with TRL's GRPOTrainer and are evaluated after training only"

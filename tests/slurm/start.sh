@@ -65,8 +65,16 @@ CONF
 cat > "$STATE/gres.conf" <<CONF
 Name=gpu Type=fake File=$STATE/gpu/gpu[0-1]
 CONF
-ln -sf "$STATE/slurm.conf" /etc/slurm/slurm.conf   # the plugin's job step drops SLURM_CONF: it must be the default path
-ln -sf "$STATE/gres.conf" /etc/slurm/gres.conf
+# the plugin's job step drops SLURM_CONF: the config must be at the default path. A file of the
+# machine's own is kept aside, and stop.sh puts it back (and removes these links: a link to a
+# stopped controller makes every later `snakemake` start wait about 9 s in the plugin's probes).
+mkdir -p "$STATE/etc-slurm-kept"
+for f in slurm.conf gres.conf; do
+  if [ -e "/etc/slurm/$f" ] && [ ! -L "/etc/slurm/$f" ] && [ ! -e "$STATE/etc-slurm-kept/$f" ]; then
+    mv "/etc/slurm/$f" "$STATE/etc-slurm-kept/$f"
+  fi
+  ln -sfn "$STATE/$f" "/etc/slurm/$f"
+done
 
 slurmctld
 for n in n1 n2; do

@@ -7,6 +7,7 @@
 # stage ignores), through Snakemake's params rerun trigger; the newer file then reruns the
 # stage and what follows it. So editing a learning rate retrains one run, and editing
 # max_new_tokens re-evaluates it without retraining.
+import functools
 from pathlib import Path
 
 from peftlab import artifacts, launch, paths
@@ -24,6 +25,14 @@ try:
 except ConfigError as e:
     raise WorkflowError(str(e)) from None
 
+# Packing (README "Packing short runs into fewer Slurm jobs"): `--group-components run=N`
+# puts the train, evaluate and merge jobs of N runs into one sbatch call. Each resource
+# class is a group of its own (peftlab.launch.pack_group), which --group-components
+# counts as `run`; so a matrix of CPU and GPU runs packs each kind apart.
+GROUPS = launch.pack_groups(RESOURCES)
+for _group in set(GROUPS.values()) - {None}:
+    workflow.parent_groupids[_group] = launch.PACK
+
 ENV = "../../envs/peftlab.yaml"
 # the runs a matrix reports (a learning-rate search's runs only feed its selections)
 FINAL = [run_id for run_id, r in RUNS.items() if r["holdout"] is None]
@@ -39,8 +48,26 @@ wildcard_constraints:
     stage="|".join(SPECS),
 
 
+@functools.cache
+def packing():
+    """Whether runs are packed; refuses what packing cannot run (peftlab.launch.check_packing).
+
+    Asked per job: Snakemake sets its group settings only after parsing the workflow.
+    """
+    on = launch.PACK in workflow.group_settings.group_components
+    caps = {k: r.value for k, r in workflow.global_resources.items() if k[0] != "_"}
+    try:
+        launch.check_packing(
+            RESOURCES, workflow.group_settings.overwrite_groups, caps if on else {}
+        )
+    except launch.ResourcesError as e:
+        raise WorkflowError(str(e)) from None
+    return on
+
+
 def run_of(wc):
     """The spec of a job's run: a clear error for a path that names no run of this matrix."""
+    packing()
     if wc.run_id not in RUNS:
         raise WorkflowError(
             f"{wc.run_id!r} is not a run of {ROOT} ({len(RUNS)} runs); "
@@ -80,7 +107,12 @@ def task_data(task):
 
 def stage_resources(stage):
     """A run rule's resources (peftlab.launch.rule_resources: constants where every run agrees)."""
-    return launch.rule_resources(RESOURCES, stage)
+    return launch.rule_resources(RESOURCES, stage, packing)
+
+
+def run_group(wc):
+    """A run job's group when packing: its resource class (none for a multi-node run)."""
+    return GROUPS.get(wc.run_id) if packing() else None
 
 
 def stage_threads(stage):

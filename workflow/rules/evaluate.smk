@@ -10,6 +10,8 @@ rule evaluate_run:
         paths.log(ROOT, "evaluate_run", "{run_id}"),
     benchmark:
         paths.benchmark(ROOT, "evaluate_run", "{run_id}")
+    group:
+        run_group
     conda:
         ENV
     threads: stage_threads("evaluate")

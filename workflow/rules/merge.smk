@@ -9,6 +9,8 @@ rule merge_run:
         paths.log(ROOT, "merge_run", "{run_id}"),
     benchmark:
         paths.benchmark(ROOT, "merge_run", "{run_id}")
+    group:
+        run_group
     conda:
         ENV
     threads: stage_threads("merge")

@@ -21,6 +21,8 @@ rule train_run:
         paths.log(ROOT, "train_run", "{run_id}"),
     benchmark:
         paths.benchmark(ROOT, "train_run", "{run_id}")
+    group:
+        run_group
     conda:
         ENV
     threads: stage_threads("train")

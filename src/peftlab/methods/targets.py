@@ -66,6 +66,8 @@ FAMILY_OF_NAME = [  # hub ids, when no config.json can be read at parse time; th
     (re.compile(r"gpt2|gpt-2", re.I), "gpt2"),
     (re.compile(r"(^|[/-])t5|flan-t5", re.I), "t5"),
 ]
+ENCODER_ONLY = ("bert", "distilbert")  # families without a generating head: they classify
+ENCODER_DECODER = ("t5", "bart")  # families with an encoder-decoder, which seq2seq tasks need
 ALL_LINEAR = ("all-linear",)
 HEADS = ("lm_head", "classifier", "score", "qa_outputs", "cls")
 

@@ -26,6 +26,7 @@ class TaskType:
     # data
     name: ClassVar[str]  # the config's tasks.<name>.type
     rewarded: ClassVar[bool] = False  # trains on `rewards` (and keeps a run's training.rl); others refuse rewards
+    generates: ClassVar[bool] = False  # evaluates generated text: needs a decoder or an encoder-decoder, not an encoder-only model
 
     def columns(self, task: TaskSpec) -> list[str]:
         """The columns it reads from every split of the data."""
@@ -236,6 +237,7 @@ class CausalLM(Supervised, partial=True):
 
     peft_task_type = "CAUSAL_LM"
     encoder_decoder = False
+    generates = True
     loss_kwargs = True
 
     def load_model(self, path, task, tokenizer, label_names, kwargs):

@@ -15,6 +15,7 @@ from peftlab.tasks.base import TaskType, causal_lm, format_prompt, prompt_ids, r
 class Rlvr(TaskType):
     name = "rlvr"
     rewarded = True
+    generates = True
     peft_task_type = "CAUSAL_LM"
     encoder_decoder = False
     loss_kwargs = False  # GRPOTrainer computes and scales its own loss

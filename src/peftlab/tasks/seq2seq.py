@@ -25,6 +25,7 @@ class Seq2Seq(Supervised):
     name = "seq2seq"
     peft_task_type = "SEQ_2_SEQ_LM"
     encoder_decoder = True
+    generates = True
     loss_kwargs = False  # T5 returns a per-batch mean
 
     def columns(self, task):
