@@ -21,6 +21,13 @@ alternate so warm-up favours none, and the best round of each counts. Prints eac
 its ratio to pad-to-max, and peftlab's best against TRL's best. On a GPU it also prints
 MFU: tokens/s × 4 N FLOPs per token (forward and input gradients; the frozen base has
 no weight gradients) over --peak-tflops.
+
+Like for like: every setting that changes speed is read back from each trainer's own
+arguments and model after it ran (gradient checkpointing, precision, attention kernel,
+batch size, optimizer, longest sequence, steps) and printed as a table. A ratio is
+printed only between contenders that agree on all of them; one that differs is named
+with the setting, and left out of "TRL's best". (TRL's SFTConfig turns gradient
+checkpointing and bf16 on by default: every contender here sets both off on a CPU.)
 """
 
 from __future__ import annotations
@@ -38,7 +45,9 @@ from peft import LoraConfig, get_peft_model
 from tokenizers import Tokenizer, models
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, TrainingArguments
 
+from peftlab import trainers
 from peftlab.matrix import expand
+from peftlab.models import load_model
 from peftlab.spec import RunSpec
 from peftlab.train import train
 from peftlab.validate import load_config
@@ -112,8 +121,9 @@ def spec_for(root: Path, steps: int, batch: int, packing: bool = False, max_len:
 
 
 def common_args(root: Path, name: str, steps: int, batch: int) -> dict:
-    """The TrainingArguments every peer shares with peftlab's run: same steps, optimizer, schedule and precision."""
+    """The TrainingArguments every peer shares with peftlab's run: same steps, optimizer, schedule, precision, no checkpointing."""
     return dict(
+        gradient_checkpointing=False,  # TRL's SFTConfig turns it on by default; peftlab's runs leave it off unless asked
         output_dir=str(root / name),
         max_steps=steps,
         per_device_train_batch_size=batch,
@@ -137,12 +147,35 @@ def peft_model(spec: RunSpec):
     return get_peft_model(LlamaForCausalLM.from_pretrained(spec.model.path, dtype=dtype), LoraConfig(**LORA, task_type="CAUSAL_LM"))
 
 
-def tokens_per_s(trainer) -> float:
+# the settings that change speed, as the benchmark compares them (`settings`)
+SPEED_KEYS = ("gradient checkpointing", "precision", "attention", "batch", "optimizer", "longest sequence", "steps")
+
+
+def settings(args, model, longest: int | None) -> dict:
+    """What a trainer ran with, read back from its own TrainingArguments and model."""
+    precision = "bf16" if args.bf16 else "fp16" if args.fp16 else str(next(model.parameters()).dtype).removeprefix("torch.")
+    return dict(
+        zip(
+            SPEED_KEYS,
+            (
+                bool(getattr(args, "activation_checkpointing", False) or getattr(args, "gradient_checkpointing", False)),
+                precision,
+                model.config._attn_implementation,
+                args.per_device_train_batch_size * args.gradient_accumulation_steps,
+                str(getattr(args.optim, "value", args.optim)),
+                longest,
+                args.max_steps,
+            ),
+        )
+    )
+
+
+def tokens_per_s(trainer, longest: int | None) -> tuple[float, dict]:
     runtime = trainer.train().metrics["train_runtime"]
-    return trainer.state.num_input_tokens_seen / runtime
+    return trainer.state.num_input_tokens_seen / runtime, settings(trainer.args, trainer.model, longest)
 
 
-def pad_to_max(spec: RunSpec, root: Path, steps: int, batch: int, max_len: int) -> float:
+def pad_to_max(spec: RunSpec, root: Path, steps: int, batch: int, max_len: int) -> tuple[float, dict]:
     """A plain Trainer: every example padded to max_len, random order."""
 
     def pad(rows):
@@ -165,10 +198,10 @@ def pad_to_max(spec: RunSpec, root: Path, steps: int, batch: int, max_len: int) 
         data_collator=pad,
         processing_class=transformers.AutoTokenizer.from_pretrained(spec.model.path),
     )
-    return tokens_per_s(trainer)
+    return tokens_per_s(trainer, max_len)
 
 
-def trl_sft(spec: RunSpec, root: Path, steps: int, batch: int, max_len: int, **mode) -> float:
+def trl_sft(spec: RunSpec, root: Path, steps: int, batch: int, max_len: int, **mode) -> tuple[float, dict]:
     """TRL's SFTTrainer on the same tokenised rows (it skips its own tokenisation when input_ids are there)."""
     from trl import SFTConfig, SFTTrainer
 
@@ -181,11 +214,15 @@ def trl_sft(spec: RunSpec, root: Path, steps: int, batch: int, max_len: int, **m
         train_dataset=ds,
         processing_class=transformers.AutoTokenizer.from_pretrained(spec.model.path),
     )
-    return tokens_per_s(trainer)
+    # padding_free: no max_length, the rows are max_len long at most
+    return tokens_per_s(trainer, config.max_length if config.max_length is not None else max_len)
 
 
-def peftlab_run(spec: RunSpec, root: Path, name: str) -> float:
-    return train(spec, root / name / "adapter", root / name / "train.json", root / name / "checkpoints")["tokens_per_s"]
+def peftlab_run(spec: RunSpec, root: Path, name: str) -> tuple[float, dict]:
+    """peftlab's trainer as a run trains; its settings read back from the TrainingArguments and model it builds for the run."""
+    rate = train(spec, root / name / "adapter", root / name / "train.json", root / name / "checkpoints")["tokens_per_s"]
+    args = TrainingArguments(**trainers.arguments(spec, str(root / name / "args")))
+    return rate, settings(args, load_model(spec.model, spec.task), spec.task.max_length)
 
 
 def main():
@@ -223,10 +260,11 @@ def main():
             "peftlab, padded per batch, length-grouped": lambda i: peftlab_run(spec, root, f"grouped{i}"),
             "peftlab, packing: true (padding-free)": lambda i: peftlab_run(packed_spec, root, f"packed{i}"),
         }
-        rates = {name: [] for name in contenders}
+        rates, ran_with = {name: [] for name in contenders}, {}
         for i in range(args.rounds):  # alternate, so warm-up favours none
             for name, run in contenders.items():
-                rates[name].append(run(i))
+                rate, ran_with[name] = run(i)
+                rates[name].append(rate)
         total = sum(x.numel() for x in LlamaForCausalLM.from_pretrained(root / "model").parameters())
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {args.threads} threads"
     print(
@@ -241,10 +279,28 @@ def main():
         print(
             f"{name + ':':58} {rate:9.0f} real tokens/s  {rate / baseline:5.2f}x pad-to-max{mfu}   rounds: {[round(x) for x in rates[name]]}"
         )
-    trl_best = max((n for n in best if n.startswith("TRL")), key=best.get)
+    print("\nsettings read back from each trainer (a ratio is printed only between rows that agree on all):")
+    print("| trainer | " + " | ".join(SPEED_KEYS) + " |\n|---|" + "---|" * len(SPEED_KEYS))
+    for name, s in ran_with.items():
+        print(f"| {name} | " + " | ".join(str(s[k]) for k in SPEED_KEYS) + " |")
     ours = max((n for n in best if n.startswith("peftlab")), key=best.get)
-    print(f"ratio peftlab's best / TRL's best: {best[ours] / best[trl_best]:.2f}x  ({ours} / {trl_best})")
-    print(f"ratio peftlab packing / peftlab padded: {best[list(best)[-1]] / best[list(best)[-2]]:.2f}x")
+    alike, unlike = like_for_like(ran_with, ours, [n for n in best if n.startswith("TRL")])
+    for name, keys in unlike.items():
+        print(f"not compared: {name} differs from {ours} in {', '.join(keys)}")
+    if alike:
+        trl_best = max(alike, key=best.get)
+        print(f"ratio peftlab's best / TRL's best: {best[ours] / best[trl_best]:.2f}x  ({ours} / {trl_best})")
+    else:
+        print("ratio peftlab's best / TRL's best: none (no TRL mode ran with the same settings)")
+    padded, packed = list(best)[-2], list(best)[-1]
+    if like_for_like(ran_with, padded, [packed])[0]:
+        print(f"ratio peftlab packing / peftlab padded: {best[packed] / best[padded]:.2f}x")
+
+
+def like_for_like(ran_with: dict[str, dict], ours: str, others: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """(the others that ran with `ours`' speed settings, {each other one: the settings it differs in})."""
+    differ = {n: [k for k in SPEED_KEYS if ran_with[n][k] != ran_with[ours][k]] for n in others}
+    return [n for n, keys in differ.items() if not keys], {n: keys for n, keys in differ.items() if keys}
 
 
 if __name__ == "__main__":

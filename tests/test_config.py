@@ -385,11 +385,6 @@ BAD = [
         lambda c: c.update(training={"max_steps": 50, "eval_steps": 100}),
         r"sweep\[0\].training.eval_steps: 100 is above max_steps 50, so training would never evaluate",
     ),
-    (
-        "prompt and generation past the positions",
-        lambda c: (c["models"].update(m={"build": {"corpus_task": "t"}}), c["tasks"]["t"].update(type="sft", max_length=500)),
-        r"sweep\[0\]: task 't' generates from max_length 500 \+ max_new_tokens 32 = 532 tokens, but model 'm' has position embeddings for 512",
-    ),
 ]
 
 

@@ -78,8 +78,8 @@ def test_kill_and_resume_gives_the_same_adapter(in_tiny, tmp_path, method):
 
     a, b = adapter_weights(straight), adapter_weights(killed)
     assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+    differ = [key for key in a if not torch.equal(a[key], b[key])]
+    assert not differ, f"resumed weights differ from the straight run's in {differ}"  # bit for bit, not within a tolerance
 
     assert artifacts.read_json(killed / "tracking/tracking.json")["resumed_at"] >= 40
     for name, steps in (("spectral", list(range(0, 121, 20))), ("gradients", [1, 30, 60, 90, 120])):
@@ -88,7 +88,7 @@ def test_kill_and_resume_gives_the_same_adapter(in_tiny, tmp_path, method):
         keys = [c for c in s.columns if c != "value"]
         joined = s.merge(k, on=keys, how="outer", suffixes=("_straight", "_killed"), validate="one_to_one")
         assert joined[["value_straight", "value_killed"]].notna().all().all(), "a record is missing from one history"
-        # the same weights (to 1e-6) give the same records, to the scale of each quantity (condition numbers amplify)
+        # the same weights give the same records, to the scale of each quantity (condition numbers amplify the SVD's rounding)
         scale = joined["value_straight"].abs().clip(lower=1.0) * joined["quantity"].map(lambda q: 1e-2 if q == "condition_number" else 1e-4)
         assert ((joined["value_straight"] - joined["value_killed"]).abs() <= scale).all(), joined.loc[
             (joined["value_straight"] - joined["value_killed"]).abs() > scale

@@ -10,34 +10,44 @@ import subprocess
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import ROOT, load_test_config
 from peftlab import artifacts, paths, stats, tables
 from peftlab.config import plan
 
 
-def test_mcnemar_exact_by_hand():
-    # 10 examples only a gets right, 3 only b, 20 both, 7 neither
+def test_one_seed_of_correctness_is_mcnemars_exact_test_by_hand():
+    # 10 examples only a gets right, 3 only b, 20 both, 7 neither: only the 13 that differ move under a sign flip
     a = [1] * 10 + [0] * 3 + [1] * 20 + [0] * 7
     b = [0] * 10 + [1] * 3 + [1] * 20 + [0] * 7
-    r = stats.mcnemar(a, b)
-    assert (r["a_only"], r["b_only"], r["n"]) == (10, 3, 40)
-    assert r["test"] == "McNemar exact"
-    assert r["statistic"] == 3  # min(10, 3)
-    # two-sided binomial: 2 P(X <= 3), X ~ Bin(13, 1/2) = 2 (1 + 13 + 78 + 286) / 2^13
+    r = stats.example_test([a], [b])
+    assert (r["n"], r["seeds"]) == (40, 1) and r["test"] == "paired permutation (examples, seeds averaged)"
+    # two-sided: 2 P(X <= 3), X ~ Bin(13, 1/2) = 2 (1 + 13 + 78 + 286) / 2^13: exact (2^13 flips < RESAMPLES)
     assert r["p"] == pytest.approx(2 * 378 / 8192, rel=1e-12)
     assert r["diff"] == pytest.approx((30 - 23) / 40)
+    assert stats.example_test([[1, 0, 1]], [[1, 0, 1]])["p"] == 1.0  # no example differs
 
 
-def test_mcnemar_chi_square_by_hand():
-    a = [1] * 30 + [0] * 12 + [1] * 50
-    b = [0] * 30 + [1] * 12 + [1] * 50
-    r = stats.mcnemar(a, b)
-    assert r["test"] == "McNemar chi2 (cc)"
-    assert r["statistic"] == pytest.approx((abs(30 - 12) - 1) ** 2 / 42, rel=1e-12)
-    # chi-square with one degree of freedom: P(X > x) = erfc(sqrt(x / 2))
-    assert r["p"] == pytest.approx(math.erfc(math.sqrt(r["statistic"] / 2)), rel=1e-9)
-    assert stats.mcnemar([1, 0, 1], [1, 0, 1])["p"] == 1.0  # no discordant pair
+def test_seeds_are_averaged_per_example_by_hand():
+    # two seeds, three examples: seed-averaged differences 1, 0.5 and 0.5; the 8 sign flips give sums
+    # 2, 1, 1, 0, 0, -1, -1, -2, so the observed 2 is as extreme as 1 flip in 8 on each side: p = 2/8
+    r = stats.example_test([[1, 1, 1], [1, 1, 0]], [[0, 0, 0], [0, 1, 0]])
+    assert (r["n"], r["seeds"], r["diff"], r["p"]) == (3, 2, pytest.approx(2 / 3), pytest.approx(0.25))
+
+
+def test_a_whole_set_metric_is_bootstrapped_over_examples_averaged_over_seeds():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(2, 300))
+    pairs = lambda pred: np.stack([pred, ref], axis=-1)  # noqa: E731  (prediction, reference) rows per seed
+    good, noisy = ref + rng.normal(scale=0.3, size=ref.shape), ref + rng.normal(scale=1.0, size=ref.shape)
+    better = stats.example_test(pairs(good), pairs(noisy), stats.pearson, resamples=500)
+    assert better["test"] == "paired bootstrap (examples, seeds averaged)" and better["n"] == 300 and better["seeds"] == 2
+    expected = np.mean([stats.pearson(pairs(good)[s]) - stats.pearson(pairs(noisy)[s]) for s in range(2)])
+    assert better["diff"] == pytest.approx(expected) and better["p"] <= 2 / 501
+    same = stats.example_test(pairs(good), pairs(good), stats.pearson, resamples=500)
+    assert same["diff"] == 0 and same["p"] == 1.0
 
 
 def test_summary_one_seed_has_no_interval_and_three_have_a_t_interval():
@@ -55,23 +65,47 @@ def test_seed_test_and_holm_by_hand():
     d = np.array([0.1, 0.2, 0.05])
     t = d.mean() / (d.std(ddof=1) / math.sqrt(3))
     r = stats.seed_test(a, b)
-    assert r["diff"] == pytest.approx(d.mean())
+    assert r["diff"] == pytest.approx(d.mean()) and r["note"] is None
     from scipy import stats as sp
 
     assert r["p"] == pytest.approx(2 * sp.t.sf(t, 2), rel=1e-9)
-    assert stats.seed_test({1: 0.5}, {1: 0.4}) is None  # one shared seed: no test
+    assert stats.seed_test({1: 0.5}, {2: 0.4}) is None  # no shared seed: nothing to compare
     assert stats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
 
 
-def test_paired_bootstrap_finds_a_real_difference_and_not_a_null_one():
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=300)
-    same = stats.paired_bootstrap(x, x, resamples=500)
-    assert same["diff"] == 0 and same["p"] == 1.0
-    shifted = stats.paired_bootstrap(x + 0.5, x, resamples=500)
-    assert shifted["diff"] == pytest.approx(0.5) and shifted["p"] <= 2 / 500
-    noisy = stats.paired_bootstrap(x + rng.normal(scale=0.01, size=300), x, resamples=500)
-    assert noisy["p"] > 0.05
+def test_no_p_value_from_fewer_than_three_seeds_or_differences_that_do_not_vary():
+    """The README demo's table printed p = 0 for two seeds whose differences were both -0.18."""
+    two = stats.seed_test({1: 0.42, 2: 0.5}, {1: 0.6, 2: 0.68})
+    assert two["p"] is None and two["n"] == 2 and "at least 3" in two["note"] and two["diff"] == pytest.approx(-0.18)
+    near = stats.seed_test({1: 0.05, 2: 0.0499999}, {1: 0.0, 2: 0.0})
+    assert near["p"] is None
+    flat = stats.seed_test({1: 0.6, 2: 0.7, 3: 0.8}, {1: 0.4, 2: 0.5, 3: 0.6})
+    assert flat["p"] is None and "do not vary" in flat["note"]
+
+
+correctness = st.lists(st.lists(st.integers(0, 1), min_size=12, max_size=12), min_size=1, max_size=3)
+
+
+@settings(max_examples=40, deadline=None)
+@given(base=st.lists(st.floats(0, 1), min_size=1, max_size=8), same=st.floats(-1, 1))
+def test_identical_differences_never_give_a_p_value(base, same):
+    """Scores that differ by the same amount on every seed (up to float rounding): t is undefined, not infinite."""
+    r = stats.seed_test({s: x + same for s, x in enumerate(base)}, dict(enumerate(base)))
+    assert r["p"] is None and r["note"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(a=correctness, b=correctness)
+def test_the_example_test_counts_each_example_once_and_is_symmetric(a, b):
+    seeds = min(len(a), len(b))
+    a, b = a[:seeds], b[:seeds]
+    r = stats.example_test(a, b)
+    assert 0 < r["p"] <= 1
+    assert stats.example_test(b, a)["p"] == pytest.approx(r["p"])  # swapping the methods
+    # a copy of the seeds' predictions as more seeds is no new example: the same p (never smaller)
+    assert stats.example_test(a + a, b + b)["p"] == pytest.approx(r["p"])
+    if seeds == 1:
+        assert stats.example_test(a * 3, b * 3)["p"] == pytest.approx(r["p"])
 
 
 def fake_run(root, spec: dict, correct: list[bool], metric_value: float | None = None):
@@ -129,14 +163,18 @@ def test_tables_compare_every_method_with_the_reference_on_known_predictions(tmp
     tables.build(dirs, root / "tables", reference="lora")
     comps = pd.read_csv(root / "tables/comparisons.csv").set_index("method")
     pissa = comps.loc["pissa"]
-    # pooled over the two shared seeds: lora-only 5 + 8 = 13, pissa-only 4 + 2 = 6 -> exact, statistic 6
-    assert pissa["example_test"] == "McNemar exact" and pissa["examples"] == 80
-    assert pissa["statistic"] == 6
-    exact_p = 2 * sum(math.comb(19, k) for k in range(7)) / 2**19
-    assert pissa["p_examples"] == pytest.approx(exact_p, rel=1e-9)
+    # each of the 40 examples once, its correctness averaged over the two shared seeds: pissa - lora is
+    # -0.5 on examples 20-24, -1 on 25-27, +0.5 on 30-33 and 0 elsewhere. A sign flip of the 12 that
+    # differ gives the sum X + 2Y - 7.5 (X of the nine 0.5s and Y of the three 1s positive, each
+    # Bin(n, 1/2)); the observed sum -3.5 is X + 2Y = 4: exact, as 2^12 flips < RESAMPLES
+    below = sum(math.comb(9, x) * math.comb(3, y) for x in range(10) for y in range(4) if x + 2 * y <= 4) / 2**12
+    assert pissa["example_test"] == "paired permutation (examples, seeds averaged)" and pissa["examples"] == 40
+    assert pissa["p_examples"] == pytest.approx(2 * below, rel=1e-9)
     assert pissa["shared_seeds"] == 2 and pissa["diff"] == pytest.approx(((29 - 30) + (22 - 28)) / 2 / 40)
+    assert pd.isna(pissa["p_seeds"]) and "at least 3" in pissa["p_seeds_note"]  # two seeds: no t-test
     ia3 = comps.loc["ia3"]  # one shared seed: no seed test, a per-example test on seed 1 alone
-    assert pd.isna(ia3["p_seeds"]) and ia3["examples"] == 40 and ia3["statistic"] == 0  # ia3 is never wrong where lora is right
+    assert pd.isna(ia3["p_seeds"]) and ia3["examples"] == 40
+    assert ia3["p_examples"] == pytest.approx(2 / 2**10)  # right on the 10 examples lora gets wrong, never the other way
     # Holm over the table's two per-example tests
     assert sorted(comps["p_examples_holm"]) == pytest.approx(sorted(stats.holm(comps["p_examples"].tolist())))
 
@@ -146,6 +184,7 @@ def test_tables_compare_every_method_with_the_reference_on_known_predictions(tmp
     assert task.loc["lora", "n"] == 2 and task.loc["lora", "ci95_low"] < task.loc["lora", "accuracy"] < task.loc["lora", "ci95_high"]
     md = (root / "tables/tasks/sentiment.md").read_text()
     assert "**1**" in md  # ia3's accuracy of 1, the best cell, in bold
+    assert "(n=2: few seeds)" in md and "| n/a " in md and "2 shared seed(s): a test needs at least 3" in md
     assert "± 0" not in (root / "tables/summary.md").read_text()
 
 

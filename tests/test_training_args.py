@@ -4,16 +4,20 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 
 import datasets
+import pyarrow
 import pytest
 
 from conftest import ROOT, load_test_config
-from peftlab import tasks, trainers
+from peftlab import evaluate, merge, tasks, trainers
 from peftlab.config import ConfigError, plan
+from peftlab.data import holdout
 from peftlab.models import load_tokenizer, load_trained
 from peftlab.spec import RunSpec
 from peftlab.train import train
@@ -48,10 +52,30 @@ def test_in_training_evaluation_keeps_the_best_checkpoint(in_tiny, tmp_path):
 
     tokenizer = load_tokenizer(spec.model)
     kept = load_trained(spec, tmp_path / "adapter", tokenizer)
-    eval_ds = datasets.load_from_disk(spec.data_dir)["eval"]
-    again = tasks.of(spec.task).evaluate(spec.task, kept, tokenizer, eval_ds)["eval_loss"]
+    # evaluated on the validation share held out of the training split, never on the evaluation split
+    validation = holdout(datasets.load_from_disk(spec.data_dir)["train"], spec.training.validation_share, spec.training.validation_seed)[1]
+    assert record["validation"] == {"split": "train", "held_out": len(validation), "used_for": "in-training evaluation"}
+    assert record["examples"] == len(datasets.load_from_disk(spec.data_dir)["train"]) - len(validation)
+    again = tasks.of(spec.task).evaluate(spec.task, kept, tokenizer, validation)["eval_loss"]
     assert again == pytest.approx(worst["eval_loss"], rel=1e-4)  # float32 sums in another order: well within 1e-4
     assert abs(again - losses[-1]) > 1e-3 * abs(losses[-1])
+
+
+def test_choosing_the_best_checkpoint_never_opens_the_evaluation_split(in_tiny, tmp_path):
+    """The evaluation split's data file is replaced by bytes that fail to load: a run that evaluates while it
+    trains and keeps its best checkpoint trains regardless; the evaluation step, which alone reads it, fails."""
+    spec = in_tiny("lora", max_steps=4, logging_steps=2, save_steps=2, eval_steps=2, load_best_model_at_end=True)
+    data_dir = tmp_path / "data"
+    shutil.copytree(spec.data_dir, data_dir)
+    for arrow in (data_dir / "eval").glob("*.arrow"):
+        arrow.write_bytes(b"this file must never be read while training")
+    spec = dataclasses.replace(spec, data_dir=str(data_dir))
+    record = train(spec, tmp_path / "adapter", tmp_path / "train.json", tmp_path / "ckpt")
+    assert [e["step"] for e in record["evaluations"]] == [2, 4] and record["best"]["checkpoint_step"] in (2, 4)
+    assert record["validation"]["split"] == "train" and record["validation"]["held_out"] > 0
+    merge.merge(spec, str(tmp_path / "adapter"), tmp_path / "merged")  # its probe batch is training rows too
+    with pytest.raises(pyarrow.ArrowInvalid):  # the poisoned file does fail whoever opens it
+        evaluate.evaluate(spec, str(tmp_path / "adapter"))
 
 
 @pytest.mark.parametrize(

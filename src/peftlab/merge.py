@@ -15,7 +15,7 @@ The run's `outputs.merge` says what to keep:
 
 The check, in two parts: (1) the merge itself, in float32 (QLoRA's and a bfloat16
 model's too): the merged model's logits against the adapter model's, on a fixed batch
-of eval examples, within `numerics.MERGE_ULPS` float32 epsilons of the logits' scale;
+of training examples (the evaluation split is evaluate's alone), within `numerics.MERGE_ULPS` float32 epsilons of the logits' scale;
 (2) the copy written to disk, reloaded in float32, against the merged model with its
 weights rounded to the saved dtype, within `numerics.RELOAD_ULPS` (the same weights: it
 catches weights that the architecture's config cannot hold and so silently drop on load). A NaN fails both, and
@@ -97,7 +97,9 @@ def _merge_and_check(spec: RunSpec, method, adapter: str, out: Path) -> dict:
     """Merge in float32, compare with the adapter model, save in the model's dtype to `out`, reload and compare; raise MergeMismatch."""
     tokenizer = load_tokenizer(spec.model)
     model = load_trained(spec, adapter, tokenizer, float32=True)
-    probe = probe_batch(datasets.load_from_disk(spec.data_dir)["eval"], tokenizer, spec.task)
+    probe = probe_batch(
+        datasets.load_from_disk(str(Path(spec.data_dir) / "train")), tokenizer, spec.task
+    )  # the evaluation split is evaluate's alone
     before = logits(model, probe)
     if not numerics.finite(before):
         raise MergeMismatch(

@@ -10,7 +10,8 @@ Per task and model, in <tables>/plots/<task>/<model>/:
 Overviews in <tables>/: metrics.png (metric.png faceted by task and model) and loss.png.
 
 A method keeps one colour in every plot (peftlab.tracking.report.colour); axes fit the data;
-every plot names its task, model and metric.
+every plot names its task, model and metric. A plot the data cannot give (no finite value)
+is left out, and the tables say why (`attempt`): the tables themselves always come out.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import EngFormatter, FuncFormatter, NullFormatter  # noqa: E402
 
 from peftlab import stats  # noqa: E402
+from peftlab.drawing import NotDrawn, attempt  # noqa: E402
 from peftlab.tracking.report import colour  # noqa: E402
 
 AXES = {"r": "rank r", "train_size": "training examples", "lr": "learning rate"}
@@ -33,6 +35,10 @@ FILES = {"r": "rank", "train_size": "train_size", "lr": "lr"}  # the axis plots'
 LOWER_IS_BETTER = {"eval_loss", "perplexity", "mse"}
 MARKERS = "osD^v<>P*X"
 STYLES = ["-", "--", ":", "-."]
+
+
+def finite(values) -> list[float]:
+    return [float(x) for x in values if x is not None and np.isfinite(x)]
 
 
 def better(metric: str, a: float, b: float) -> bool:
@@ -83,6 +89,8 @@ def cells(part: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def _metric(ax, part: pd.DataFrame, metric: str, title: str) -> None:
+    if not finite(part[metric]):
+        raise NotDrawn(f"no run of {title} has a finite {metric}")
     axes = [a for a in AXES if varying(part, a)]
     c = cells(part, metric)
     c["label"] = [m + (f"\n{setting_label(r, axes)}" if axes else "") for m, (_, r) in zip(c["method"], c.iterrows())]
@@ -90,7 +98,8 @@ def _metric(ax, part: pd.DataFrame, metric: str, title: str) -> None:
         col = colour(row.method)
         ax.scatter([x] * len(row.values), row.values, color=col, s=14, alpha=0.7, zorder=3)
         if row.ci_low is not None and pd.notna(row.ci_low):
-            ax.errorbar([x], [row.mean], yerr=[[row.mean - row.ci_low], [row.ci_high - row.mean]], fmt="_", color="black", capsize=5, ms=14)
+            below, above = max(row.mean - row.ci_low, 0), max(row.ci_high - row.mean, 0)  # a mean outside the range: the clipped side is 0
+            ax.errorbar([x], [row.mean], yerr=[[below], [above]], fmt="_", color="black", capsize=5, ms=14)
         else:
             ax.plot([x], [row.mean], "_", color="black", ms=14)
     ax.set_xticks(range(len(c)), c["label"], rotation=30, ha="right", fontsize=7)
@@ -120,6 +129,9 @@ def pareto(points: list[tuple[float, float]], metric: str) -> list[int]:
 
 def params_plot(part: pd.DataFrame, metric: str, task: str, model: str, path: Path) -> Path:
     c = cells(part, metric)
+    c = c[[m is not None and np.isfinite(m) and p > 0 for m, p in zip(c["mean"], c["trainable_params"])]]
+    if c.empty:
+        raise NotDrawn(f"no setting of {task} / {model} has a finite {metric} and trainable parameters")
     fig, ax = plt.subplots(figsize=(6, 4))
     for method, g in c.groupby("method", sort=False):
         ax.scatter(g["trainable_params"], g["mean"], color=colour(method), label=method, s=30, zorder=3)
@@ -150,7 +162,7 @@ def axis_plot(part: pd.DataFrame, metric: str, axis: str, task: str, model: str,
     for i, (key, g) in enumerate(c.groupby(["method", *others], dropna=False, sort=False)):
         key = key if isinstance(key, tuple) else (key,)
         method = key[0]
-        g = g.dropna(subset=[axis]).sort_values(axis)
+        g = g[[m is not None and np.isfinite(m) for m in g["mean"]]].dropna(subset=[axis]).sort_values(axis)
         if g[axis].nunique() < 2:
             continue
         plotted.append(g)
@@ -182,7 +194,7 @@ def _curves(ax, part: pd.DataFrame, column: str, key: str) -> None:
     """Per method and setting: the mean curve over seeds, and a band from the lowest to the highest seed."""
     axes = [a for a in AXES if varying(part, a)]
     for i, (setting, g) in enumerate(part.groupby(["method", "r", "lr", "train_size"], dropna=False, sort=False)):
-        curves = [pd.Series({p["step"]: p[key] for p in h if key in p}) for h in g[column] if isinstance(h, list)]
+        curves = [pd.Series({p["step"]: p[key] for p in h if key in p}, dtype=float) for h in g[column] if isinstance(h, list)]
         curves = [c for c in curves if len(c)]
         if not curves:
             continue
@@ -219,24 +231,24 @@ def eval_plot(part: pd.DataFrame, metric: str, task: str, model: str, path: Path
     return _save(fig, path)
 
 
-def by_task_model(runs: pd.DataFrame, out: Path) -> list[Path]:
-    """Every per-(task, model) plot; returns the files written."""
+def by_task_model(runs: pd.DataFrame, out: Path, notes: list[str]) -> list[Path]:
+    """Every per-(task, model) plot; returns the files written, and notes in `notes` each plot left out and why."""
     written = []
     for (task, model), part in runs.groupby(["task", "model"], sort=True):
         metric = part["main_metric"].iloc[0]
         folder = out / task / model
         written += [
-            metric_plot(part, metric, task, model, folder / "metric.png"),
-            params_plot(part, metric, task, model, folder / "params.png"),
-            loss_plot(part, task, model, folder / "loss.png"),
+            attempt(notes, folder / "metric.png", metric_plot, part, metric, task, model),
+            attempt(notes, folder / "params.png", params_plot, part, metric, task, model),
+            attempt(notes, folder / "loss.png", loss_plot, part, task, model),
         ]
-        written += [axis_plot(part, metric, a, task, model, folder / f"{FILES[a]}.png") for a in AXES if varying(part, a)]
-        written.append(eval_plot(part, metric, task, model, folder / "eval.png"))
+        written += [attempt(notes, folder / f"{FILES[a]}.png", axis_plot, part, metric, a, task, model) for a in AXES if varying(part, a)]
+        written.append(attempt(notes, folder / "eval.png", eval_plot, part, metric, task, model))
     return [w for w in written if w is not None]
 
 
-def overview(runs: pd.DataFrame, out: Path) -> None:
-    """metrics.png and loss.png: every task and model as a facet."""
+def overview(runs: pd.DataFrame, out: Path, notes: list[str]) -> None:
+    """metrics.png and loss.png: every task and model as a facet; a facet the data cannot give says why, in its panel and in `notes`."""
     facets = sorted(runs.groupby(["task", "model"]).groups)
     ncol = min(3, len(facets))
     nrow = -(-len(facets) // ncol)
@@ -245,7 +257,12 @@ def overview(runs: pd.DataFrame, out: Path) -> None:
         for ax, (task, model) in zip(axes.flat, facets):
             part = runs[(runs["task"] == task) & (runs["model"] == model)]
             if name == "metrics":
-                _metric(ax, part, part["main_metric"].iloc[0], f"{task} / {model}")
+                try:
+                    _metric(ax, part, part["main_metric"].iloc[0], f"{task} / {model}")
+                except NotDrawn as e:
+                    ax.text(0.5, 0.5, str(e), ha="center", va="center", transform=ax.transAxes, wrap=True)
+                    ax.set_axis_off()
+                    notes.append(f"metrics.png, panel {task} / {model}: not drawn: {e}")
             else:
                 _curves(ax, part, "losses", "loss")
                 ax.set_title(f"{task} / {model}: training loss", fontsize=9)

@@ -114,7 +114,9 @@ class TrainingSpec(_Strict):
     gradient_checkpointing: bool = _default(
         "training", "gradient_checkpointing"
     )  # recompute activations in the backward pass (less memory, ~30% slower)
-    eval_steps: int | None = _default("training", "eval_steps")  # in-training evaluation every N steps
+    eval_steps: int | None = _default("training", "eval_steps")  # in-training evaluation every N steps, on the validation share
+    validation_share: float = _default("training", "validation_share")  # with eval_steps: held out of the training split
+    validation_seed: int = _default("training", "validation_seed")
     metric_for_best_model: str | None = _default("training", "metric_for_best_model")  # None: the task's main metric
     greater_is_better: bool | None = _default("training", "greater_is_better")  # None: by the metric
     load_best_model_at_end: bool = _default("training", "load_best_model_at_end")  # keep the best evaluated checkpoint
@@ -315,6 +317,9 @@ def read_by(spec: dict, *stages: str) -> dict:
     for path in HASHED_WHEN_SET:
         section, key = path.split(".", 1)
         _pop(kept, path, schema_default("models" if section == "model" else section, key))
+    if not (kept.get("training") or {}).get("eval_steps"):  # the validation share is drawn for in-training evaluation only
+        for key in ("validation_share", "validation_seed"):
+            _pop(kept, f"training.{key}")
     for section in ("holdout", "lr_search"):  # set on the runs of a learning-rate search only
         if section in kept and kept[section] is None:
             del kept[section]

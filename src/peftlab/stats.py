@@ -4,12 +4,17 @@
   and no std or interval (never ± 0): one run says nothing about the spread.
 - `seed_test`: a paired t-test between two methods over the seeds both ran (the
   same seed gives both the same data order and initial noise, so the pairs share their luck).
-- `mcnemar`: two methods' per-example correctness on the same examples (accuracy,
-  exact match); the exact binomial test below 25 discordant pairs, the
-  continuity-corrected chi-square above (statsmodels).
-- `paired_bootstrap`: a continuous metric on the same examples (ROUGE, a
-  correlation, a loss): resample the examples, recompute both methods' metric on each
-  resample, and take the two-sided p-value of the difference.
+  No p-value from fewer than MIN_SEEDS pairs or from differences that do not vary: the
+  result then says why instead (`note`).
+- `example_test`: two methods on the same test examples, over the seeds both ran, with the
+  **example** as the unit (each counts once, however many seeds saw it): a metric with a
+  per-example outcome (correctness, ROUGE) is averaged over the seeds per example, then a
+  paired permutation test flips the sign of each example's difference (scipy); a metric of
+  the whole set (a correlation, MCC, macro-F1, a token-weighted loss) gets a paired
+  bootstrap that resamples examples, the same ones for every seed and both methods, and
+  averages the metric over the seeds.
+  With one seed and correctness, the permutation test is McNemar's exact test (only the
+  examples the two methods disagree on move under a sign flip).
 - `holm`: Holm's step-down correction of a family of p-values (statsmodels).
 """
 
@@ -21,8 +26,8 @@ import numpy as np
 from scipy import stats
 
 CONFIDENCE = 0.95
-EXACT_BELOW = 25  # McNemar: the exact binomial test when fewer pairs disagree (the chi-square is poor there)
-CORRECTION = "holm"
+MIN_SEEDS = 3  # a t-test over fewer pairs of seeds has one degree of freedom or none: no evidence
+RESAMPLES = 9999  # example_test's random sign flips: exact when 2^(examples that differ) is no more
 # the metrics whose values have a known range: intervals are clipped to it
 SHARES = ("accuracy", "macro_f1", "f1", "precision", "recall", "exact_match", "rouge1", "rouge2", "rougeL", "format", "token_accuracy")
 CORRELATIONS = ("mcc", "pearson", "spearman")
@@ -54,61 +59,63 @@ def summary(values, confidence: float = CONFIDENCE, bounds: tuple[float, float] 
 
 
 def seed_test(a: dict, b: dict) -> dict | None:
-    """Paired t-test of two methods' scores by seed ({seed: score}); None with fewer than two shared seeds."""
+    """Paired t-test of two methods' scores by seed ({seed: score}): {test, n, diff, p, note}; None with no shared seed.
+
+    p is None, and `note` says why, with fewer than MIN_SEEDS shared seeds or differences
+    that do not vary (their spread below 1e-9 of their size: t is undefined, not infinite).
+    """
     seeds = sorted(set(a) & set(b))
-    if len(seeds) < 2:
+    if not seeds:
         return None
     x, y = np.array([a[s] for s in seeds], dtype=float), np.array([b[s] for s in seeds], dtype=float)
     diff = x - y
-    if np.allclose(diff, diff[0]):  # no spread in the differences: t is undefined
-        return {"test": "paired t (seeds)", "n": len(seeds), "diff": float(diff.mean()), "p": 1.0 if diff[0] == 0 else 0.0}
-    return {"test": "paired t (seeds)", "n": len(seeds), "diff": float(diff.mean()), "p": float(stats.ttest_rel(x, y).pvalue)}
+    out = {"test": "paired t (seeds)", "n": len(seeds), "diff": float(diff.mean()), "p": None, "note": None}
+    if len(seeds) < MIN_SEEDS:
+        return {**out, "note": f"{len(seeds)} shared seed(s): a test needs at least {MIN_SEEDS}"}
+    if not np.all(np.isfinite(diff)):
+        return {**out, "note": "a score is not finite"}
+    if diff.std(ddof=1) <= 1e-9 * max(1.0, float(np.abs(diff).max())):
+        return {**out, "note": "the seeds' differences do not vary: no t-test"}
+    return {**out, "p": float(stats.ttest_rel(x, y).pvalue)}
 
 
-def mcnemar(a_correct, b_correct) -> dict:
-    """McNemar's test on paired per-example correctness: {test, n, a_only, b_only, statistic, p, diff}.
+def example_test(a, b, statistic: Callable | None = None, resamples: int = RESAMPLES, seed: int = 0) -> dict:
+    """Two methods on the same examples over the same seeds, the example as the unit: {test, n, seeds, diff, p}.
 
-    a_only counts the examples a got right and b wrong. The exact test's statistic is
-    min(a_only, b_only); the chi-square's is (|a_only - b_only| - 1)² / (a_only + b_only).
-    """
-    from statsmodels.stats.contingency_tables import mcnemar as _mcnemar
-
-    a, b = np.asarray(a_correct, dtype=bool), np.asarray(b_correct, dtype=bool)
-    if a.shape != b.shape:
-        raise ValueError(f"McNemar needs the same examples: {a.shape} vs {b.shape}")
-    table = [[int((a & b).sum()), int((a & ~b).sum())], [int((~a & b).sum()), int((~a & ~b).sum())]]
-    discordant = table[0][1] + table[1][0]
-    exact = discordant < EXACT_BELOW
-    if discordant == 0:
-        result = {"statistic": 0.0, "p": 1.0}
-    else:
-        r = _mcnemar(table, exact=exact, correction=True)
-        result = {"statistic": float(r.statistic), "p": float(r.pvalue)}
-    return {
-        "test": "McNemar exact" if exact else "McNemar chi2 (cc)",
-        "n": len(a),
-        "a_only": table[0][1],
-        "b_only": table[1][0],
-        "diff": float(a.mean() - b.mean()),
-        **result,
-    }
-
-
-def paired_bootstrap(a, b, statistic: Callable = np.mean, resamples: int = 10_000, seed: int = 0) -> dict:
-    """Two-sided paired bootstrap of statistic(a) - statistic(b) over the same examples (rows of a and b).
-
-    p is twice the smaller share of resampled differences on either side of zero (at least 1/resamples).
+    `a` and `b` hold one entry per seed (the same seeds, in the same order), each a row per
+    example, the same examples in the same order. Without `statistic`, each row is the
+    example's outcome (1/0 correct, a ROUGE score): outcomes are averaged over the seeds per
+    example and a paired permutation test (sign flips of the per-example differences, exact
+    when they are few) tests their mean. With `statistic` (a function of one seed's rows, such
+    as Pearson's r of (prediction, reference) pairs), a paired bootstrap resamples the
+    examples, the same ones for every seed and both methods, and compares the metric averaged
+    over the seeds. Either way a copy of the seeds adds no example, and swapping a and b
+    gives the same p.
     """
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if len(a) != len(b):
-        raise ValueError(f"a paired bootstrap needs the same examples: {len(a)} vs {len(b)}")
+    if a.shape != b.shape or a.ndim < 2 or a.shape[1] == 0:
+        raise ValueError(f"an example test needs the same seeds and examples for both methods: {a.shape} vs {b.shape}")
+    seeds, n = a.shape[0], a.shape[1]
+    if statistic is None:
+        d = a.mean(axis=0) - b.mean(axis=0)
+        out = {"test": "paired permutation (examples, seeds averaged)", "n": n, "seeds": seeds, "diff": float(d.mean())}
+        moved = d[d != 0]  # an example both score alike adds the same 0 to every flip: leaving it out keeps p
+        if len(moved) < 2:  # none, or one whose two signs are equally likely: p = 1
+            return {**out, "p": 1.0}
+        r = stats.permutation_test((moved,), np.sum, permutation_type="samples", n_resamples=resamples, random_state=seed)
+        return {**out, "p": float(r.pvalue)}
+
+    def averaged(x, idx):
+        return float(np.mean([statistic(x[s][idx]) for s in range(seeds)]))
+
+    every = np.arange(n)  # resampled below: the same examples for every seed and both methods
+    observed = averaged(a, every) - averaged(b, every)
     rng = np.random.default_rng(seed)
-    observed = float(statistic(a) - statistic(b))
-    idx = rng.integers(0, len(a), size=(resamples, len(a)))
-    diffs = np.array([statistic(a[i]) - statistic(b[i]) for i in idx])
+    diffs = np.array([averaged(a, i) - averaged(b, i) for i in rng.integers(0, n, size=(resamples, n))])
     diffs = diffs[np.isfinite(diffs)]
-    p = min(1.0, 2 * min((diffs <= 0).mean(), (diffs >= 0).mean())) if len(diffs) else 1.0
-    return {"test": "paired bootstrap", "n": len(a), "diff": observed, "p": max(float(p), 1 / resamples)}
+    below, above = ((diffs <= 0).sum() + 1) / (len(diffs) + 1), ((diffs >= 0).sum() + 1) / (len(diffs) + 1)
+    p = 1.0 if observed == 0 or not len(diffs) else min(1.0, 2 * min(below, above))
+    return {"test": "paired bootstrap (examples, seeds averaged)", "n": n, "seeds": seeds, "diff": observed, "p": float(p)}
 
 
 def holm(pvalues) -> list[float]:

@@ -8,8 +8,8 @@ Writes into --out:
   tables, the runs not done with their reason, every finished run) and summary.tex
   (the per-task tables: booktabs, escaped, one page wide);
 - comparisons.csv: every setting against the reference method's (peftlab.stats: a paired
-  t-test over shared seeds, McNemar's test or a paired bootstrap on the pooled per-example
-  predictions, Holm-corrected per task);
+  t-test over shared seeds, none below 3 (`p_seeds_note` says why), and a test on the
+  per-example predictions with the example as the unit, Holm-corrected per task);
 - tasks/<task>.{csv,md,tex}: one table per task, the best cell marked;
 - plots/<task>/<model>/*.png and the overviews metrics.png and loss.png (peftlab.plots);
 - tracking.{csv,md} and its plots (peftlab.tracking.report.matrix).
@@ -47,6 +47,11 @@ def main_metric(task: dict) -> str:
 SETTING = ["task", "model", "method", "r", "lr", "train_size"]
 
 
+def _number(x) -> float:
+    """A recorded metric as a float: NaN for a null or a non-number, so that every column is numeric."""
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else float("nan")
+
+
 def run_row(run_dir: Path) -> dict | None:
     """One table row from a run folder's JSON files, or None if the run has not finished."""
     if not (run_dir / "train.json").exists() or not (run_dir / "eval.json").exists():
@@ -64,7 +69,7 @@ def run_row(run_dir: Path) -> dict | None:
         "seed": spec["training"]["seed"],
         "lr": spec["training"]["learning_rate"],
         "train_size": tr["examples"],
-        **{m: ev["metrics"].get(m) for m in METRICS},
+        **{m: _number(ev["metrics"].get(m)) for m in METRICS},  # null (Pearson of constant predictions) is NaN: missing
         "trainable_params": tr["trainable_params"],
         "trainable_pct": 100 * tr["trainable_share"],
         "first_loss": tr["first_loss"],
@@ -105,7 +110,8 @@ def collect(run_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
 def grouped(runs: pd.DataFrame) -> pd.DataFrame:
     """Per setting (task, model, method, r, lr, train_size), over its seeds: for every metric n, mean, std
     and the 95% t interval (std and interval empty for one seed: never ± 0)."""
-    metrics = [m for m in METRICS if m in runs and runs[m].notna().any()]
+    main = set(runs["main_metric"]) if "main_metric" in runs else set()  # a task's main metric has columns, even all missing
+    metrics = [m for m in METRICS if m in runs and (runs[m].notna().any() or m in main)]
     keys = [k for k in SETTING if k in runs]
     rows = []
     for key, g in runs.groupby(keys, dropna=False, sort=False):
@@ -117,11 +123,12 @@ def grouped(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-# How a main metric is compared on the pooled per-example predictions of two methods
-# (predictions.jsonl): McNemar on per-example correctness, or a paired bootstrap of the
-# metric recomputed on each resample of the examples.
+# How a main metric is compared on two methods' per-example predictions (predictions.jsonl)
+# over the seeds both ran, the example as the unit (stats.example_test): a per-example outcome
+# (correctness, ROUGE) averaged over the seeds and a paired permutation test, or a paired
+# bootstrap of the metric recomputed on each resample of the examples.
 def _column(col):
-    return lambda rows: np.array([[r[col]] for r in rows], dtype=float), lambda x: float(x[:, 0].mean())
+    return lambda rows: np.array([[r[col]] for r in rows], dtype=float), None
 
 
 def _loss(rows):
@@ -155,21 +162,28 @@ BOOTSTRAP_RESAMPLES = 2000
 
 
 def example_test(metric: str, a: list[list[dict]], b: list[list[dict]]) -> dict | None:
-    """Two settings' per-example predictions, seed-matched lists of runs' rows, pooled over the seeds
-    both ran: McNemar or a paired bootstrap (None when the metric has no per-example form)."""
-    a_rows = [r for rows in a for r in rows if r.get("split", "eval") == a[0][0].get("split", "eval")] if a and a[0] else []
-    b_rows = [r for rows in b for r in rows if r.get("split", "eval") == b[0][0].get("split", "eval")] if b and b[0] else []
-    if not a_rows or len(a_rows) != len(b_rows) or [r["id"] for r in a_rows] != [r["id"] for r in b_rows]:
+    """Two settings' per-example predictions, seed-matched lists of runs' rows (the seeds both ran),
+    tested with the example as the unit (stats.example_test); None when the metric has no per-example
+    form or the runs' examples differ."""
+    split = a[0][0].get("split", "eval") if a and a[0] else None
+    a_rows = [[r for r in rows if r.get("split", "eval") == split] for rows in a]
+    b_rows = [[r for r in rows if r.get("split", "eval") == split] for rows in b]
+    ids = [r["id"] for r in a_rows[0]] if a_rows else []
+    if not ids or any([r["id"] for r in rows] != ids for rows in a_rows + b_rows):
         return None
-    if metric in MCNEMAR and "correct" in a_rows[0]:
-        return stats.mcnemar([r["correct"] for r in a_rows], [r["correct"] for r in b_rows])
-    if metric in PAIRED:
-        extract, statistic = PAIRED[metric]
-        try:
-            return stats.paired_bootstrap(extract(a_rows), extract(b_rows), statistic, resamples=BOOTSTRAP_RESAMPLES)
-        except (KeyError, TypeError, ValueError):
-            return None
-    return None
+    if metric in MCNEMAR and "correct" in a_rows[0][0]:
+        outcome = [[[float(r["correct"])] for r in rows] for rows in a_rows], [[[float(r["correct"])] for r in rows] for rows in b_rows]
+        return stats.example_test(*(np.asarray(x)[:, :, 0] for x in outcome))
+    if metric not in PAIRED:
+        return None
+    extract, statistic = PAIRED[metric]
+    try:
+        x, y = np.stack([extract(rows) for rows in a_rows]), np.stack([extract(rows) for rows in b_rows])
+    except (KeyError, TypeError, ValueError):  # a run recorded before its metric had a per-example column
+        return None
+    if statistic is None:
+        return stats.example_test(x[:, :, 0], y[:, :, 0])
+    return stats.example_test(x, y, statistic, resamples=BOOTSTRAP_RESAMPLES)
 
 
 def _predictions(run_dir: Path) -> list[dict]:
@@ -182,7 +196,8 @@ def comparisons(runs: pd.DataFrame, reference: str) -> pd.DataFrame:
 
     The reference setting has the same train size and rank when the reference ran one (its best
     learning rate among them), else its best at that train size. Two tests: a paired t over the
-    seeds both ran, and a test on the pooled per-example predictions (example_test). p-values are
+    seeds both ran (none below stats.MIN_SEEDS or without spread: `p_seeds_note` says why), and a
+    test on the per-example predictions with the example as the unit (example_test). p-values are
     Holm-corrected within each task's table, separately per test.
     """
     rows = []
@@ -228,6 +243,7 @@ def comparisons(runs: pd.DataFrame, reference: str) -> pd.DataFrame:
                     if shared
                     else g[metric].mean() - rg[metric].mean(),
                     "p_seeds": seed["p"] if seed else None,
+                    "p_seeds_note": seed["note"] if seed else "no shared seed",
                     "example_test": example["test"] if example else None,
                     "examples": example["n"] if example else None,
                     "statistic": example.get("statistic") if example else None,
@@ -255,6 +271,16 @@ def _fmt(x, digits: int = 4) -> str:
     return "" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{digits}g}"
 
 
+def _p(p, reference) -> str:
+    """A p-value as the tables show it: "n/a" for a comparison that has none (its note says why), empty for no comparison."""
+    return _fmt(p, 3) if pd.notna(p) else ("n/a" if isinstance(reference, str) and reference else "")
+
+
+def _few(n) -> str:
+    """Beside an interval over fewer seeds than a seed test needs: say so."""
+    return f" (n={int(n)}: few seeds)" if pd.notna(n) and n < stats.MIN_SEEDS else ""
+
+
 def task_table(groups: pd.DataFrame, comps: pd.DataFrame, task: str) -> pd.DataFrame:
     """One task's table: a row per model and setting, its main metric's n, mean, std and 95% interval,
     the test against the reference, and `best` marking the best mean per model."""
@@ -273,7 +299,7 @@ def task_table(groups: pd.DataFrame, comps: pd.DataFrame, task: str) -> pd.DataF
     table["trainable_pct"] = part["trainable_pct"]
     table["best"] = part["best"]
     if not comps.empty:
-        c = comps[comps["task"] == task][[*cols, "reference", "diff", "p_seeds_holm", "example_test", "p_examples_holm"]]
+        c = comps[comps["task"] == task][[*cols, "reference", "diff", "p_seeds_holm", "p_seeds_note", "example_test", "p_examples_holm"]]
         table = table.merge(c, on=cols, how="left")
     return table.reset_index(drop=True)
 
@@ -290,7 +316,8 @@ def _markdown(table: pd.DataFrame, metric: str) -> str:
             metric: [f"**{_fmt(m)}**" if b else _fmt(m) for m, b in zip(table[metric], table["best"])],
             "std": [_fmt(x, 3) for x in table["std"]],
             "95% CI (t, clipped to the metric's range)": [
-                f"[{_fmt(a)}, {_fmt(b)}]" if pd.notna(a) else "" for a, b in zip(table["ci95_low"], table["ci95_high"])
+                f"[{_fmt(a)}, {_fmt(b)}]" + _few(n) if pd.notna(a) else ""
+                for a, b, n in zip(table["ci95_low"], table["ci95_high"], table["n"])
             ],
             "trainable %": [_fmt(x, 3) for x in table["trainable_pct"]],
         }
@@ -298,7 +325,8 @@ def _markdown(table: pd.DataFrame, metric: str) -> str:
     if "reference" in table:
         shown["vs"] = table["reference"].fillna("")
         shown["Δ"] = [_fmt(x, 3) for x in table["diff"]]
-        shown["p seeds (Holm)"] = [_fmt(x, 3) for x in table["p_seeds_holm"]]
+        shown["p seeds (Holm)"] = [_p(x, ref) for x, ref in zip(table["p_seeds_holm"], table["reference"])]
+        shown["why no p seeds"] = table["p_seeds_note"].fillna("")
         shown["p examples (Holm)"] = [
             f"{_fmt(p, 3)} ({t})" if pd.notna(p) else "" for p, t in zip(table["p_examples_holm"], table["example_test"])
         ]
@@ -327,7 +355,7 @@ def latex(table: pd.DataFrame, task: str, metric: str) -> str:
     """A booktabs table, escaped, scaled to the text width, the best cell in bold; compiles with pdflatex."""
 
     def cell(m, lo, hi, n, best):
-        text = _fmt(m) + (f" [{_fmt(lo)}, {_fmt(hi)}]" if pd.notna(lo) else "") + ("" if n > 1 else " (n=1)")
+        text = _fmt(m) + (f" [{_fmt(lo)}, {_fmt(hi)}]" + _few(n) if pd.notna(lo) else "") + ("" if n > 1 else " (n=1)")
         return f"\\textbf{{{text}}}" if best else text
 
     body = pd.DataFrame(
@@ -346,7 +374,9 @@ def latex(table: pd.DataFrame, task: str, metric: str) -> str:
     )
     if "reference" in table:
         body["$\\Delta$"] = table["diff"].map(lambda x: _fmt(x, 3))
-        body["$p$ (Holm)"] = [_fmt(b if pd.notna(b) else a, 3) for a, b in zip(table["p_seeds_holm"], table["p_examples_holm"])]
+        body["$p$ (Holm)"] = [
+            _p(b if pd.notna(b) else a, ref) for a, b, ref in zip(table["p_seeds_holm"], table["p_examples_holm"], table["reference"])
+        ]
     tabular = body.to_latex(index=False, escape=False, column_format="ll" + "r" * (len(body.columns) - 2))
     caption = f"{latex_escape(task)}: {latex_escape(metric)}, mean over seeds with its 95\\% $t$ interval; best in bold." + (
         " $\\Delta$ and $p$ against the reference method (Holm-corrected; per-example test where it exists, else seeds)."
@@ -427,9 +457,11 @@ def build(run_dirs: list[Path], out: Path, reference: str = "lora", lr_selection
     md += [
         f"Per task: each setting's main metric over its seeds (n, mean, std, 95% Student-t interval clipped to the metric's range; one seed shows "
         f"n = 1 and no interval), the best mean per model in bold, and the test against `{reference}` (the "
-        f"`tables.reference` method): a paired t-test over shared seeds, and on the pooled per-example predictions "
-        f"McNemar's test (accuracy, exact match; exact below {stats.EXACT_BELOW} discordant pairs) or a paired bootstrap "
-        f"({BOOTSTRAP_RESAMPLES} resamples) of the metric; p-values Holm-corrected within each table.\n",
+        f"`tables.reference` method): a paired t-test over shared seeds (n/a below {stats.MIN_SEEDS} seeds or when the "
+        f"differences do not vary), and on the per-example predictions, each example counted once however many seeds saw it, "
+        f"a paired permutation test of the seed-averaged outcome (accuracy, exact match, ROUGE; {stats.RESAMPLES} sign flips, "
+        f"exact when fewer) or a paired bootstrap ({BOOTSTRAP_RESAMPLES} resamples of the examples) of the seed-averaged "
+        f"metric; p-values Holm-corrected within each table.\n",
     ]
     for task in sorted(table["task"].unique()):
         metric = table.loc[table["task"] == task, "main_metric"].iloc[0]
@@ -446,11 +478,15 @@ def build(run_dirs: list[Path], out: Path, reference: str = "lora", lr_selection
     md += [disk(table), ""]
     shown = table.drop(columns=["task_type", "main_metric"]).dropna(axis=1, how="all")
     md += ["## Every finished run\n", blank(shown).to_markdown(index=False, floatfmt=".4g", missingval=""), ""]
-    (out / "summary.md").write_text("\n".join(md))
+    (out / "summary.md").write_text("\n".join(md))  # the tables first: a plot never takes them down
     (out / "summary.tex").write_text("\n".join(tex))
-    plots.overview(runs, out)
-    plots.by_task_model(runs, out / "plots")
-    report.matrix([Path(d) for d in run_dirs if run_row(Path(d)) is not None], out)
+    notes: list[str] = []
+    plots.overview(runs, out, notes)
+    plots.by_task_model(runs, out / "plots", notes)
+    report.matrix([Path(d) for d in run_dirs if run_row(Path(d)) is not None], out, notes)
+    if notes:
+        md += ["## Plots not drawn, and why\n", *(f"- {n}" for n in notes), ""]
+        (out / "summary.md").write_text("\n".join(md))
     return table
 
 

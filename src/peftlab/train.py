@@ -179,12 +179,14 @@ def _train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path, t
     transformers.set_seed(t.seed)
 
     # --- set up: data, model, adapter
-    # a search run holds out its validation share, and never opens the evaluation split
-    train_ds = split(spec.data_dir, "train")
+    # training never opens the evaluation split: a search run holds out its validation share (which
+    # evaluate scores it on), a run that evaluates while it trains holds out training.validation_share
+    train_ds, validation = split(spec.data_dir, "train"), None
     if spec.holdout is not None:
-        train_ds, probe_rows = holdout(train_ds, spec.holdout.share, spec.holdout.seed)
-    else:
-        probe_rows = split(spec.data_dir, "eval")
+        train_ds, validation = holdout(train_ds, spec.holdout.share, spec.holdout.seed)
+    elif t.eval_steps:
+        train_ds, validation = holdout(train_ds, t.validation_share, t.validation_seed)
+    probe_rows = validation if validation is not None else train_ds  # the reload check's batch
     train_ds = train_subset(train_ds, t.train_size, t.data_seed)
     tokenizer = load_tokenizer(spec.model)
     base = load_model(spec.model, task, tokenizer, quantization=methods.quantization(spec.peft), label_names=trained_label_names(spec))
@@ -213,7 +215,7 @@ def _train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path, t
         *([KeepEvery(keep)] if isinstance(keep := spec.outputs.checkpoints, int) else []),
     ]
     make_optimizer = functools.partial(optimizer, p=spec.peft) if (optimizer := methods.hook(method, "optimizer")) else None
-    trainer = tasks.of(task).trainer(spec, model, tokenizer, train_ds, common, trainer_callbacks, make_optimizer)
+    trainer = tasks.of(task).trainer(spec, model, tokenizer, train_ds, validation, common, trainer_callbacks, make_optimizer)
     tracker.attach(trainer)
     args = trainer.args
     if torch.distributed.is_initialized():  # the first process has claimed the folder (and dropped stale checkpoints)
@@ -285,6 +287,8 @@ def _train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path, t
         "trainable_share": trainable / total_params,
         **({"rewards": rl_rewards} if tasks.of(task).rewarded else {}),
         **trainers.evaluations(state, t),
+        # what chose anything chosen during training (the kept checkpoint): never the evaluation split
+        "validation": {"split": "train", "held_out": len(validation), "used_for": "in-training evaluation"} if t.eval_steps else None,
         "resumed_from": resume,
         "tracking": {
             "spectral_steps": tracked["spectral"]["steps"],

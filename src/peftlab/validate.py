@@ -128,23 +128,23 @@ def _lr_range_problem(where: str, search: dict | None) -> str | None:
     return None
 
 
-def check_holdout(where: str, cell: dict, share: float, task: dict) -> None:
-    """A learning-rate search's validation share against the generated training split it is drawn from
-    (peftlab.data.holdout), and the cell's train_size against what it leaves. The size of other
-    data (files, the hub) is known when a job reads it."""
+def check_holdout(where: str, cell: dict, share: float, task: dict, key: str = "lr_search.validation_share") -> None:
+    """A validation share (a learning-rate search's, or `training.validation_share` of a run that evaluates while
+    it trains) against the generated training split it is drawn from (peftlab.data.holdout), and the cell's
+    train_size against what it leaves. The size of other data (files, the hub) is known when a job reads it."""
     if "generator" not in task["data"]:
         return
     n, size = task["data"]["num_train"], cell["training"]["train_size"]
     k = HoldoutSpec(share, 0).size(n)
     if not 0 < k < n:
         raise ConfigError(
-            f"{where}.lr_search.validation_share: {share:g} holds out {k} of the {n} training examples task {cell['task']!r} generates "
+            f"{where}.{key}: {share:g} holds out {k} of the {n} training examples task {cell['task']!r} generates "
             f"(data.num_train); both parts must be non-empty: allowed a share below 1 (such as 0.1) or 1 to {n - 1} examples"
         )
     if size is not None and size > n - k:
         raise ConfigError(
-            f"{where}.train_size: {size} is more than the {n - k} training examples left once lr_search.validation_share holds out {k} "
-            f"of the {n} task {cell['task']!r} generates; lower train_size or validation_share"
+            f"{where}.train_size: {size} is more than the {n - k} training examples left once {key} holds out {k} "
+            f"of the {n} task {cell['task']!r} generates; lower train_size or {key.rsplit('.', 1)[-1]}"
         )
 
 
@@ -241,6 +241,8 @@ def check_cell(where: str, cell: dict, cfg: dict) -> None:
         )
     if "path" in model:
         _check_architecture(where, cell, model, tasks.TASK_TYPES[task_type])
+    if cell["training"]["eval_steps"]:
+        check_holdout(where, cell, cell["training"]["validation_share"], cfg["tasks"][cell["task"]], "training.validation_share")
     arch = model.get("build", {}).get("arch")
     if arch is not None and (arch == "t5") != tasks.TASK_TYPES[task_type].encoder_decoder:
         needs_t5 = ", ".join(t.name for t in tasks.TASK_TYPES.values() if t.encoder_decoder)
@@ -297,13 +299,6 @@ def _check_method_settings(where: str, cell: dict, method: methods.Method, model
         raise ConfigError(
             f"{where}: task {cell['task']!r} has max_length {task['max_length']}, but model {cell['model']!r} has position embeddings "
             f"for {limit} tokens; set tasks.{cell['task']}.max_length to at most {limit}"
-        )
-    ttype, longest = tasks.TASK_TYPES[task["type"]], task["max_length"] + task["max_new_tokens"]
-    if limit is not None and ttype.generates and not ttype.encoder_decoder and longest > limit:
-        raise ConfigError(
-            f"{where}: task {cell['task']!r} generates from max_length {task['max_length']} + max_new_tokens {task['max_new_tokens']} = "
-            f"{longest} tokens, but model {cell['model']!r} has position embeddings for {limit}; lower tasks.{cell['task']}.max_new_tokens "
-            f"or tasks.{cell['task']}.max_length so that they add up to at most {limit}"
         )
 
 

@@ -57,8 +57,9 @@ class TaskType:
         """The training batches' collator (None when the trainer batches by itself)."""
         raise NotImplementedError
 
-    def trainer(self, spec: RunSpec, model, tokenizer, train_ds, args: dict, callbacks: list, make_optimizer):
-        """The transformers (or TRL) trainer of one run; `args` are the TrainingArguments every type shares."""
+    def trainer(self, spec: RunSpec, model, tokenizer, train_ds, validation, args: dict, callbacks: list, make_optimizer):
+        """The transformers (or TRL) trainer of one run; `args` are the TrainingArguments every type shares.
+        `validation`: the rows held out of the training split that in-training evaluation reads (None without it)."""
         raise NotImplementedError
 
     # evaluation and inference
@@ -214,14 +215,12 @@ def prompt_response_corpus(task: TaskSpec, rows) -> tuple[list[str], list[str]]:
 class Supervised(TaskType, partial=True):
     """Types trained with peftlab's Trainer on labelled token batches (every type but rlvr)."""
 
-    def trainer(self, spec, model, tokenizer, train_ds, args, callbacks, make_optimizer):
-        import datasets
-
+    def trainer(self, spec, model, tokenizer, train_ds, validation, args, callbacks, make_optimizer):
         from peftlab import trainers
 
         eval_ds = evaluate_fn = None
-        if spec.training.eval_steps:  # the type's own evaluation on the main held-out set, every eval_steps
-            eval_ds = datasets.load_from_disk(spec.data_dir)["eval"]
+        if spec.training.eval_steps:  # the type's own evaluation on the validation share, every eval_steps
+            eval_ds = validation
 
             def evaluate_fn(m):
                 return self.evaluate(spec.task, m, tokenizer, eval_ds)

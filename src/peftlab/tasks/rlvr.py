@@ -51,7 +51,7 @@ class Rlvr(TaskType):
     def collator(self, task, tokenizer):
         return None  # GRPOTrainer batches the prompts itself
 
-    def trainer(self, spec, model, tokenizer, train_ds, args, callbacks, make_optimizer):
+    def trainer(self, spec, model, tokenizer, train_ds, validation, args, callbacks, make_optimizer):
         from peftlab import trainers
 
         return trainers.grpo(model, tokenizer, train_ds, args, callbacks, make_optimizer, spec.task.rewards, spec.training.rl)

@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from peftlab import artifacts  # noqa: E402
+from peftlab.drawing import attempt  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +176,9 @@ def colour(method: str):
     return COLOURS.get(method, "grey")
 
 
-def matrix(run_dirs: list[Path], out: Path) -> pd.DataFrame | None:
-    """The matrix-level tables and plots (see the module docstring), from the runs' tracking folders; None when no run has one."""
+def matrix(run_dirs: list[Path], out: Path, notes: list[str] | None = None) -> pd.DataFrame | None:
+    """The matrix-level tables and plots (see the module docstring), from the runs' tracking folders; None when no run has one.
+    A plot that cannot be drawn is noted in `notes` with the reason (peftlab.plots.attempt)."""
     rows = [row for d in run_dirs if (row := run_final(Path(d))) is not None]
     if not rows:
         return None
@@ -215,9 +217,11 @@ def matrix(run_dirs: list[Path], out: Path) -> pd.DataFrame | None:
     if len(unmeasured):
         md += ["\n## Runs without a ΔW record, and why\n", unmeasured.to_markdown(index=False)]
     (out / "tracking.md").write_text("\n".join(md) + "\n")
-    _faceted(measured, out / "tracking_alignment.png", _alignment)
-    _faceted(measured, out / "tracking_effective_rank.png", _effective_rank)
-    _faceted(runs if "depth_rel_norm" in runs else runs.assign(depth_rel_norm=None), out / "tracking_depth.png", _depth)
+    notes = [] if notes is None else notes
+    attempt(notes, out / "tracking_alignment.png", _faceted, measured, _alignment)
+    attempt(notes, out / "tracking_effective_rank.png", _faceted, measured, _effective_rank)
+    depth = runs if "depth_rel_norm" in runs else runs.assign(depth_rel_norm=None)
+    attempt(notes, out / "tracking_depth.png", _faceted, depth, _depth)
     return table
 
 
@@ -225,7 +229,7 @@ def blank(df: pd.DataFrame) -> pd.DataFrame:
     return df.astype(object).where(df.notna(), None)  # tabulate prints None as missingval
 
 
-def _faceted(frame: pd.DataFrame, path: Path, draw) -> None:
+def _faceted(frame: pd.DataFrame, draw, path: Path) -> Path:
     """One panel per task and model; `draw(ax, part, title)` fills one (returns False when it has nothing to show)."""
     pairs = sorted({(t, m) for t, m in zip(frame["task"], frame["model"])}) or [("(none)", "(none)")]
     fig, axes = plt.subplots(1, len(pairs), figsize=(5.5 * len(pairs), 3.8), squeeze=False)
@@ -238,10 +242,16 @@ def _faceted(frame: pd.DataFrame, path: Path, draw) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return path
+
+
+def _finite(part: pd.DataFrame, *columns: str) -> pd.DataFrame:
+    """The rows whose `columns` hold finite numbers (a collapsed or diverged run's may not)."""
+    return part[np.isfinite(part[list(columns)].astype(float)).all(axis=1)]
 
 
 def _alignment(ax, part: pd.DataFrame, title: str):
-    part = part[part["align_top"].notna()]
+    part = _finite(part, "align_top", "align_bottom")
     if part.empty:
         return False
     methods = sorted(part["method"].unique())
@@ -259,7 +269,7 @@ def _alignment(ax, part: pd.DataFrame, title: str):
 
 
 def _effective_rank(ax, part: pd.DataFrame, title: str):
-    part = part[part["effective_rank"].notna()]
+    part = _finite(part, "effective_rank")
     if part.empty:
         return False
     ranked, rankless = part[part["r"].notna()], part[part["r"].isna()]
@@ -279,7 +289,7 @@ def _depth(ax, part: pd.DataFrame, title: str):
     curves = {}
     for row in part.itertuples():
         for d, v in (row.depth_rel_norm if isinstance(row.depth_rel_norm, dict) else {}).items():
-            if d is not None and not pd.isna(d):
+            if d is not None and not pd.isna(d) and v is not None and np.isfinite(v):
                 curves.setdefault(row.method, {}).setdefault(int(d), []).append(v)
     if not curves:
         return False
@@ -289,5 +299,6 @@ def _depth(ax, part: pd.DataFrame, title: str):
     ax.set_xticks(sorted({d for by_depth in curves.values() for d in by_depth}))
     ax.set_xlabel("layer depth (block index)")
     ax.set_ylabel("‖ΔW − ΔW₀‖_F / ‖W‖_F")
-    ax.set_yscale("log")
+    if min(v for by_depth in curves.values() for vs in by_depth.values() for v in vs) > 0:  # else linear: a log axis cannot hold 0
+        ax.set_yscale("log")
     ax.set_title(f"{title}: relative change from the pretrained weight by depth\n(mean over modules and seeds)", fontsize=9)
