@@ -25,7 +25,7 @@ import yaml
 from conftest import ROOT, planned_jobs, snakemake
 from peftlab import artifacts
 from peftlab.models import RUN_FILE
-from peftlab.spec import NOT_READ, rerun_table
+from peftlab.spec import reads, rerun_table
 
 pytestmark = pytest.mark.slow
 CONFIG = "test_loop.yaml"
@@ -34,11 +34,6 @@ L1, L2 = "arith/tiny-llama/lora/r8-s1", "arith/tiny-llama/lora/r8-s2"  # the sec
 SEARCHED = "arith_lr/tiny-llama/ia3/s1"
 RUN_STAGES = ("train_run", "evaluate_run", "merge_run")
 AFTER = {"train_run": {"evaluate_run", "merge_run"}, "evaluate_run": {"tables_build"}, "merge_run": {"tables_build"}}
-
-
-def reads(stage: str, key: str) -> bool:
-    """Whether `stage` reads the dotted spec key `key` (not dropped by NOT_READ, itself or a section above it)."""
-    return not any(key == k or key.startswith(k + ".") for k in NOT_READ[stage])
 
 
 def rerun_by(key: str) -> set[str]:

@@ -20,7 +20,7 @@ from transformers import AutoTokenizer, DataCollatorForSeq2Seq, DataCollatorWith
 
 from peftlab import artifacts, cli, methods, tasks
 from peftlab.compute import model_columns
-from peftlab.spec import NOT_READ, ModelSpec, RunSpec, TaskSpec, read_by, with_keys_of
+from peftlab.spec import ModelSpec, RunSpec, TaskSpec, read_by, read_by_only, with_keys_of
 
 log = logging.getLogger(__name__)
 
@@ -141,9 +141,9 @@ def run_marker(spec: RunSpec, fp: str, **extra) -> dict:
 def trained_spec(spec: RunSpec, folder: str | Path, stage: str = "train_run") -> RunSpec:
     """The spec the adapter in `folder` was trained from, as `stage` (the stage reading it) goes on with it.
 
-    The keys that training reads come from the adapter's own record (RUN_FILE): the learning rate
-    it trained at, its steps, its tracker. The keys training does not read (generation length,
-    wandb, outputs.merge: `spec.NOT_READ["train_run"]`) are `spec`'s. The two must agree on every
+    The adapter's own record (RUN_FILE) gives every key but those that `stage` reads and training
+    does not (for evaluation the generation keys, for merging `outputs.merge`), which are `spec`'s:
+    the learning rate it trained at, its steps and tracker come from the adapter. The two must agree on every
     key that both `stage` and training read (the run, task, model, PEFT settings, data), else
     StaleAdapter. So a stage never recomputes the training fingerprint from its own copy of the
     training settings: after an edit that retrains, evaluate and merge follow the new adapter.
@@ -167,7 +167,7 @@ def trained_spec(spec: RunSpec, folder: str | Path, stage: str = "train_run") ->
             f"({_differences(*agreed) if agreed else 'it records none'}); "
             "retrain it: snakemake --forcerun train_run <its eval.json>"
         )
-    return RunSpec.from_dict(with_keys_of(trained, own, NOT_READ["train_run"]))
+    return RunSpec.from_dict(with_keys_of(trained, own, read_by_only(stage, "train_run")))
 
 
 def _differences(a: dict, b: dict, prefix: str = "") -> str:

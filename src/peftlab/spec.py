@@ -286,6 +286,16 @@ HASHED_WHEN_SET = (
 )
 
 
+def reads(stage: str, path: str) -> bool:
+    """Whether `stage` reads the dotted key `path` (NOT_READ names neither it nor a section above it)."""
+    return not any(path == k or path.startswith(k + ".") for k in NOT_READ[stage])
+
+
+def read_by_only(stage: str, other: str) -> tuple[str, ...]:
+    """The keys of NOT_READ[other] that `stage` reads: what `stage` takes from its own spec, not from `other`'s output."""
+    return tuple(k for k in NOT_READ[other] if reads(stage, k))
+
+
 def with_keys_of(spec: dict, other: dict, paths: tuple[str, ...]) -> dict:
     """A copy of `spec` holding `other`'s value (or absence) at each dotted path of `paths`."""
     out = json_copy(spec)
