@@ -110,6 +110,8 @@ def _metric(ax, part: pd.DataFrame, metric: str, title: str) -> None:
 
 
 def metric_plot(part: pd.DataFrame, metric: str, task: str, model: str, path: Path) -> Path:
+    if not finite(part[metric]):
+        raise NotDrawn(f"no run of {task} / {model} has a finite {metric}")
     fig, ax = plt.subplots(figsize=(max(5, 0.7 * part.groupby(["method", "r", "lr", "train_size"], dropna=False).ngroups + 2), 4))
     _metric(ax, part, metric, f"{task} / {model}: {metric}")
     return _save(fig, path)
