@@ -69,6 +69,31 @@ def test_exported_wandb_mode_wins_and_the_training_and_evaluation_share_one_wand
     assert calls == {}
 
 
+def test_the_run_health_goes_into_the_wandb_run_summary(monkeypatch, tmp_path):
+    for key in ("WANDB_MODE", "WANDB_RUN_ID"):
+        monkeypatch.delenv(key, raising=False)
+    calls = {}
+
+    class FakeRun:
+        def __init__(self):
+            self.summary = {}
+
+        def finish(self):
+            calls["finished"] = True
+
+    verdict = {"status": "collapsed", "reasons": ["the gradient norm was 0 for 20 logged intervals in a row"]}
+    live = FakeRun()  # the Trainer's run, still open: written into, left for the Trainer to close
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(run=live, init=lambda **kw: calls.update(init=kw) or FakeRun()))
+    observe.log_health(run_spec(mode="offline", dir=str(tmp_path / "wandb")), "fp1", verdict)
+    assert live.summary == {"health": "collapsed", "health_reasons": verdict["reasons"][0]} and calls == {}
+    reopened = FakeRun()  # the Trainer's run has ended: reopened by its id, written, closed
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(run=None, init=lambda **kw: calls.update(init=kw) or reopened))
+    spec = run_spec(mode="offline", dir=str(tmp_path / "wandb"))
+    observe.log_health(spec, "fp1", verdict)
+    assert calls["init"]["id"] == observe.wandb_id(spec.run_id, "fp1") and calls["finished"]
+    assert reopened.summary["health"] == "collapsed"
+
+
 def test_progress_lines_give_step_total_and_an_eta_that_status_reads(monkeypatch):
     p = observe.Progress("arith/tiny-llama/lora/r8-s1")
     clock = iter([100.0, 130.0])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from peftlab import checkpoints, data, launch, merge, methods, metrics, models, rewards, tasks
+from peftlab import checkpoints, data, health, launch, merge, methods, metrics, models, rewards, tasks
 from peftlab.schema import SCHEMA_PATH, load_yaml
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "peftlab"
@@ -24,6 +24,7 @@ ENUMS = {
     "properties.tasks.additionalProperties.properties.answer_format": lambda: metrics.ANSWER_FORMATS,
     "properties.models.additionalProperties.properties.dtype": lambda: models.DTYPES,
     "definitions.outputs.properties.merge": lambda: merge.MODES,
+    "definitions.training.properties.on_degenerate": lambda: health.ON_DEGENERATE,
     "definitions.outputs.properties.checkpoints.oneOf.0": lambda: checkpoints.KEEP,
     "properties.tasks.additionalProperties.properties.data.properties.format": lambda: (
         [f.lstrip(".") for f in data._FORMATS] + ["tsv", None]

@@ -252,6 +252,34 @@ def test_removing_a_run_drops_it_from_the_tables_and_reruns_nothing_else(loop):
     assert mtimes(loop, L1) == before
 
 
+def test_a_collapsed_run_is_flagged_through_the_pipeline_and_a_tables_key_reruns_the_tables_only(loop):
+    """A seed at a learning rate of 1e30 (RMSNorm keeps its loss finite, every gradient 0): it finishes, flagged,
+    and the tables leave it out and say why; `tables.include_flagged` rebuilds the tables, retraining nothing."""
+    collapsed = {"task": "arith", "model": "tiny-llama", "method": "lora", "seed": 2}
+    edit(loop, lambda c: c["sweep"].append({**collapsed, "training": {"learning_rate": 1.0e30, "max_steps": 12, "logging_steps": 1}}))
+    jobs = run_again(loop)
+    assert jobs == {"spec_write": 3, "train_run": 1, "evaluate_run": 1, "merge_run": 1, "tables_build": 1, "all": 1}
+    assert artifacts.read_json(loop / RESULTS / "runs" / L2 / "train.json")["health"]["status"] == "collapsed"
+    table = summary(loop)
+    assert table.loc[L2, "health"] == "collapsed" and table.loc[L1, "health"] == "ok"
+    md = (loop / RESULTS / "tables/summary.md").read_text()
+    assert "## Runs left out of the comparisons" in md and f"| {L2} | collapsed | the gradient norm was 0 for" in md
+    arith = pd.read_csv(loop / RESULTS / "tables/tasks/arith.csv")
+    assert list(arith["lr"]) == [0.003] and list(arith["n"]) == [1]  # the collapsed run's setting is not in the table
+    state = subprocess.run(
+        [sys.executable, "-m", "peftlab.status", "--configfile", CONFIG], cwd=loop, capture_output=True, text=True, timeout=120
+    )
+    assert f"{L2}  (" in state.stdout and "health: collapsed" in state.stdout, state.stdout + state.stderr
+
+    before = {r: mtimes(loop, r) for r in (L1, L2, SEARCHED)}
+    edit(loop, lambda c: c.update(tables={"include_flagged": True}))
+    assert run_again(loop) == {"tables_build": 1, "all": 1}
+    assert {r: mtimes(loop, r) for r in before} == before
+    arith = pd.read_csv(loop / RESULTS / "tables/tasks/arith.csv")
+    assert sorted(arith["lr"]) == [0.003, 1e30]  # the flagged run's setting is compared again
+    assert "Runs left out" not in (loop / RESULTS / "tables/summary.md").read_text()
+
+
 # --- a kill, and one targeted file ----------------------------------------------------------
 
 

@@ -21,8 +21,9 @@ BASE = next(r for r in plan(load_test_config())[1].values() if r["task"]["name"]
 SFT = next(r for r in plan(load_test_config())[1].values() if r["task"]["name"] == "arith")
 
 
-def record(root, method: str, seed: int, value, base=BASE, finished: bool = True, tracked: bool = True, loss=1.0, r=8):
-    """A run's files as the stages write them, its main metric `value` (any float, or None) on every example."""
+def record(root, method: str, seed: int, value, base=BASE, finished: bool = True, tracked: bool = True, loss=1.0, r=8, verdict=None):
+    """A run's files as the stages write them, its main metric `value` (any float, or None) on every example;
+    `verdict`: its health's status (peftlab.health), none recorded when None."""
     spec = copy.deepcopy(base)
     spec["peft"]["type"], spec["peft"]["r"], spec["training"]["seed"] = method, r, seed
     spec["run_id"] = f"{spec['task']['name']}/{spec['model']['name']}/{method}/r{r}-s{seed}"
@@ -42,6 +43,7 @@ def record(root, method: str, seed: int, value, base=BASE, finished: bool = True
             "final_loss": loss,
             "tokens_per_s": None,
             "wall_time_s": 1.0,
+            **({"health": {"status": verdict, "flags": [], "reasons": [f"seen: {verdict}"]}} if verdict else {}),
         },
     )
     if tracked:  # the tracker's record (peftlab.tracking): every ΔW quantity of two layers at the last step is `value`
@@ -129,10 +131,57 @@ matrices = st.lists(
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(runs=matrices, loss=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.just(0.0)))
-def test_any_run_records_give_the_tables(tmp_path_factory, runs, loss):
+@given(
+    runs=matrices,
+    loss=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.just(0.0)),
+    verdicts=st.lists(st.sampled_from([None, "ok", "collapsed", "blew up", "no learning"]), min_size=7, max_size=7),
+)
+def test_any_run_records_give_the_tables(tmp_path_factory, runs, loss, verdicts):
     tmp = tmp_path_factory.mktemp("any")
     root = tmp / "results/m"
-    dirs = [record(root, *r, loss=loss) for r in runs]
+    dirs = [record(root, *r, loss=loss, verdict=v) for r, v in zip(runs, verdicts)]
     tables.build(dirs, root / "tables", reference="lora")
     check(root / "tables", dirs)
+
+
+def test_a_flagged_run_is_listed_but_kept_out_of_best_marks_tests_and_fronts_unless_asked(tmp_path):
+    """A collapsed pissa seed with the highest accuracy would make pissa best; flagged, it is left out, and says so."""
+    root = tmp_path / "results/m"
+    dirs = [record(root, "lora", s, 0.6, verdict="ok") for s in (1, 2, 3)]
+    dirs += [record(root, "pissa", 1, 0.99, verdict="collapsed"), record(root, "pissa", 2, 0.5, verdict="ok")]
+    dirs += [record(root, "pissa", 3, 0.52, verdict="ok"), record(root, "dora", 1, 0.9, verdict="blew up")]
+    out = root / "tables"
+    tables.build(dirs, out, reference="lora")
+    check(out, dirs)
+    summary = pd.read_csv(out / "summary.csv").set_index("run_id")
+    assert summary.loc["sentiment/minilm/pissa/r8-s1", "health"] == "collapsed" and len(summary) == 7
+    task = pd.read_csv(out / "tasks/sentiment.csv").set_index("method")
+    assert "dora" not in task.index  # its only run is flagged: no row, no test
+    assert task.loc["pissa", "n"] == 2 and task.loc["pissa", "accuracy"] == pytest.approx(0.51)
+    assert bool(task.loc["lora", "best"]) and not bool(task.loc["pissa", "best"])
+    comps = pd.read_csv(out / "comparisons.csv").set_index("method")
+    assert comps.loc["pissa", "shared_seeds"] == 2 and "dora" not in comps.index
+    md = (out / "summary.md").read_text()
+    assert "## Runs left out of the comparisons" in md and "2 finished run(s) flagged by their health" in md
+    assert "| sentiment/minilm/pissa/r8-s1 | collapsed | seen: collapsed |" in md
+    assert "2 run(s) of sentiment left out, flagged by their health" in (out / "tasks/sentiment.md").read_text()
+
+    tables.build(dirs, tmp_path / "all", reference="lora", include_flagged=True)  # tables.include_flagged: true
+    task = pd.read_csv(tmp_path / "all/tasks/sentiment.csv").set_index("method")
+    assert task.loc["pissa", "n"] == 3 and bool(task.loc["dora", "best"])
+    assert "Runs left out" not in (tmp_path / "all/summary.md").read_text()
+
+
+def test_a_task_whose_every_run_is_flagged_still_gets_its_declared_files(tmp_path):
+    root = tmp_path / "results/m"
+    dirs = [record(root, "lora", 1, 0.6, verdict="ok"), record(root, "lora", 1, None, base=SFT, verdict="collapsed")]
+    out = root / "tables"
+    tables.build(dirs, out, reference="lora")
+    check(out, dirs)
+    for ext in ("csv", "md", "tex"):
+        assert (out / f"tasks/arith.{ext}").exists()
+    assert "Every finished run of arith is flagged by its health" in (out / "tasks/arith.md").read_text()
+    assert (out / "metrics.png").exists() and (out / "loss.png").exists() and (out / "plots").is_dir()
+    assert (
+        "metrics.png, panel arith / tiny-llama: not drawn: every finished run is flagged by its health" in (out / "summary.md").read_text()
+    )

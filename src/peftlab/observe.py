@@ -153,3 +153,18 @@ def log_eval(spec, fingerprint: str, record: dict) -> None:
     run.log(found)
     run.summary.update(found)
     run.finish()
+
+
+def log_health(spec, fingerprint: str, verdict: dict) -> None:
+    """The run's health (peftlab.health) into its wandb run's summary, where wandb's runs table shows it."""
+    if mode(spec.wandb) == "disabled":
+        return
+    import wandb
+
+    run, ours = wandb.run, wandb.run is None
+    if ours:  # the Trainer's run has ended: reopen it
+        _environment(spec.wandb, spec.run_id, fingerprint)
+        run = wandb.init(id=os.environ["WANDB_RUN_ID"], resume="allow", project=spec.wandb.project, name=spec.run_id)
+    run.summary.update({"health": verdict["status"], "health_reasons": "; ".join(verdict["reasons"])})
+    if ours:
+        run.finish()

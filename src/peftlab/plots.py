@@ -210,6 +210,16 @@ def _curves(ax, part: pd.DataFrame, column: str, key: str) -> None:
             ax.fill_between(table.index, table.min(axis=1), table.max(axis=1), color=colour(method), alpha=0.15)
 
 
+def _flagged_curves(ax, flagged: pd.DataFrame) -> None:
+    """Each run the comparisons leave out (peftlab.health), dotted, labelled with its health."""
+    for _, run in flagged.iterrows():
+        points = [(p["step"], p["loss"]) for p in run["losses"] if "loss" in p] if isinstance(run["losses"], list) else []
+        if points:
+            steps, losses = zip(*points)
+            label = f"{run['method']} s{run['seed']}: {run.get('health', 'flagged')}"
+            ax.plot(steps, losses, ":", color=colour(run["method"]), lw=1.2, label=label)
+
+
 def loss_plot(part: pd.DataFrame, task: str, model: str, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.5, 4))
     _curves(ax, part, "losses", "loss")
@@ -249,17 +259,23 @@ def by_task_model(runs: pd.DataFrame, out: Path, notes: list[str]) -> list[Path]
     return [w for w in written if w is not None]
 
 
-def overview(runs: pd.DataFrame, out: Path, notes: list[str]) -> None:
-    """metrics.png and loss.png: every task and model as a facet; a facet the data cannot give says why, in its panel and in `notes`."""
-    facets = sorted(runs.groupby(["task", "model"]).groups)
+def overview(runs: pd.DataFrame, out: Path, notes: list[str], flagged: pd.DataFrame | None = None) -> None:
+    """metrics.png and loss.png: every task and model as a facet; a facet the data cannot give says why, in its panel and in `notes`.
+
+    `flagged`: finished runs the comparisons leave out (peftlab.health): their losses are drawn (that is
+    where a collapse shows), their metrics are not."""
+    every = runs if flagged is None or flagged.empty else pd.concat([runs, flagged])
+    facets = sorted(every.groupby(["task", "model"]).groups)
     ncol = min(3, len(facets))
     nrow = -(-len(facets) // ncol)
     for name in ("metrics", "loss"):
         fig, axes = plt.subplots(nrow, ncol, figsize=(5.5 * ncol, 4 * nrow), squeeze=False)
         for ax, (task, model) in zip(axes.flat, facets):
-            part = runs[(runs["task"] == task) & (runs["model"] == model)]
+            part = runs.query("task == @task and model == @model")
             if name == "metrics":
                 try:
+                    if part.empty:
+                        raise NotDrawn("every finished run is flagged by its health")
                     _metric(ax, part, part["main_metric"].iloc[0], f"{task} / {model}")
                 except NotDrawn as e:
                     ax.text(0.5, 0.5, str(e), ha="center", va="center", transform=ax.transAxes, wrap=True)
@@ -267,6 +283,7 @@ def overview(runs: pd.DataFrame, out: Path, notes: list[str]) -> None:
                     notes.append(f"metrics.png, panel {task} / {model}: not drawn: {e}")
             else:
                 _curves(ax, part, "losses", "loss")
+                _flagged_curves(ax, every.query("task == @task and model == @model and index not in @part.index"))
                 ax.set_title(f"{task} / {model}: training loss", fontsize=9)
                 ax.set_xlabel("step")
                 ax.legend(fontsize=6)

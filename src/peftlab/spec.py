@@ -120,6 +120,7 @@ class TrainingSpec(_Strict):
     metric_for_best_model: str | None = _default("training", "metric_for_best_model")  # None: the task's main metric
     greater_is_better: bool | None = _default("training", "greater_is_better")  # None: by the metric
     load_best_model_at_end: bool = _default("training", "load_best_model_at_end")  # keep the best evaluated checkpoint
+    on_degenerate: str = _default("training", "on_degenerate")  # warn | fail: a flagged run (peftlab.health) fails its job
     extra: dict[str, Any] = _default("training", "extra")  # more TrainingArguments, as they are
     rl: dict[str, Any] = field(default_factory=dict)  # rlvr: GRPO settings (num_generations, loss_type, beta, ...); {} for other types
 
@@ -237,7 +238,8 @@ NOT_READ: dict[str, tuple[str, ...]] = {
     "data_tokenize": EVAL_ONLY + ("model.dtype", "model.attn_implementation"),  # reads the tokenizer, not the weights
     # logging and checkpoint intervals, the reload check and wandb change no weight (the tracker
     # changes none either, but what it records is the train step's output, so it retrains)
-    "train_run": EVAL_ONLY + ("training.logging_steps", "training.save_steps", "training.check_reload", "wandb", "outputs.merge"),
+    "train_run": EVAL_ONLY
+    + ("training.logging_steps", "training.save_steps", "training.check_reload", "training.on_degenerate", "wandb", "outputs.merge"),
     # a retrained adapter reruns both through the adapter itself
     "evaluate_run": ("training", "world_size", "wandb", "tracker", "outputs", "lr_search"),
     # outputs.merge is hashed even at its default: before it existed every merge was saved in

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from peftlab import artifacts, paths
+from peftlab.health import flagged
 
 STATES = ("done", "running", "failed", "pending")
 PROGRESS = re.compile(
@@ -40,7 +41,7 @@ PROGRESS = re.compile(
 )
 # a line that says a job failed: a traceback's start or its exception line, or Slurm's or the kernel's kill
 TRACEBACK = re.compile(
-    r"^(Traceback \(most recent call last\):?|[\w.]*(Error|Exception|Diverged|Mismatch|InUse|Adapter)\b.*:.*|merge check failed:.*"
+    r"^(Traceback \(most recent call last\):?|[\w.]*(Error|Exception|Diverged|Degenerate|Mismatch|InUse|Adapter)\b.*:.*|merge check failed:.*"
     r"|.*CANCELLED AT .*|.*oom.kill.*|Killed)$"
 )
 
@@ -70,6 +71,13 @@ CAUSES = (
         "the loss or the logits became NaN or infinite",
         [r"Diverged", r"loss is nan", r"non-finite", r"\bnan\b.*loss", r"inf(inite)? loss"],
         "lower training.learning_rate, add warmup (warmup_ratio), keep max_grad_norm, or train in bf16 rather than fp16",
+    ),
+    (
+        "degenerate",
+        "training ended, but the run learned nothing or went wrong (peftlab.health), and training.on_degenerate is fail",
+        [r"Degenerate", r"run health is (collapsed|blew up|no learning)"],
+        "the error line says what was seen: lower training.learning_rate (blew up, collapsed) or raise it (no learning), "
+        "or train longer; training.on_degenerate: warn keeps such a run, flagged and out of the comparisons",
     ),
     (
         "missing_column",
@@ -115,6 +123,7 @@ class Run:
     wall_time_s: float | None = None
     peak_rss_mb: float | None = None
     peak_gpu_mb: float | None = None
+    health: str | None = None  # a done run's (peftlab.health): ok, collapsed, blew up, no learning; None if not judged
     step: int | None = None
     total: int | None = None
     elapsed: str | None = None
@@ -214,13 +223,15 @@ def run_state(
         lines = relevant_lines(text if errored and TRACEBACK.search(text or "") else both)
         return Run(run_id, "failed", stage, reason=reason, cause=cause, log=str(slurm[-1] if slurm and not text else log_file), lines=lines)
     seconds, rss = _benchmarks(root, run_id)
-    gpu = None
+    gpu = verdict = None
     train = run_dir / "train.json"
     if train.exists():
-        peak = artifacts.read_json(train).get("peak_memory", {})
+        record = artifacts.read_json(train)
+        peak = record.get("peak_memory", {})
         gpu = peak.get("gpu_mb")
         rss = rss or peak.get("cpu_rss_mb")
-    return Run(run_id, "done", wall_time_s=seconds, peak_rss_mb=rss, peak_gpu_mb=gpu)
+        verdict = (record.get("health") or {}).get("status")
+    return Run(run_id, "done", wall_time_s=seconds, peak_rss_mb=rss, peak_gpu_mb=gpu, health=verdict)
 
 
 def matrix_status(root: str, run_ids: list[str], workdir: Path = Path("."), stale_s: float = 3600, search_runs=frozenset()) -> list[Run]:
@@ -249,13 +260,15 @@ def render(root: str, runs: list[Run], verbose: bool = False) -> str:
         if not chosen or (state in ("done", "pending") and not verbose and len(chosen) > 20):
             if chosen:
                 out.append(f"{state}: {len(chosen)} (--verbose lists them)")
-            continue
+            chosen = [r for r in chosen if flagged(r.health)]  # a flagged run is always listed
+            if not chosen:
+                continue
         out.append(f"{state}:")
         for r in chosen:
             if state == "done":
                 mem = f"{r.peak_rss_mb / 1024:.1f} GB RSS" if r.peak_rss_mb else "-"
                 mem += f", {r.peak_gpu_mb / 1024:.1f} GB GPU" if r.peak_gpu_mb else ""
-                detail = f"{_clock(r.wall_time_s)}, {mem}"
+                detail = f"{_clock(r.wall_time_s)}, {mem}" + (f", health: {r.health}" if flagged(r.health) else "")
             elif state == "running":
                 detail = f"{r.stage}" + (
                     f", step {r.step}/{r.total}, {r.elapsed} elapsed, ETA {r.eta}" if r.step is not None else ", starting"
@@ -266,6 +279,11 @@ def render(root: str, runs: list[Run], verbose: bool = False) -> str:
                 detail = f"waiting for {r.stage}" if r.stage else "not started"
             out.append(f"  {marks[state]} {r.run_id}  ({detail})")
     out += ["", "Progress: " + bar(counts["done"], len(runs))]
+    if n_flagged := sum(flagged(r.health) for r in runs if r.state == "done"):
+        out.append(
+            f"{n_flagged} done run(s) flagged by their health (train.json's health says what was seen): "
+            "the tables keep them out of best marks, Pareto fronts and tests"
+        )
     if counts["failed"]:
         causes = dict.fromkeys(r.cause for r in runs if r.state == "failed")
         out += [f"what to do: [{cause}] {explain(cause)[1]}" for cause in causes]

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score, matthews_corrcoef
 
-from peftlab import artifacts, lr_search, paths, plots, stats, tasks
+from peftlab import artifacts, health, lr_search, paths, plots, stats, tasks
 from peftlab.spec import TaskSpec
 from peftlab.status import run_state
 from peftlab.tracking import report
@@ -72,6 +72,8 @@ def run_row(run_dir: Path) -> dict | None:
         **{m: _number(ev["metrics"].get(m)) for m in METRICS},  # null (Pearson of constant predictions) is NaN: missing
         "trainable_params": tr["trainable_params"],
         "trainable_pct": 100 * tr["trainable_share"],
+        "health": (tr.get("health") or {}).get("status", "not judged"),  # peftlab.health; older records were not judged
+        "health_reasons": "; ".join((tr.get("health") or {}).get("reasons", [])),
         "first_loss": tr["first_loss"],
         "final_loss": tr["final_loss"],
         "tokens_per_s": round(tr["tokens_per_s"]) if tr["tokens_per_s"] is not None else None,
@@ -425,8 +427,31 @@ def lr_tables(files: list[Path], out: Path) -> int:
     return len(selections)
 
 
-def build(run_dirs: list[Path], out: Path, reference: str = "lora", lr_selections: list[Path] = ()) -> pd.DataFrame:
-    runs, status = collect(run_dirs)
+def left_out(runs: pd.DataFrame, include_flagged: bool) -> pd.DataFrame:
+    """The finished runs the comparisons leave out: those whose health is flagged (peftlab.health), unless `include_flagged`."""
+    if include_flagged or runs.empty:
+        return runs.iloc[0:0]
+    return runs[runs["health"].map(health.flagged)]
+
+
+def _left_out_section(flagged: pd.DataFrame) -> list[str]:
+    shown = flagged[["run_id", "health", "health_reasons"]].rename(columns={"health_reasons": "what was seen"})
+    return [
+        "## Runs left out of the comparisons\n",
+        f"{len(flagged)} finished run(s) flagged by their health (peftlab.health) are kept out of the per-task tables, "
+        "their best marks, the tests, the Pareto fronts and the plots; `tables.include_flagged: true` keeps them in. "
+        "Every finished run, flagged or not, is in summary.csv and in the last table below.\n",
+        shown.to_markdown(index=False),
+        "",
+    ]
+
+
+def build(
+    run_dirs: list[Path], out: Path, reference: str = "lora", lr_selections: list[Path] = (), include_flagged: bool = False
+) -> pd.DataFrame:
+    everyone, status = collect(run_dirs)
+    flagged = left_out(everyone, include_flagged)
+    runs = everyone.drop(index=flagged.index)  # what the tables compare: the finished runs not flagged
     out.mkdir(parents=True, exist_ok=True)
     searched = lr_tables(list(lr_selections), out)
     (out / "tasks").mkdir(exist_ok=True)
@@ -441,16 +466,20 @@ def build(run_dirs: list[Path], out: Path, reference: str = "lora", lr_selection
     not_done = status[status["status"] != "done"]
     if len(not_done):
         md += ["## Runs not done\n", blank(not_done).to_markdown(index=False, missingval=""), ""]
-    if runs.empty:
+    if len(flagged):
+        md += _left_out_section(flagged)
+    if everyone.empty:
         not_done.to_csv(out / "summary.csv", index=False)
         (out / "summary.md").write_text("\n".join(md))
         (out / "summary.tex").write_text(LATEX_PREAMBLE + "% no finished runs\n")
-        return runs
+        return everyone
     table = runs.drop(columns=["losses", "evaluations", "run_dir"])
+    finished = everyone.drop(columns=["losses", "evaluations", "run_dir"])
     groups = grouped(table)
     comps = comparisons(runs, reference)
-    everything = pd.concat([table.assign(status="done"), not_done.drop(columns=["stage"])], ignore_index=True)
-    everything.to_csv(out / "summary.csv", index=False)
+    pd.concat([finished.assign(status="done"), not_done.drop(columns=["stage"])], ignore_index=True).to_csv(
+        out / "summary.csv", index=False
+    )
     groups.to_csv(out / "summary_grouped.csv", index=False)
     comps.to_csv(out / "comparisons.csv", index=False)
     tex = [LATEX_PREAMBLE]
@@ -463,27 +492,36 @@ def build(run_dirs: list[Path], out: Path, reference: str = "lora", lr_selection
         f"exact when fewer) or a paired bootstrap ({BOOTSTRAP_RESAMPLES} resamples of the examples) of the seed-averaged "
         f"metric; p-values Holm-corrected within each table.\n",
     ]
-    for task in sorted(table["task"].unique()):
-        metric = table.loc[table["task"] == task, "main_metric"].iloc[0]
-        t = task_table(groups.merge(table[["task", "main_metric"]].drop_duplicates(), on="task"), comps, task)
+    for task in sorted(finished["task"].unique()):
+        metric = finished.loc[finished["task"] == task, "main_metric"].iloc[0]
+        task_flagged = flagged[flagged["task"] == task]
+        if (table["task"] == task).any():
+            t = task_table(groups.merge(table[["task", "main_metric"]].drop_duplicates(), on="task"), comps, task)
+            section, body = [f"## {task}: {metric}\n", _markdown(t, metric), ""], latex(t, task, metric)
+        else:  # every finished run of the task is flagged
+            t = pd.DataFrame(columns=["model", "method", "r", "lr", "train_size", "n", metric])
+            section = [f"## {task}: {metric}\n", f"Every finished run of {task} is flagged by its health: nothing to compare.\n"]
+            body = f"% {latex_escape(task)}: every finished run is flagged by its health; nothing to compare\n"
         t.to_csv(out / "tasks" / f"{task}.csv", index=False)
-        section = [f"## {task}: {metric}\n", _markdown(t, metric), ""]
+        if len(task_flagged):
+            section += [f"{len(task_flagged)} run(s) of {task} left out, flagged by their health: see Runs left out of the comparisons.\n"]
         task_missing = not_done[not_done["run_id"].str.split("/").str[0] == task]
         if len(task_missing):
             section += [f"Runs of {task} not done:\n", blank(task_missing).to_markdown(index=False, missingval=""), ""]
         (out / "tasks" / f"{task}.md").write_text("\n".join(section))
-        (out / "tasks" / f"{task}.tex").write_text(LATEX_PREAMBLE + latex(t, task, metric))
+        (out / "tasks" / f"{task}.tex").write_text(LATEX_PREAMBLE + body)
         md += section
-        tex.append(latex(t, task, metric))
-    md += [disk(table), ""]
-    shown = table.drop(columns=["task_type", "main_metric"]).dropna(axis=1, how="all")
+        tex.append(body)
+    md += [disk(finished), ""]
+    shown = finished.drop(columns=["task_type", "main_metric", "health_reasons"]).dropna(axis=1, how="all")
     md += ["## Every finished run\n", blank(shown).to_markdown(index=False, floatfmt=".4g", missingval=""), ""]
     (out / "summary.md").write_text("\n".join(md))  # the tables first: a plot never takes them down
     (out / "summary.tex").write_text("\n".join(tex))
     notes: list[str] = []
-    plots.overview(runs, out, notes)
+    plots.overview(runs, out, notes, flagged)
+    (out / "plots").mkdir(exist_ok=True)
     plots.by_task_model(runs, out / "plots", notes)
-    report.matrix([Path(d) for d in run_dirs if run_row(Path(d)) is not None], out, notes)
+    report.matrix([Path(d) for d in everyone["run_dir"]], out, notes)  # what each adapter changed: every finished run
     if notes:
         md += ["## Plots not drawn, and why\n", *(f"- {n}" for n in notes), ""]
         (out / "summary.md").write_text("\n".join(md))
@@ -496,12 +534,15 @@ def main(argv=None):
     p.add_argument("--out", required=True, type=Path, help="folder for the tables and plots")
     p.add_argument("--reference", default="lora", help="the method every other one is compared with (default: lora)")
     p.add_argument(
+        "--include-flagged", action="store_true", help="compare runs whose health is flagged too (peftlab.health; default: leave them out)"
+    )
+    p.add_argument(
         "--lr-search", nargs="*", type=Path, default=[], help="learning-rate searches' selections (results/<m>/lr_search/<cell>.json)"
     )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     with artifacts.atomic_dir(args.out) as tmp:  # whole: no table or plot of a run or search no longer in the matrix stays behind
-        runs = build(args.runs, tmp, args.reference, args.lr_search)
+        runs = build(args.runs, tmp, args.reference, args.lr_search, args.include_flagged)
     log.info("tabulated %d finished run(s) of %d into %s", len(runs), len(args.runs), args.out)
 
 

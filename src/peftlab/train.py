@@ -45,7 +45,7 @@ import torch
 import transformers
 from transformers import TrainerCallback, TrainerState
 
-from peftlab import artifacts, cli, lr_search, methods, numerics, observe, tasks, trainers
+from peftlab import artifacts, cli, health, lr_search, methods, numerics, observe, tasks, trainers
 from peftlab.checkpoints import KeepEvery, claimed, last_checkpoint, prune, step_of
 from peftlab.compute import device_of, logits
 from peftlab.data import holdout, split
@@ -166,7 +166,14 @@ def diverged(spec: RunSpec, reason: str, adapter: Path, record_path: Path, track
         artifacts.write_json(tmp / RUN_FILE, run_marker(spec, fp, diverged=reason))
     with artifacts.atomic_dir(tracking) as tmp:
         (tmp / "DIVERGED.txt").write_text(reason + "\n")
-    record = {"run_id": spec.run_id, "fingerprint": fp, "diverged": reason, **artifacts.Provenance(spec.to_dict()).record()}
+    verdict = {"status": health.DIVERGED, "flags": [health.DIVERGED], "reasons": [reason], "measures": {}, "thresholds": health.THRESHOLDS}
+    record = {
+        "run_id": spec.run_id,
+        "fingerprint": fp,
+        "diverged": reason,
+        "health": verdict,
+        **artifacts.Provenance(spec.to_dict()).record(),
+    }
     artifacts.write_json(record_path, record)
     return record
 
@@ -198,6 +205,7 @@ def _train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path, t
     )
     model = methods.attach(base, spec.peft, ctx)
     trainable = sum(x.numel() for x in model.parameters() if x.requires_grad)
+    movement = health.Movement(model)  # the initialisation, before any checkpoint is loaded
     tracker = Tracker(spec.tracker, model, method, subspace_k(spec, schema_default("peft", "r")), ctx.total_steps, rank)
     checkpoints.mkdir(parents=True, exist_ok=True)
     initial = checkpoints / "initial_adapter"
@@ -241,6 +249,7 @@ def _train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path, t
         return {}
     kept = trainers.evaluations(state, t).get("best")  # load_best_model_at_end: the weights are that checkpoint's
     tracker.finish(kept["checkpoint_step"] if kept else state.global_step)
+    verdict = judge(spec, state.log_history, movement)
 
     # --- save, then check the saved adapter against the model in memory
     probe = probe_batch(probe_rows, tokenizer, task)
@@ -267,7 +276,7 @@ def _train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path, t
 
     kept = keep_checkpoints(spec, trainer, model, tokenizer, checkpoints, initial if method.init_changes_base else None, fp)
 
-    losses = [{"step": e["step"], "loss": e["loss"]} for e in state.log_history if "loss" in e]
+    losses = [{"step": e["step"], "loss": e["loss"], "grad_norm": e.get("grad_norm")} for e in state.log_history if "loss" in e]
     rl_rewards = [{"step": e["step"], "reward": e["reward"]} for e in state.log_history if "reward" in e]  # GRPO's mean reward
     session_tokens = state.num_input_tokens_seen - tokens_before  # real (non-padding) tokens since start or resume
     record = {
@@ -277,6 +286,7 @@ def _train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path, t
         "first_loss": losses[0]["loss"] if losses else None,
         "final_loss": losses[-1]["loss"] if losses else None,
         "train_loss": mean_loss(state.log_history),  # every step, across a resume
+        "health": verdict,  # peftlab.health: ok, or what went wrong (collapsed, blew up, no learning)
         "steps": state.global_step,
         "epochs": state.epoch,
         "examples": len(train_ds),
@@ -306,9 +316,27 @@ def _train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path, t
         **prov.record(),
     }
     artifacts.write_json(record_path, record)
+    observe.log_health(spec, fp, verdict)
     if not kept:
         shutil.rmtree(checkpoints, ignore_errors=True)
     return record
+
+
+def judge(spec: RunSpec, log_history: list[dict], movement: health.Movement) -> dict:
+    """The run's health (peftlab.health), logged; under `training.on_degenerate: fail` a flagged run
+    raises Degenerate before its adapter or record is written (a search run never does: its
+    candidate's score says what the rate did)."""
+    verdict = health.from_history(log_history, movement.moved(), movement.norm(), rewarded=tasks.of(spec.task).rewarded)
+    if verdict["status"] == health.OK:
+        return verdict
+    line = f"{spec.run_id}: run health is {health.summary(verdict)}"
+    if spec.training.on_degenerate == "fail" and spec.holdout is None:
+        raise health.Degenerate(
+            f"{line}. training.on_degenerate is fail, so no adapter or train.json was written; "
+            "change the run's settings (training.learning_rate first), or set training.on_degenerate: warn to keep it, flagged"
+        )
+    log.warning("%s (training.on_degenerate: warn: kept, flagged in the tables)", line)
+    return verdict
 
 
 def keep_checkpoints(spec: RunSpec, trainer, model, tokenizer, checkpoints: Path, initial: Path | None, fp: str) -> list[dict]:

@@ -88,9 +88,10 @@ rule tables_build:
         runs=RUN_DIRS,
         out=lambda wc, output: str(Path(output[0]).parent),
         reference=CFG["tables"]["reference"],
+        flagged="--include-flagged" if CFG["tables"]["include_flagged"] else "",
         lr=f"--lr-search {' '.join(LR_CHOICES)}" if LR_CHOICES else "",
     shell:
-        "python -m peftlab.tables --out {params.out} --reference {params.reference} {params.runs} {params.lr} > {log} 2>&1"
+        "python -m peftlab.tables --out {params.out} --reference {params.reference} {params.flagged} {params.runs} {params.lr} > {log} 2>&1"
 
 
 # `snakemake tables`: rebuild the tables from the runs that have finished, training nothing;
@@ -105,9 +106,10 @@ rule tables:
         runs=RUN_DIRS,
         out=TABLES_DIR,
         reference=CFG["tables"]["reference"],
+        flagged="--include-flagged" if CFG["tables"]["include_flagged"] else "",
         lr=f"--lr-search {' '.join(LR_CHOICES)}" if LR_CHOICES else "",
     shell:
-        "python -m peftlab.tables --out {params.out} --reference {params.reference} {params.runs} {params.lr} > {log} 2>&1"
+        "python -m peftlab.tables --out {params.out} --reference {params.reference} {params.flagged} {params.runs} {params.lr} > {log} 2>&1"
 
 
 # A run failed (the default profile keeps going past it): once every other job is done,
@@ -116,7 +118,8 @@ onerror:
     if FINAL:
         ONERROR_LOG = paths.log(ROOT, "tables", "onerror")
         REFERENCE = CFG["tables"]["reference"]
+        FLAGGED = "--include-flagged" if CFG["tables"]["include_flagged"] else ""
         shell(
-            "mkdir -p $(dirname {ONERROR_LOG}) && python -m peftlab.tables --out {TABLES_DIR} --reference {REFERENCE} {RUN_DIRS}"
+            "mkdir -p $(dirname {ONERROR_LOG}) && python -m peftlab.tables --out {TABLES_DIR} --reference {REFERENCE} {FLAGGED} {RUN_DIRS}"
             " > {ONERROR_LOG} 2>&1 || true"
         )
