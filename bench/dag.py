@@ -4,9 +4,9 @@
 
 For each size N, in one temporary folder:
 1. a config of N runs on the test matrix's tasks and models (methods × ranks × seeds);
-2. a bare Snakefile with the same rules, the same files and the same wildcards, job for
-   job (spec files, data, model build, tokenising, train, evaluate, merge, tables), but
-   no logic: its run ids are a Python list and its shell commands `touch`.
+2. a bare Snakefile of the same work, job for job (data, model build, tokenising, train,
+   evaluate, merge, tables), with the same files and wildcards but none of peftlab's own
+   bookkeeping: its run ids are a Python list and its shell commands `touch`.
 
 Both are dry-run from a clean folder (`snakemake -n --cores 1`), and the ratio of their
 wall times is printed. Then the start-up that every Slurm job pays: Snakemake re-parses the
@@ -42,7 +42,6 @@ STAGES = ("train_run", "evaluate_run", "merge_run")
 
 wildcard_constraints:
     run_id=r"[A-Za-z0-9][A-Za-z0-9._+-]*(/[A-Za-z0-9][A-Za-z0-9._+-]*){2,3}",
-    stage="data_generate|model_build|data_tokenize|train_run|evaluate_run|merge_run",
 
 
 rule all:
@@ -52,22 +51,14 @@ rule all:
         ROOT + "/tables/summary.md",
 
 
-rule spec_write:
-    output: ROOT + "/specs/{stage}/{key}.json"
-    log: ROOT + "/logs/spec_write/{stage}/{key}.log"
-    localrule: True
-    shell: "touch {output}"
-
-
 rule data_generate:
-    input: ROOT + "/specs/data_generate/{task}.json"
     output: directory(ROOT + "/raw/{task}")
     log: ROOT + "/logs/data_generate/{task}.log"
     shell: "mkdir -p {output}"
 
 
 rule model_build:
-    input: spec=ROOT + "/specs/model_build/{model}.json", corpus=ROOT + "/raw/arith"
+    input: corpus=ROOT + "/raw/arith"
     output: directory(ROOT + "/models/{model}")
     log: ROOT + "/logs/model_build/{model}.log"
     benchmark: ROOT + "/benchmarks/model_build/{model}.tsv"
@@ -75,7 +66,7 @@ rule model_build:
 
 
 rule data_tokenize:
-    input: spec=ROOT + "/specs/data_tokenize/{task}/{model}.json", data=ROOT + "/raw/{task}", model=ROOT + "/models/{model}"
+    input: data=ROOT + "/raw/{task}", model=ROOT + "/models/{model}"
     output: directory(ROOT + "/data/{task}/{model}")
     log: ROOT + "/logs/data_tokenize/{task}/{model}.log"
     benchmark: ROOT + "/benchmarks/data_tokenize/{task}/{model}.tsv"
@@ -84,7 +75,6 @@ rule data_tokenize:
 
 rule train_run:
     input:
-        spec=ROOT + "/specs/train_run/{run_id}.json",
         data=lambda wc: ROOT + "/data/" + "/".join(wc.run_id.split("/")[:2]),
         model=lambda wc: ROOT + "/models/" + wc.run_id.split("/")[1],
     output:
@@ -99,7 +89,7 @@ rule train_run:
 
 
 rule evaluate_run:
-    input: spec=ROOT + "/specs/evaluate_run/{run_id}.json", adapter=ROOT + "/runs/{run_id}/adapter"
+    input: adapter=ROOT + "/runs/{run_id}/adapter"
     output: record=ROOT + "/runs/{run_id}/eval.json", predictions=ROOT + "/runs/{run_id}/predictions.jsonl"
     log: ROOT + "/logs/evaluate_run/{run_id}.log"
     benchmark: ROOT + "/benchmarks/evaluate_run/{run_id}.tsv"
@@ -109,7 +99,7 @@ rule evaluate_run:
 
 
 rule merge_run:
-    input: spec=ROOT + "/specs/merge_run/{run_id}.json", adapter=ROOT + "/runs/{run_id}/adapter"
+    input: adapter=ROOT + "/runs/{run_id}/adapter"
     output: check=ROOT + "/runs/{run_id}/merge_check.json"
     log: ROOT + "/logs/merge_run/{run_id}.log"
     benchmark: ROOT + "/benchmarks/merge_run/{run_id}.tsv"

@@ -25,13 +25,6 @@ def test_atomic_dir_leaves_nothing_when_the_block_fails(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_spec_files_keep_their_mtime_when_unchanged(tmp_path):
-    path = tmp_path / "s.json"
-    assert artifacts.write_json_if_changed(path, {"a": 1})
-    assert not artifacts.write_json_if_changed(path, {"a": 1})
-    assert artifacts.write_json_if_changed(path, {"a": 2})
-
-
 def test_missing_column_names_the_column_and_the_columns_that_exist():
     task = TaskSpec(name="sst", type="classification", data={}, text_fields=["sentence"], label_field="label")
     raw = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["a"], "label": [0]})})

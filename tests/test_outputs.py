@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import load_test_config
+from conftest import ROOT, load_test_config
 from peftlab import artifacts, evaluate, numerics
 from peftlab.checkpoints import kept_steps
 from peftlab.compute import logits
@@ -125,3 +125,88 @@ def test_the_cost_plan_from_compute_counts_flops_tokens_and_disk(tmp_path, monke
     assert c.seconds["train_run"] == pytest.approx(c.train_tokens * 4 * c.total_params / (2e12 * 0.5))
     assert (c.adapter_bytes, c.merged_bytes, c.checkpoint_bytes) == (4 * c.trainable_params, 4 * c.total_params, 0)  # auto: saved below 1B
     assert "2 runs:" in plan.report(result, validate=False)
+
+
+# The README demo (config/config.yaml) as it finished on a 2-core CPU: seconds of train_run,
+# evaluate_run and merge_run per run (Snakemake's benchmarks), and train.json's tokens_seen.
+# The seeds differ by 3 tokens: a free line through them had a slope of seconds per 3 tokens.
+DEMO_SECONDS = {
+    "sentiment/minilm/lora/r8-s1": (35.78, 22.62, 9.2),
+    "sentiment/minilm/lora/r8-s2": (27.34, 26.16, 8.56),
+    "sentiment/minilm/dora/r8-s1": (34.5, 11.43, 9.25),
+    "sentiment/minilm/dora/r8-s2": (41.34, 14.1, 12.8),
+    "sentiment/minilm/pissa/r8-s1": (50.17, 13.34, 18.34),
+    "sentiment/minilm/pissa/r8-s2": (55.14, 14.11, 17.26),
+    "sentiment/minilm/ia3/s1": (37.62, 12.19, 7.19),
+    "sentiment/minilm/ia3/s2": (38.58, 26.03, 10.41),
+    "arith/tiny-llama/lora/r8-s1": (17.49, 10.2, 7.76),
+    "arith/tiny-llama/lora/r8-s2": (18.65, 11.2, 7.58),
+    "arith/tiny-llama/dora/r8-s1": (38.15, 19.94, 7.68),
+    "arith/tiny-llama/dora/r8-s2": (33.9, 18.71, 16.24),
+    "arith/tiny-llama/pissa/r8-s1": (16.43, 13.67, 13.21),
+    "arith/tiny-llama/pissa/r8-s2": (20.07, 20.23, 6.96),
+    "arith/tiny-llama/ia3/s1": (18.75, 10.32, 8.02),
+    "arith/tiny-llama/ia3/s2": (24.81, 10.4, 9.91),
+}
+DEMO_TOKENS = {"sentiment": {"s1": 18625, "s2": 18620}, "arith": {"s1": 227731, "s2": 227734}}
+
+
+def finished_demo(tmp_path, slower: dict[str, float] | None = None):
+    """config/config.yaml in tmp_path with every run finished as DEMO_SECONDS says, `slower` runs that many times slower."""
+    from peftlab import paths
+
+    (tmp_path / "config.yaml").write_text((ROOT / "config/config.yaml").read_text())  # its matrix: results/default
+    for run_id, seconds in DEMO_SECONDS.items():
+        factor = (slower or {}).get(run_id, 1.0)
+        for stage, s in zip(("train_run", "evaluate_run", "merge_run"), seconds):
+            bench = tmp_path / paths.benchmark("results/default", stage, run_id)
+            bench.parent.mkdir(parents=True, exist_ok=True)
+            bench.write_text(f"s\th:m:s\n{s * factor}\t0:00:00\n")
+        record = tmp_path / paths.train_record("results/default", run_id)
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps({"tokens_seen": DEMO_TOKENS[run_id.split("/")[0]][run_id[-2:]]}))
+    return tmp_path / "config.yaml"
+
+
+def test_the_cost_plan_line_never_extrapolates_a_slope_from_runs_of_equal_length():
+    """The demo's cause: the free line through two seeds 3 tokens apart, its intercept clipped to 0, predicted 2.7 h for 45 s."""
+    from peftlab.plan import fit
+
+    a, b = fit([(227731, 17.49), (227734, 18.65)])
+    assert 17.49 <= a + b * 227733 <= 18.65
+    assert a + b * 2 * 227733 <= 2 * 18.65  # twice the work: at most twice the time
+    assert fit([(100, 10.0), (200, 15.0), (300, 20.0)]) == pytest.approx((5.0, 0.05))  # a clean line: fitted as it is
+    assert fit([(0, 3.0), (0, 5.0)]) == (4.0, 0.0)  # no work to scale by: the mean
+
+
+def test_the_cost_plan_predicts_every_run_of_the_demo_within_a_factor_of_two(tmp_path, monkeypatch, capsys):
+    """Leave one out over the finished demo: judged run by run, not on the matrix's total, and passes (exit 0)."""
+    from peftlab import plan
+
+    config = finished_demo(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    plan.main([str(config), "--cost", "--validate"])  # no SystemExit: every run within FAIL_FACTOR
+    out = capsys.readouterr().out
+    assert "100% of runs within 2x of their prediction" in out and "FAILED" not in out
+    whole = plan.cost(config)  # every run from all finished ones: the plan's own prediction for the matrix
+    predicted = {k: sum(c.seconds.values()) for k, c in whole["runs"].items()}
+    assert all(c.source == "measured" for c in whole["runs"].values())
+    for run_id, seconds in DEMO_SECONDS.items():
+        assert 0.5 <= predicted[run_id] / sum(seconds) <= 2, (run_id, predicted[run_id], seconds)
+
+
+def test_the_cost_plan_check_fails_on_a_run_five_times_slower_than_predicted(tmp_path, monkeypatch, capsys):
+    """A run planted 5x slower than its peers: --validate names it, and exits 1."""
+    from peftlab import plan
+
+    planted = "arith/tiny-llama/dora/r8-s1"
+    config = finished_demo(tmp_path, slower={planted: 5.0})
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        plan.main([str(config), "--cost", "--validate"])
+    assert e.value.code != 0 and planted in str(e.value.code)
+    result = plan.cost(config, leave_one_out=True)
+    v = plan.validation(result["runs"], result["measured"])
+    assert v["runs"][planted]["off"] > 4 and v["runs"][planted]["measured"] > 4 * v["runs"][planted]["predicted"]
+    assert planted in v["failed"] and set(v["failed"]) <= {planted, "arith/tiny-llama/dora/r8-s2"}  # and its one peer, predicted from it
+    assert "FAILED: 2 run(s) off by more than 3x" in capsys.readouterr().out

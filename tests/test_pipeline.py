@@ -350,17 +350,20 @@ def test_a_dry_run_or_a_refused_command_writes_nothing_while_a_matrix_runs(tmp_p
         first.wait()
 
 
-def test_the_cost_plan_predicts_the_finished_matrix_within_a_factor_of_two(done, monkeypatch):
-    """peftlab.plan --validate: each finished run's wall time predicted from the others (leave one out)."""
+def test_the_cost_plan_predicts_every_finished_run_within_a_factor_of_two(done, monkeypatch):
+    """peftlab.plan --validate: each finished run's wall time predicted from the others (leave one out), judged run by run.
+
+    Not on the matrix's total: predictions from the mean of the others sum back to it by construction.
+    """
     from peftlab import plan as cost_plan
 
     work, _ = done
     monkeypatch.chdir(work)
     result = cost_plan.cost(ROOT / "config/test.yaml", leave_one_out=True)
     assert sorted(result["measured"]) == sorted(RUNS)
-    predicted = sum(sum(c.seconds.values()) for c in result["runs"].values())
-    measured = sum(sum(m["seconds"].values()) for m in result["measured"].values())
-    assert 0.5 <= predicted / measured <= 2.0, (predicted, measured)
+    v = cost_plan.validation(result["runs"], result["measured"])
+    off = {r: x for r, x in v["runs"].items() if x["off"] > cost_plan.GOAL_FACTOR}
+    assert v["failed"] == [] and v["within"] >= 0.9, off  # two seeds of one setting took 27 s and 47 s on a loaded 2-core machine
     assert all(c.source == "measured" for c in result["runs"].values())
     for run_id, c in result["runs"].items():  # parameters counted on the meta device, as training counted them
         train = artifacts.read_json(work / "results/test/runs" / run_id / "train.json")

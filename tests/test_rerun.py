@@ -4,7 +4,7 @@ command again, and check what ran and what every output records.
 One finished matrix (config/test_loop.yaml: a LoRA run, an IA3 run whose learning rate a
 search over two rates picks, about a minute on 2 cores) is shared; each test works on its own
 copy. What ran is read from Snakemake's own job summary of the real run, and checked against
-the stages that read the key (peftlab.spec.NOT_READ, the README's "Which keys rerun which
+the stages that read the key (peftlab.spec.NOT_READ, docs/config.md's "Which keys rerun which
 stages") and what follows them.
 """
 
@@ -47,8 +47,8 @@ def rerun_by(key: str) -> set[str]:
     return done
 
 
-def test_the_readmes_rerun_table_is_the_one_the_code_reruns_by():
-    assert rerun_table() in (ROOT / "README.md").read_text()
+def test_the_docs_rerun_table_is_the_one_the_code_reruns_by():
+    assert rerun_table() in (ROOT / "docs/config.md").read_text()  # its section "Which keys rerun which stages"
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +108,8 @@ def summary(work: Path) -> pd.DataFrame:
 
 
 def ran(jobs: dict[str, int]) -> set[str]:
-    """The stages that ran (the spec files' own jobs and `all` are bookkeeping)."""
-    return set(jobs) - {"spec_write", "all"}
+    """The stages that ran (`all` is bookkeeping)."""
+    return set(jobs) - {"all"}
 
 
 # --- one test per class of key: (edit, key, jobs that run, check of the outputs) -------------
@@ -120,7 +120,7 @@ def test_a_training_key_retrains_the_edited_runs_and_every_output_records_it(loo
     edit(loop, lambda c: c["sweep"][0].setdefault("training", {}).update(learning_rate=0.01))
     jobs = run_again(loop)
     assert ran(jobs) == rerun_by("training.learning_rate") == {"train_run", "evaluate_run", "merge_run", "tables_build"}
-    assert jobs == {"spec_write": 1, "train_run": 1, "evaluate_run": 1, "merge_run": 1, "tables_build": 1, "all": 1}
+    assert jobs == {"train_run": 1, "evaluate_run": 1, "merge_run": 1, "tables_build": 1, "all": 1}
     assert recorded(loop, L1, "training", "learning_rate") == {"0.01"}
     assert artifacts.read_json(loop / RESULTS / "runs" / L1 / "train.json")["resumed_from"] is None
     assert summary(loop).loc[L1, "lr"] == 0.01
@@ -137,7 +137,7 @@ def test_a_peft_key_retrains_evaluates_and_merges_again(loop):
         == {"train_run", "evaluate_run", "merge_run", "tables_build"}
     )
     # evaluate and merge read the PEFT settings too: their spec files are rewritten as well
-    assert jobs == {"spec_write": 3, "train_run": 1, "evaluate_run": 1, "merge_run": 1, "tables_build": 1, "all": 1}
+    assert jobs == {"train_run": 1, "evaluate_run": 1, "merge_run": 1, "tables_build": 1, "all": 1}
     assert recorded(loop, L1, "peft", "lora_alpha") == {"32"}
     assert recorded(loop, L1, "peft", "target_modules") == {"['q_proj', 'v_proj']"}
     adapter = artifacts.read_json(loop / RESULTS / "runs" / L1 / "adapter/adapter_config.json")
@@ -169,7 +169,7 @@ def test_an_evaluation_key_reevaluates_without_retraining(loop):
     edit(loop, lambda c: c["tasks"]["arith"].update({key: value}))
     jobs = run_again(loop)
     assert ran(jobs) == rerun_by(f"task.{key}") == {"evaluate_run", "tables_build"}
-    assert jobs == {"spec_write": 1, "evaluate_run": 1, "tables_build": 1, "all": 1}
+    assert jobs == {"evaluate_run": 1, "tables_build": 1, "all": 1}
     for run_id in [L1]:
         ev = artifacts.read_json(loop / RESULTS / "runs" / run_id / "eval.json")
         assert ev["spec"]["task"][key] == value
@@ -192,7 +192,7 @@ def test_a_tracker_key_retrains(loop):
     edit(loop, lambda c: c["sweep"][0].update(tracker={"spectral_log_frequency": 2}))
     jobs = run_again(loop)
     assert ran(jobs) == rerun_by("tracker.spectral_log_frequency")
-    assert jobs == {"spec_write": 1, "train_run": 1, "evaluate_run": 1, "merge_run": 1, "tables_build": 1, "all": 1}
+    assert jobs == {"train_run": 1, "evaluate_run": 1, "merge_run": 1, "tables_build": 1, "all": 1}
     for run_id in [L1]:
         assert recorded(loop, run_id, "tracker", "spectral_log_frequency") == {"2"}
         assert artifacts.read_json(loop / RESULTS / "runs" / run_id / "train.json")["tracking"]["spectral_steps"] == [0, 2, 4, 6]
@@ -202,7 +202,7 @@ def test_outputs_merge_remerges_only(loop):
     edit(loop, lambda c: c["sweep"][0].update(outputs={"merge": "check"}))
     jobs = run_again(loop)
     assert ran(jobs) == rerun_by("outputs.merge") == {"merge_run", "tables_build"}
-    assert jobs == {"spec_write": 1, "merge_run": 1, "tables_build": 1, "all": 1}
+    assert jobs == {"merge_run": 1, "tables_build": 1, "all": 1}
     for run_id in [L1]:
         check = artifacts.read_json(loop / RESULTS / "runs" / run_id / "merge_check.json")
         assert check["spec"]["outputs"]["merge"] == "check" and check["checked"] and not check["saved"]
@@ -213,7 +213,7 @@ def test_outputs_checkpoints_retrains_and_keeps_them(loop):
     edit(loop, lambda c: c["sweep"][0].update(outputs={"checkpoints": "last"}))
     jobs = run_again(loop)
     assert ran(jobs) == rerun_by("outputs.checkpoints")
-    assert jobs == {"spec_write": 1, "train_run": 1, "evaluate_run": 1, "merge_run": 1, "tables_build": 1, "all": 1}
+    assert jobs == {"train_run": 1, "evaluate_run": 1, "merge_run": 1, "tables_build": 1, "all": 1}
     for run_id in [L1]:
         assert recorded(loop, run_id, "outputs", "checkpoints") == {"'last'"}
         kept = artifacts.read_json(loop / RESULTS / "runs" / run_id / "train.json")["checkpoints"]
@@ -225,7 +225,7 @@ def test_an_lr_search_key_searches_the_new_rate_and_retrains_the_final_run(loop)
     edit(loop, lambda c: c["sweep"][1]["lr_search"].update(rates=[0.01, 0.3]))
     jobs = run_again(loop)
     # one new search run, the cell's selection, and the final run it picks for
-    assert jobs == {"spec_write": 4, "train_run": 2, "evaluate_run": 2, "lr_select": 1, "merge_run": 1, "tables_build": 1, "all": 1}
+    assert jobs == {"train_run": 2, "evaluate_run": 2, "lr_select": 1, "merge_run": 1, "tables_build": 1, "all": 1}
     assert recorded(loop, SEARCHED, "lr_search", "rates") == {"[0.01, 0.3]"}
     chosen = artifacts.read_json(loop / RESULTS / "lr_search/arith_lr/tiny-llama/ia3/search.json")
     assert {c["rate"] for c in chosen["candidates"]} == {0.01, 0.3}
@@ -237,7 +237,7 @@ def test_adding_a_seed_trains_only_the_new_run(loop):
     before = {r: mtimes(loop, r) for r in (L1, SEARCHED)}
     edit(loop, lambda c: c["sweep"][0].update(seed=[1, 2]))
     jobs = run_again(loop)
-    assert jobs == {"spec_write": 3, "train_run": 1, "evaluate_run": 1, "merge_run": 1, "tables_build": 1, "all": 1}
+    assert jobs == {"train_run": 1, "evaluate_run": 1, "merge_run": 1, "tables_build": 1, "all": 1}
     assert {r: mtimes(loop, r) for r in before} == before
     assert sorted(summary(loop).index) == [L1, L2, SEARCHED]
     assert recorded(loop, L2, "training", "seed") == {"2"}
@@ -258,7 +258,7 @@ def test_a_collapsed_run_is_flagged_through_the_pipeline_and_a_tables_key_reruns
     collapsed = {"task": "arith", "model": "tiny-llama", "method": "lora", "seed": 2}
     edit(loop, lambda c: c["sweep"].append({**collapsed, "training": {"learning_rate": 1.0e30, "max_steps": 12, "logging_steps": 1}}))
     jobs = run_again(loop)
-    assert jobs == {"spec_write": 3, "train_run": 1, "evaluate_run": 1, "merge_run": 1, "tables_build": 1, "all": 1}
+    assert jobs == {"train_run": 1, "evaluate_run": 1, "merge_run": 1, "tables_build": 1, "all": 1}
     assert artifacts.read_json(loop / RESULTS / "runs" / L2 / "train.json")["health"]["status"] == "collapsed"
     table = summary(loop)
     assert table.loc[L2, "health"] == "collapsed" and table.loc[L1, "health"] == "ok"
@@ -306,7 +306,7 @@ def test_killed_during_training_then_edited_the_run_finishes_at_the_new_rate_fro
     assert refused.returncode != 0 and "--unlock" in refused.stdout + refused.stderr
     assert snakemake(loop, "--unlock", config=loop / CONFIG).returncode == 0
     jobs = run_again(loop, f"{RESULTS}/runs/{L1}/eval.json")
-    assert jobs == {"spec_write": 1, "train_run": 1, "evaluate_run": 1}
+    assert jobs == {"train_run": 1, "evaluate_run": 1}
     train = artifacts.read_json(loop / RESULTS / "runs" / L1 / "train.json")
     assert train["resumed_from"] is None and train["steps"] == 20  # the checkpoints of the killed settings were discarded
     assert recorded(loop, L1, "training", "learning_rate", merged=False) == {"0.02"}
@@ -318,7 +318,7 @@ def test_targeting_one_runs_file_after_an_edit_reruns_that_run_alone(loop):
     other = mtimes(loop, SEARCHED)
     edit(loop, lambda c: (c["training"].update(learning_rate=0.01), c["sweep"][0].update(seed=[1, 2])))
     jobs = run_again(loop, f"{RESULTS}/runs/{L1}/eval.json")
-    assert jobs == {"spec_write": 1, "train_run": 1, "evaluate_run": 1}
+    assert jobs == {"train_run": 1, "evaluate_run": 1}
     assert recorded(loop, L1, "training", "learning_rate", merged=False) == {"0.01"}
     assert mtimes(loop, SEARCHED) == other and not (loop / RESULTS / "runs" / L2).exists()
     # the full command goes on from there: L1's merge, and L2 from the start

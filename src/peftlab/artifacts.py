@@ -59,15 +59,6 @@ def read_jsonl(path: str | Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def write_json_if_changed(path: str | Path, obj) -> bool:
-    """Rewrite only when the content differs, so unchanged specs keep their mtime."""
-    path = Path(path)
-    if path.exists() and path.read_text() == _json_text(obj):
-        return False
-    write_json(path, obj)
-    return True
-
-
 def write_spec(path: str | Path, spec: dict, log: str | Path, fingerprint: str) -> None:
     """The workflow's spec_write job: the spec file a stage reads, and a log line naming its fingerprint."""
     write_json(path, spec)

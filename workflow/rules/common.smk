@@ -1,13 +1,14 @@
 # Validate the config and expand the matrix. Nothing is written while the workflow is
-# parsed (a dry run, or a command refused by the lock, leaves results/ alone): the spec
-# files are written by the `spec_write` jobs of specs.smk.
+# parsed (a dry run, or a command refused by the lock, leaves results/ alone).
 #
-# Each stage reads its own spec file, <root>/specs/<rule>/<key>.json. spec_write rewrites
-# one only when that stage's fingerprint changes (peftlab.spec.NOT_READ lists the keys a
-# stage ignores), through Snakemake's params rerun trigger; the newer file then reruns the
-# stage and what follows it. So editing a learning rate retrains one run, and editing
-# max_new_tokens re-evaluates it without retraining.
+# Each stage reads its own spec file, <root>/specs/<rule>/<key>.json, which its job writes
+# as it starts (`spec_params`). The stage reruns when its fingerprint changes (the hash of
+# what it reads: peftlab.spec.NOT_READ lists the keys it ignores), through Snakemake's params
+# rerun trigger; its newer outputs then rerun what follows. So editing a learning rate
+# retrains one run, and editing max_new_tokens re-evaluates it without retraining. No job
+# exists per spec file: planning costs the work's jobs only.
 import functools
+import json
 from pathlib import Path
 
 from peftlab import artifacts, launch, paths
@@ -45,7 +46,6 @@ wildcard_constraints:
     cell=paths.RUN_ID,
     task="[A-Za-z0-9][A-Za-z0-9._+-]*",
     model="[A-Za-z0-9][A-Za-z0-9._+-]*",
-    stage="|".join(SPECS),
 
 
 @functools.cache
@@ -87,9 +87,33 @@ def search_records(wc):
     return [paths.eval_record(ROOT, r) for r in SPECS["lr_select"][wc.cell]["runs"]]
 
 
-def spec(stage, key):
-    """The spec file a stage's rule reads; `key` holds wildcards, e.g. '{run_id}'."""
-    return paths.spec(ROOT, stage, key)
+class SpecText:
+    """A stage's spec, as the JSON text its job writes to its spec file.
+
+    Not a str: Snakemake's params rerun trigger compares only params of Python's own types,
+    so the spec's text reruns nothing by itself; the `fingerprint` param beside it does.
+    """
+
+    def __init__(self, spec):
+        self.text = json.dumps(spec, sort_keys=True)
+
+    def __str__(self):
+        return self.text
+
+
+def spec_params(stage, key):
+    """A stage rule's params: its spec file, the spec the job writes there (WRITE_SPEC), and the
+    fingerprint that reruns it. `key` holds wildcards, e.g. '{run_id}'."""
+    spec_of = lambda wc: SPECS[stage][key.format(**wc)]  # noqa: E731
+    return {
+        "spec_file": paths.spec(ROOT, stage, key),
+        "spec": lambda wc: SpecText(spec_of(wc)),
+        "fingerprint": lambda wc: fingerprint(spec_of(wc), stage),
+    }
+
+
+# what a stage's shell command starts with: its job writes the spec file the stage reads
+WRITE_SPEC = "mkdir -p $(dirname {params.spec_file}) && printf '%s\\n' {params.spec:q} > {params.spec_file} && "
 
 
 def built_model(model):

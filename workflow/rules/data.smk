@@ -1,19 +1,19 @@
 rule data_generate:
-    input:
-        spec=spec("data_generate", "{task}"),
     output:
         directory(paths.raw(ROOT, "{task}")),
     log:
         paths.log(ROOT, "data_generate", "{task}"),
     conda:
         ENV
+    params:
+        **spec_params("data_generate", "{task}"),
     shell:
-        "python -m peftlab.data generate --spec {input.spec} --out {output} > {log} 2>&1"
+        WRITE_SPEC
+        + "python -m peftlab.data generate --spec {params.spec_file} --out {output} > {log} 2>&1"
 
 
 rule model_build:
     input:
-        spec=spec("model_build", "{model}"),
         corpus=lambda wc: task_data(CFG["models"][wc.model]["build"]["corpus_task"]),
     output:
         directory(paths.model(ROOT, "{model}")),
@@ -23,13 +23,15 @@ rule model_build:
         paths.benchmark(ROOT, "model_build", "{model}")
     conda:
         ENV
+    params:
+        **spec_params("model_build", "{model}"),
     shell:
-        "python -m peftlab.build --spec {input.spec} --out {output} --threads {threads} > {log} 2>&1"
+        WRITE_SPEC
+        + "python -m peftlab.build --spec {params.spec_file} --out {output} --threads {threads} > {log} 2>&1"
 
 
 rule data_tokenize:
     input:
-        spec=spec("data_tokenize", "{task}/{model}"),
         data=lambda wc: task_data(wc.task),
         model=lambda wc: built_model(wc.model),
     output:
@@ -40,5 +42,8 @@ rule data_tokenize:
         paths.benchmark(ROOT, "data_tokenize", "{task}/{model}")
     conda:
         ENV
+    params:
+        **spec_params("data_tokenize", "{task}/{model}"),
     shell:
-        "python -m peftlab.data tokenize --spec {input.spec} --out {output} > {log} 2>&1"
+        WRITE_SPEC
+        + "python -m peftlab.data tokenize --spec {params.spec_file} --out {output} > {log} 2>&1"

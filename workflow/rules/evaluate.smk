@@ -1,6 +1,5 @@
 rule evaluate_run:
     input:
-        spec=spec("evaluate_run", "{run_id}"),
         adapter=paths.adapter(ROOT, "{run_id}"),
     output:
         record=paths.eval_record(ROOT, "{run_id}"),
@@ -17,6 +16,9 @@ rule evaluate_run:
     threads: stage_threads("evaluate")
     resources:
         **stage_resources("evaluate"),
+    params:
+        **spec_params("evaluate_run", "{run_id}"),
     shell:
-        "python -m peftlab.evaluate --spec {input.spec} --adapter {input.adapter} --out {output.record}"
+        WRITE_SPEC
+        + "python -m peftlab.evaluate --spec {params.spec_file} --adapter {input.adapter} --out {output.record}"
         " --predictions {output.predictions} --threads {threads} > {log} 2>&1"

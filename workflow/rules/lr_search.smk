@@ -4,7 +4,6 @@
 
 rule lr_select:
     input:
-        spec=spec("lr_select", "{cell}"),
         records=search_records,
     output:
         paths.lr_choice(ROOT, "{cell}"),
@@ -13,5 +12,8 @@ rule lr_select:
     localrule: True
     conda:
         ENV
+    params:
+        **spec_params("lr_select", "{cell}"),
     shell:
-        "python -m peftlab.lr_search --spec {input.spec} --out {output} {input.records} > {log} 2>&1"
+        WRITE_SPEC
+        + "python -m peftlab.lr_search --spec {params.spec_file} --out {output} {input.records} > {log} 2>&1"

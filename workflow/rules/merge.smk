@@ -1,6 +1,5 @@
 rule merge_run:
     input:
-        spec=spec("merge_run", "{run_id}"),
         adapter=paths.adapter(ROOT, "{run_id}"),
     output:
         merged=directory(paths.merged(ROOT, "{run_id}")),
@@ -16,6 +15,9 @@ rule merge_run:
     threads: stage_threads("merge")
     resources:
         **stage_resources("merge"),
+    params:
+        **spec_params("merge_run", "{run_id}"),
     shell:
-        "python -m peftlab.merge --spec {input.spec} --adapter {input.adapter} --merged {output.merged}"
+        WRITE_SPEC
+        + "python -m peftlab.merge --spec {params.spec_file} --adapter {input.adapter} --merged {output.merged}"
         " --check {output.check} --threads {threads} > {log} 2>&1"

@@ -1,6 +1,5 @@
 rule train_run:
     input:
-        spec=spec("train_run", "{run_id}"),
         data=lambda wc: run_of(wc)["data_dir"],
         model=lambda wc: built_model(run_of(wc)["model"]["name"]),
         # a final run of a learning-rate search: its cell's selection (peftlab.lr_search)
@@ -29,11 +28,13 @@ rule train_run:
     resources:
         **stage_resources("train"),
     params:
+        **spec_params("train_run", "{run_id}"),
         # python, torchrun, or srun + torchrun per node: peftlab.launch.launcher
         launcher=lambda wc: launch.launcher(RESOURCES[wc.run_id], "train"),
         # outside every declared output: Snakemake deletes those before a rerun
         checkpoints=paths.checkpoints(ROOT, "{run_id}"),
         lr_from=lambda wc, input: f"--lr-from {input.lr}" if input.lr else "",
     shell:
-        "{params.launcher} --spec {input.spec} --adapter {output.adapter} --tracking {output.tracking} --record {output.record}"
+        WRITE_SPEC
+        + "{params.launcher} --spec {params.spec_file} --adapter {output.adapter} --tracking {output.tracking} --record {output.record}"
         " --checkpoints {params.checkpoints} {params.lr_from} --threads {threads} > {log} 2>&1"
