@@ -59,13 +59,6 @@ def read_jsonl(path: str | Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def write_spec(path: str | Path, spec: dict, log: str | Path, fingerprint: str) -> None:
-    """The workflow's spec_write job: the spec file a stage reads, and a log line naming its fingerprint."""
-    write_json(path, spec)
-    Path(log).parent.mkdir(parents=True, exist_ok=True)
-    Path(log).write_text(f"{path}: fingerprint {fingerprint}\n")
-
-
 def read_json(path: str | Path):
     with open(path) as f:
         return json.load(f)

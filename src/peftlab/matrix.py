@@ -281,10 +281,10 @@ STAGES = ("data_generate", "model_build", "data_tokenize", "train_run", "evaluat
 
 
 def step_specs(cfg: dict, runs: dict[str, dict], root: str = paths.RESULTS) -> dict[str, dict[str, dict]]:
-    """Every spec file the workflow writes: {rule: {key: spec}}, written to <root>/specs/<rule>/<key>.json.
+    """Every stage's spec: {rule: {key: spec}}, which each job writes to <root>/specs/<rule>/<key>.json as it starts.
 
-    Train, evaluate and merge read the same run spec from three files, so that each
-    file is rewritten (and its stage rerun) only when what that stage reads changes.
+    Train, evaluate and merge read the same run spec from three files; each stage reruns
+    only when what it reads changes (its fingerprint: peftlab.spec.fingerprint).
     """
     specs: dict[str, dict[str, dict]] = {stage: {} for stage in STAGES}
     used_tasks = {r["task"]["name"] for r in runs.values()}

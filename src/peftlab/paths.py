@@ -4,7 +4,7 @@ Every path starts at a matrix's root, `results/<matrix name>`. The functions tak
 key (a run id, a task, a model) or a Snakemake wildcard such as "{run_id}", so the
 rules and the package spell each path once, here:
 
-    <root>/specs/<stage>/<key>.json        a stage's spec, written by spec_write
+    <root>/specs/<stage>/<key>.json        a stage's spec, written by its job as it starts
     <root>/raw/<task>/{train,eval}.jsonl   generated data
     <root>/models/<model>/                 a built model
     <root>/data/<task>/<model>/            tokenised data, shared by every run on them

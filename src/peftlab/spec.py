@@ -224,8 +224,8 @@ class RunSpec(_Strict):
 
 
 # --- which keys rerun which stage ------------------------------------------------------
-# Each rule of the workflow reads one spec file, written by `spec_write` only when the
-# stage's fingerprint changes (Snakemake's params trigger). A fingerprint is a hash of the
+# Each rule of the workflow reads one spec file, which its job writes as it starts; the rule
+# reruns when the stage's fingerprint changes (Snakemake's params trigger). A fingerprint is a hash of the
 # spec without the keys below: keys the stage does not read, or that cannot change what
 # it writes. Editing one of them reruns nothing at that stage; editing any other key
 # reruns the stage and everything after it. The README's table is made from this one.
