@@ -1,4 +1,4 @@
-"""The Python API: the README's "From Python" block, run as it is, then checked."""
+"""The Python API: the "From Python" block of docs/inference.md, run as it is, then checked."""
 
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ from peftlab.models import load_run, probe_batch
 pytestmark = pytest.mark.slow
 
 
-def readme_block() -> str:
-    section = (ROOT / "README.md").read_text().split("## From Python", 1)[1]
+def docs_block() -> str:
+    section = (ROOT / "docs/inference.md").read_text().split("## From Python", 1)[1]
     return re.search(r"```python\n(.*?)```", section, re.S)[1]
 
 
-def test_the_readme_example_runs_a_selection_then_loads_it(tmp_path, monkeypatch, capfd):
+def test_the_docs_example_runs_a_selection_then_loads_it(tmp_path, monkeypatch, capfd):
     (tmp_path / "config").mkdir()
     shutil.copy(ROOT / "config/test.yaml", tmp_path / "config/test.yaml")
     monkeypatch.chdir(tmp_path)
@@ -30,7 +30,7 @@ def test_the_readme_example_runs_a_selection_then_loads_it(tmp_path, monkeypatch
     assert not (tmp_path / "results").exists()  # a dry run writes nothing
 
     scope: dict = {}
-    exec(readme_block(), scope)
+    exec(docs_block(), scope)
     assert "{0: " in capfd.readouterr().out  # it printed the labels and the probabilities
     model, tokenizer, merged = scope["model"], scope["tokenizer"], scope["merged"]
     run_dir = tmp_path / scope["run_dir"]

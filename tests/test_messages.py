@@ -1,5 +1,5 @@
-"""Messages name real keys: every config key path that peftlab's messages, hints and docstrings or the README
-name (`training.learning_rate`, `tasks.<name>.max_length`, `{where}.lr_search.range`) resolves in the schema (issue 28)."""
+"""Messages name real keys: every config key path that peftlab's messages, hints and docstrings, the README or the
+docs (docs/*.md) name (`training.learning_rate`, `tasks.<name>.max_length`, `{where}.lr_search.range`) resolves in the schema (issue 28)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ KEY_PATH = re.compile(rf"(?<!\w)(?<!\w\.)(?P<path>(?P<section>[a-z_]+)(?:\.?\[[^
 FILE = re.compile(r"\.(py|json|jsonl|md|png|pdf|csv|tsv|tex|yaml|log|txt)$")  # lr_search.png, build.py: files, not keys
 NOT_KEYS = {"wandb.init"}  # the wandb library's function, which peftlab.observe's docstring names
 # PeRL's own config format names PeRL's keys (base.dataset.dataset_name_or_path), which peftlab.perl translates
-PERL = ("src/peftlab/perl.py", "### PeRL config files")
+PERL = ("src/peftlab/perl.py", "## PeRL config files")  # the section of docs/config.md
 
 
 def _text(node: ast.AST) -> str | None:
@@ -32,10 +32,16 @@ def _text(node: ast.AST) -> str | None:
 
 
 def strings() -> list[tuple[str, str]]:
-    """(where, text) of every string in peftlab's source (messages, hints, docstrings) and of the README."""
-    readme = (ROOT / "README.md").read_text()
-    perl = readme.index(PERL[1])
-    out = [("README.md", readme[:perl] + readme[readme.index("\n#", perl + 1) :])]
+    """(where, text) of every string in peftlab's source (messages, hints, docstrings), of the README and of the docs."""
+    out = []
+    # docs/config-reference.md is left out: it is the schema itself, rendered (its words name PeRL's base.description)
+    for page in [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").glob("*.md") if p.name != "config-reference.md")]:
+        text = page.read_text()
+        if (perl := text.find(PERL[1])) >= 0:  # PeRL's section names PeRL's keys
+            end = text.find("\n#", perl + 1)
+            text = text[:perl] + (text[end:] if end >= 0 else "")
+        out.append((str(page.relative_to(ROOT)), text))
+    assert any(PERL[1] in page.read_text() for page in (ROOT / "docs").glob("*.md"))  # the section left out is still there
     for file in sorted(f for f in SRC.rglob("*.py") if str(f.relative_to(ROOT)) != PERL[0]):
         tree = ast.parse(file.read_text())
         inner = {id(v) for n in ast.walk(tree) if isinstance(n, ast.JoinedStr) for v in n.values}
@@ -81,7 +87,7 @@ def named_key_paths() -> dict[str, list[str]]:
     return found
 
 
-def test_every_key_path_a_message_or_the_readme_names_is_in_the_schema():
+def test_every_key_path_a_message_the_readme_or_the_docs_name_is_in_the_schema():
     found = named_key_paths()
     assert {"training.learning_rate", "lr_search.validation_share", "tasks.<name>.columns"} <= set(found)  # the collector sees them
     root = schema()

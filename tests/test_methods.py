@@ -212,9 +212,9 @@ def test_qlora_base_is_really_quantised(bits, layer, quant_type, in_tiny):
     }  # <layer>.lora_A.default.weight
 
 
-def test_readme_methods_table_matches_the_registry_and_the_counts():
+def test_the_docs_methods_table_matches_the_registry_and_the_counts():
     rows = {}
-    for line in (ROOT / "README.md").read_text().splitlines():
+    for line in (ROOT / "docs/methods.md").read_text().splitlines():
         if m := re.match(r"\| `(\w+)` \| (.+?) \| (peft|custom|baseline) \| (yes|no) \| ([\d,]+|all) \|", line):
             rows[m[1]] = m.groups()[1:]
     assert sorted(rows) == sorted(methods.METHODS)

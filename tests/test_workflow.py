@@ -27,7 +27,10 @@ def test_snakefmt_check_passes():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "config").rglob("*.yaml")), ids=lambda p: p.name)
+CONFIGS = sorted((ROOT / "config").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_config_opens_with_its_command_and_validates(path):
     first = path.read_text().splitlines()[0]
     assert first.startswith("# Run:") and "snakemake" in first
@@ -37,7 +40,22 @@ def test_every_config_opens_with_its_command_and_validates(path):
         assert plan(yaml.safe_load(f))[1]
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "config").rglob("*.yaml")), ids=lambda p: p.name)
+# What a reader is shown: the README, the docs and the workflow catalog's config/README.md. config/my.yaml and
+# config/my_matrix.yaml are the docs' examples of a new file's name, not files.
+DOC_PAGES = [ROOT / "README.md", ROOT / "config/README.md", *sorted((ROOT / "docs").glob("*.md"))]
+NAMED_CONFIG = re.compile(r"(?<![\w/.-])config/[\w./+-]+?\.yaml")
+EXAMPLE_CONFIGS = {"config/my.yaml", "config/my_matrix.yaml"}
+
+
+def test_every_config_the_docs_show_exists_and_is_validated_above():
+    """Each config file the docs name is one of CONFIGS, which the two tests around this one validate and dry-run."""
+    named = {m[0]: page.name for page in DOC_PAGES for m in NAMED_CONFIG.finditer(page.read_text())}
+    assert {"config/config.yaml", "config/test.yaml", "config/experiments/core_1.5B.yaml"} <= set(named)  # the collector sees them
+    missing = {name: page for name, page in named.items() if name not in EXAMPLE_CONFIGS and ROOT / name not in CONFIGS}
+    assert not missing, f"config files the docs name that do not exist: {missing}"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_dry_run_plans_one_training_job_per_run(path, tmp_path):
     """`snakemake -n --configfile <file>` validates and plans every run of the matrix, once."""
     with open(path) as f:
@@ -49,7 +67,7 @@ def test_dry_run_plans_one_training_job_per_run(path, tmp_path):
 
 
 def test_python_code_passes_ruff():
-    for cmd in (["ruff", "check", "src", "tests", "bench"], ["ruff", "format", "--check", "src", "tests", "bench"]):
+    for cmd in (["ruff", "check", "src", "tests", "bench", "docs"], ["ruff", "format", "--check", "src", "tests", "bench", "docs"]):
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stdout + proc.stderr
 

@@ -205,7 +205,7 @@ def check_packing(by_run: dict[str, Resources], groups: Mapping[str, str], caps:
         raise ResourcesError(
             f"`groups:` (--groups) puts {', '.join(overridden)} of every run in one group, whatever their resources; "
             f"drop it: `group-components: [{PACK}=N]` alone packs N runs with the same resources per sbatch call "
-            '(README "Packing short runs into fewer Slurm jobs")'
+            '(docs/slurm.md, "Packing short runs into fewer Slurm jobs")'
         )
     runs: dict[Resources, list[str]] = {}
     for run_id, r in by_run.items():

@@ -228,7 +228,7 @@ class RunSpec(_Strict):
 # reruns when the stage's fingerprint changes (Snakemake's params trigger). A fingerprint is a hash of the
 # spec without the keys below: keys the stage does not read, or that cannot change what
 # it writes. Editing one of them reruns nothing at that stage; editing any other key
-# reruns the stage and everything after it. The README's table is made from this one.
+# reruns the stage and everything after it. The table in docs/config.md is made from this one.
 EVAL_ONLY = ("task.max_new_tokens", "task.eval_batch_size", "task.metric", "task.rouge", "task.answer_format")
 NOT_READ: dict[str, tuple[str, ...]] = {
     "data_generate": (),  # its spec is the task's `data` section alone
@@ -249,7 +249,7 @@ NOT_READ: dict[str, tuple[str, ...]] = {
 }
 
 
-# what a stage with nothing in NOT_READ reads: its spec is a part of the run's (README's table)
+# what a stage with nothing in NOT_READ reads: its spec is a part of the run's (docs/config.md's table)
 SPEC_OF = {
     "data_generate": "its spec is the task's `data` section alone",
     "lr_select": "its spec is the cell's search alone: rates, seeds, validation share and seed, metric",
@@ -257,7 +257,7 @@ SPEC_OF = {
 
 
 def rerun_table() -> str:
-    """The README's "Which keys rerun which stages" table, made from NOT_READ (a test holds the README to it)."""
+    """docs/config.md's "Which keys rerun which stages" table, made from NOT_READ (a test holds the page to it)."""
     rows = ["| rule | reruns when anything changes except |", "|---|---|"]
     for stage, keys in NOT_READ.items():
         rows.append(f"| `{stage}` | " + (", ".join(f"`{k}`" for k in keys) if keys else f"({SPEC_OF[stage]})") + " |")

@@ -26,7 +26,7 @@ try:
 except ConfigError as e:
     raise WorkflowError(str(e)) from None
 
-# Packing (README "Packing short runs into fewer Slurm jobs"): `--group-components run=N`
+# Packing (docs/slurm.md, "Packing short runs into fewer Slurm jobs"): `--group-components run=N`
 # puts the train, evaluate and merge jobs of N runs into one sbatch call. Each resource
 # class is a group of its own (peftlab.launch.pack_group), which --group-components
 # counts as `run`; so a matrix of CPU and GPU runs packs each kind apart.

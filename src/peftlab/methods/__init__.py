@@ -7,7 +7,7 @@ plain data, so parsing a config (every Snakemake start) never imports peft or to
 
 The files a new method touches:
 - a method peft has: one row here (its builder in peft_builtin.py if no existing one
-  fits), one row in tests/test_methods.py, and its line in the README's methods table
+  fits), one row in tests/test_methods.py, and its line in docs/methods.md's methods table
   (that test checks the table against the registry and the counted parameters);
 - a custom method: one file in this package (a tuner built on `peftlab.methods.tuner`
   and its `build` function), one row here with `peft_tuner=True` (so its adapters

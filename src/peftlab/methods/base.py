@@ -12,7 +12,7 @@ from typing import Any
 @dataclass(frozen=True)
 class Method:
     name: str
-    math: str  # one line for the README's methods table
+    math: str  # one line for docs/methods.md's methods table
     source: str  # peft | custom | baseline
     impl: str | None  # "module:function" building the peft config from (PeftSpec, Context, **fixed); None: no adapter (full)
     fixed: dict[str, Any] = field(default_factory=dict)  # keyword arguments the method always passes to its builder
