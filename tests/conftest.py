@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from peftlab import artifacts, data
+from peftlab import artifacts, dataset
 from peftlab.config import plan
 from peftlab.spec import ModelSpec, RunSpec, TaskSpec
 
@@ -46,8 +46,8 @@ def tiny(tmp_path_factory):
     Returns (workdir, runs) where runs are the resolved specs of config/test.yaml,
     whose relative paths resolve inside workdir.
     """
-    from peftlab.build import build_tiny
     from peftlab.models import load_tokenizer
+    from peftlab.tiny import build_tiny
 
     work = tmp_path_factory.mktemp("tiny")
     cwd = os.getcwd()
@@ -60,7 +60,7 @@ def tiny(tmp_path_factory):
         _, runs, specs, _, root = plan(raw, "config/test.yaml")
         for task in "arith", "sentiment":
             Path(f"{root}/raw/{task}").mkdir(parents=True)
-            data.generate(specs["data_generate"][task]["data"], Path(f"{root}/raw/{task}"))
+            dataset.generate(specs["data_generate"][task]["data"], Path(f"{root}/raw/{task}"))
         model_spec = specs["model_build"]["tiny-llama"]
         Path(model_spec["path"]).mkdir(parents=True)
         build_tiny(model_spec, Path(model_spec["path"]))
@@ -69,7 +69,7 @@ def tiny(tmp_path_factory):
         for key in "arith/tiny-llama", "sentiment/minilm", "sentiment/tiny-llama":
             task = TaskSpec.from_dict(tokenize[key]["task"])
             tok = load_tokenizer(ModelSpec.from_dict(tokenize[key]["model"]))
-            data.tokenize(task, tok, data.load_raw(task)).save_to_disk(f"{root}/data/{key}")
+            dataset.tokenize(task, tok, dataset.load_raw(task)).save_to_disk(f"{root}/data/{key}")
             artifacts.write_json(f"{root}/data/{key}/meta.json", {})
     finally:
         os.chdir(cwd)

@@ -9,7 +9,7 @@ from pathlib import Path
 import datasets
 import pytest
 
-from peftlab import data
+from peftlab import dataset
 from peftlab.models import load_tokenizer
 from peftlab.spec import ModelSpec, TaskSpec
 from peftlab.tasks.base import format_prompt
@@ -39,7 +39,7 @@ def test_glue_tsv_loads_with_bare_quotes_and_renamed_columns(tmp_path):
         columns={"#1 String": "sentence1", "#2 String": "sentence2", "Quality": "label"},
         text_fields=["sentence1", "sentence2"],
     )
-    raw = data.load_raw(t)
+    raw = dataset.load_raw(t)
     assert raw["train"]["sentence1"] == ['He said "yes .', "It rained"] and raw["eval"]["label"] == [1, 0]
 
 
@@ -48,15 +48,15 @@ def test_a_missing_column_names_it_and_the_columns_there_are(tmp_path, tokenizer
     with pytest.raises(
         ValueError, match=r"task 't', split train: missing column\(s\) \['answer'\]; the data has \['question', 'solution'\]"
     ):
-        data.tokenize(t, tokenizer, data.load_raw(t))
+        dataset.tokenize(t, tokenizer, dataset.load_raw(t))
     t = task(tmp_path, "rlvr", [{"target": 3}], prompt_field="target", prompt_template="{nums} -> {target}", rewards=["countdown"])
     with pytest.raises(ValueError, match=r"missing column\(s\) \['nums'\]"):
-        data.tokenize(t, tokenizer, data.load_raw(t))
+        dataset.tokenize(t, tokenizer, dataset.load_raw(t))
 
 
 def test_sft_labels_only_the_response(tmp_path, tokenizer):
     t = task(tmp_path, "sft", [{"question": "1 + 2", "answer": "#### 3"}])
-    row = data.tokenize(t, tokenizer, data.load_raw(t))["train"][0]
+    row = dataset.tokenize(t, tokenizer, dataset.load_raw(t))["train"][0]
     n_prompt = len(row["prompt_ids"])
     assert row["labels"][:n_prompt] == [-100] * n_prompt
     assert row["labels"][n_prompt:] == row["input_ids"][n_prompt:] and row["input_ids"][-1] == tokenizer.eos_token_id
@@ -69,13 +69,13 @@ def test_chat_template_wraps_the_prompt(tmp_path, tokenizer):
     )
     t = task(tmp_path, "sft", [{"question": "1 + 2", "answer": "3"}], chat_template=True, prompt_template="Solve: {prompt}")
     assert format_prompt(t, {"question": "1 + 2"}, tokenizer) == "<|user|>Solve: 1 + 2<|assistant|>"
-    row = data.tokenize(t, tokenizer, data.load_raw(t))["train"][0]
+    row = dataset.tokenize(t, tokenizer, dataset.load_raw(t))["train"][0]
     assert tokenizer.decode(row["prompt_ids"]) == "<|user|>Solve: 1 + 2<|assistant|>"  # no second BOS: the template has its own
 
 
 def test_lm_seq2seq_regression_and_rlvr_rows(tmp_path, tokenizer):
     lm = task(tmp_path, "lm", [{"text": "a review", "label": 1}])
-    row = data.tokenize(lm, tokenizer, data.load_raw(lm))["train"][0]
+    row = dataset.tokenize(lm, tokenizer, dataset.load_raw(lm))["train"][0]
     assert row["labels"] == row["input_ids"] and set(row) == {"input_ids", "attention_mask", "labels", "length"}
 
     s2s = task(
@@ -86,14 +86,14 @@ def test_lm_seq2seq_regression_and_rlvr_rows(tmp_path, tokenizer):
         response_field="summary",
         prompt_template="summarize: {prompt}",
     )
-    row = data.tokenize(s2s, tokenizer, data.load_raw(s2s))["train"][0]
+    row = dataset.tokenize(s2s, tokenizer, dataset.load_raw(s2s))["train"][0]
     assert tokenizer.decode(row["input_ids"], skip_special_tokens=True) == "summarize: A: hi"
     assert tokenizer.decode(row["labels"], skip_special_tokens=True) == "A says hi" and row["response"] == "A says hi"
 
     reg = task(
         tmp_path, "classification", [{"s1": "a", "s2": "b", "score": 3}], text_fields=["s1", "s2"], label_field="score", num_labels=1
     )
-    assert data.tokenize(reg, tokenizer, data.load_raw(reg))["train"][0]["labels"] == 3.0
+    assert dataset.tokenize(reg, tokenizer, dataset.load_raw(reg))["train"][0]["labels"] == 3.0
 
     rl = task(
         tmp_path,
@@ -103,7 +103,7 @@ def test_lm_seq2seq_regression_and_rlvr_rows(tmp_path, tokenizer):
         prompt_template="{nums} make {target}",
         rewards=["countdown", "format"],
     )
-    row = data.tokenize(rl, tokenizer, data.load_raw(rl))["train"][0]
+    row = dataset.tokenize(rl, tokenizer, dataset.load_raw(rl))["train"][0]
     assert (row["prompt"], row["nums"], row["target"]) == ("[1, 2, 3] make 7", [1, 2, 3], 7)
 
 
@@ -120,8 +120,8 @@ def test_named_held_out_sets_load_as_their_own_splits(tmp_path):
             }
         },
     )
-    assert data.eval_names(t) == {"eval": "matched", "eval_mismatched": "mismatched"}
-    raw = data.load_raw(t)
+    assert dataset.eval_names(t) == {"eval": "matched", "eval_mismatched": "mismatched"}
+    raw = dataset.load_raw(t)
     assert (raw["eval"]["text"], raw["eval_mismatched"]["text"]) == (["m"], ["mm"])
-    assert data.eval_names(dataclasses.replace(t, data={"generator": "sentiment"})) == {"eval": None}
+    assert dataset.eval_names(dataclasses.replace(t, data={"generator": "sentiment"})) == {"eval": None}
     assert isinstance(raw, datasets.DatasetDict)

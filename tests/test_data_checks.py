@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from peftlab import data
+from peftlab import dataset
 from peftlab.models import load_model, load_tokenizer
 from peftlab.spec import ModelSpec, TaskSpec
 
@@ -31,7 +31,7 @@ def task(tmp_path, train_rows, eval_rows=None, **extra) -> TaskSpec:
 
 
 def tokenize(t: TaskSpec, tok):
-    return data.tokenize(t, tok, data.load_raw(t))
+    return dataset.tokenize(t, tok, dataset.load_raw(t))
 
 
 def test_string_labels_map_to_sorted_ids(tmp_path, tok):
@@ -39,7 +39,7 @@ def test_string_labels_map_to_sorted_ids(tmp_path, tok):
     t = task(tmp_path, rows)
     ds = tokenize(t, tok)
     assert ds["train"]["labels"] == [1, 0, 1]  # negative, positive: sorted
-    assert data.label_names(t, data.load_raw(t)) == ["negative", "positive"]
+    assert dataset.label_names(t, dataset.load_raw(t)) == ["negative", "positive"]
 
 
 def test_label_names_give_the_order_and_the_model_gets_them(tmp_path, tok):
@@ -62,8 +62,10 @@ def test_mrpc_txt_loads_with_an_explicit_format(tmp_path, tok):
     without = TaskSpec(
         name="mrpc", type="classification", data={"files": files}, text_fields=["#1 String", "#2 String"], label_field="Quality"
     )
-    with pytest.raises(data.DataError, match=r"msr_paraphrase_train.txt: unsupported file type '.txt'; .* or set the task's data.format"):
-        data.load_raw(without)
+    with pytest.raises(
+        dataset.DataError, match=r"msr_paraphrase_train.txt: unsupported file type '.txt'; .* or set the task's data.format"
+    ):
+        dataset.load_raw(without)
     t = TaskSpec(**{**without.__dict__, "data": {"files": files, "format": "tsv"}})
     ds = tokenize(t, tok)
     assert ds["train"]["labels"] == [1, 0] and len(ds["eval"]) == 2
@@ -109,26 +111,26 @@ BAD = [
 
 @pytest.mark.parametrize("rows,extra,message", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
 def test_bad_rows_are_refused_naming_file_column_and_line(tmp_path, tok, rows, extra, message):
-    with pytest.raises(data.DataError, match=message):
+    with pytest.raises(dataset.DataError, match=message):
         tokenize(task(tmp_path, rows, **extra), tok)
 
 
 def test_empty_file_and_folder_are_refused_by_name(tmp_path, tok):
     t = task(tmp_path, [{"text": "a", "label": 0}])
     (tmp_path / "train.jsonl").write_text("")
-    with pytest.raises(data.DataError, match=r"tasks.sst.data.files: .*train.jsonl is empty"):
-        data.load_raw(t)
+    with pytest.raises(dataset.DataError, match=r"tasks.sst.data.files: .*train.jsonl is empty"):
+        dataset.load_raw(t)
     (tmp_path / "train.jsonl").unlink()
     (tmp_path / "train.jsonl").mkdir()
-    with pytest.raises(data.DataError, match=r"tasks.sst.data.files: .*train.jsonl is a folder; give a data file"):
-        data.load_raw(t)
+    with pytest.raises(dataset.DataError, match=r"tasks.sst.data.files: .*train.jsonl is a folder; give a data file"):
+        dataset.load_raw(t)
 
 
 def test_max_length_past_the_models_positions_is_refused():
     t = TaskSpec(name="sst", type="classification", data={}, max_length=1024)
-    with pytest.raises(data.DataError, match=r"tasks.sst.max_length: 1024 is more than the model's 512 positions"):
-        data.check_lengths(t, 512)
-    data.check_lengths(t, None)  # relative positions (T5): no limit
+    with pytest.raises(dataset.DataError, match=r"tasks.sst.max_length: 1024 is more than the model's 512 positions"):
+        dataset.check_lengths(t, 512)
+    dataset.check_lengths(t, None)  # relative positions (T5): no limit
 
 
 def test_tokenise_step_prints_one_line_naming_the_file(tmp_path):
@@ -154,5 +156,5 @@ def test_line_numbers_count_a_csv_header(tmp_path, tok):
     t = TaskSpec(
         name="sst", type="classification", data={"files": {"train": str(tmp_path / "train.csv"), "eval": str(tmp_path / "train.csv")}}
     )
-    with pytest.raises(data.DataError, match=r"train.csv: column 'label' holds 5 on line 3; a label is an integer from 0 to 1"):
+    with pytest.raises(dataset.DataError, match=r"train.csv: column 'label' holds 5 on line 3; a label is an integer from 0 to 1"):
         tokenize(t, tok)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import load_test_config
-from peftlab import artifacts, data, infer, merge, methods, models, numerics
+from peftlab import artifacts, dataset, infer, merge, methods, models, numerics
 from peftlab import spec as spec_module
 from peftlab.config import plan
 from peftlab.models import load_model, load_tokenizer
@@ -29,9 +29,9 @@ def test_missing_column_names_the_column_and_the_columns_that_exist():
     task = TaskSpec(name="sst", type="classification", data={}, text_fields=["sentence"], label_field="label")
     raw = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["a"], "label": [0]})})
     with pytest.raises(
-        data.DataError, match=r"task 'sst', split train: missing column\(s\) \['sentence'\]; the data has \['text', 'label'\]"
+        dataset.DataError, match=r"task 'sst', split train: missing column\(s\) \['sentence'\]; the data has \['text', 'label'\]"
     ):
-        data.check_columns(task, raw)
+        dataset.check_columns(task, raw)
 
 
 def test_train_size_larger_than_the_data_is_an_error():

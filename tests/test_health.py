@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from peftlab import artifacts, health, status, train
+from peftlab import artifacts, health, runstate, status, train
 
 
 def test_a_falling_loss_is_ok_with_the_margin_worked_by_hand():
@@ -136,7 +136,7 @@ def test_on_degenerate_fail_fails_the_job_and_writes_nothing_that_looks_finished
         train.train(spec, tmp_path / "adapter", tmp_path / "train.json", tmp_path / "checkpoints")
     assert not (tmp_path / "adapter").exists() and not (tmp_path / "train.json").exists()
     text = f"Traceback (most recent call last):\n  ...\npeftlab.health.Degenerate: {e.value}\n"
-    assert status.classify(text)[0] == "degenerate" and status.error_line(text).startswith("peftlab.health.Degenerate: ")
+    assert runstate.classify(text)[0] == "degenerate" and runstate.error_line(text).startswith("peftlab.health.Degenerate: ")
 
 
 def test_status_lists_a_flagged_run_and_says_the_tables_leave_it_out(tmp_path):
@@ -148,7 +148,7 @@ def test_status_lists_a_flagged_run_and_says_the_tables_leave_it_out(tmp_path):
         for name in ("eval.json", "merge_check.json"):
             artifacts.write_json(run / name, {})
         artifacts.write_json(run / "train.json", {"health": {"status": health.COLLAPSED if i == 3 else health.OK}})
-    runs = status.matrix_status(root, ids, tmp_path)
+    runs = runstate.matrix_status(root, ids, tmp_path)
     assert [r.health for r in runs].count(health.COLLAPSED) == 1
     text = status.render(root, runs)
     assert "done: 25 (--verbose lists them)" in text  # more than 20 done: only the flagged one is listed

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from dataclasses import replace
 
 import pytest
 
+from conftest import ROOT
 from peftlab.launch import PRESETS, SLURM_KEYS, Resources, ResourcesError, for_stage, launcher, resolve, slurm_resources
 
 
@@ -185,3 +187,23 @@ def test_a_packed_plan_refuses_the_groups_flag_and_runs_over_the_caps(tmp_path):
     assert proc.returncode != 0 and "`groups:` (--groups) puts evaluate_run, merge_run, train_run of every run in one group" in proc.stdout
     proc = snakemake(tmp_path, "-n", "--group-components", "run=2", "--resources", "gpu=1", config=config)
     assert proc.returncode != 0 and "its train job asks for gpu=2 (cap 1)" in proc.stdout
+
+
+@pytest.mark.parametrize("own", [True, False], ids=["a machine with its own slurm.conf", "a machine without"])
+def test_the_test_cluster_leaves_etc_slurm_as_it_found_it(tmp_path, own):
+    """tests/slurm/start.sh links /etc/slurm's config to the test cluster's, and stop.sh must undo it exactly:
+    a link left to a stopped controller makes every later `snakemake` wait in the slurm plugin's probes."""
+    etc, state = tmp_path / "etc-slurm", tmp_path / "state"
+    etc.mkdir()
+    (etc / "plugstack.conf").write_text("the machine's own\n")
+    if own:
+        (etc / "slurm.conf").write_text("ClusterName=site\n")
+    before = {p.name: p.read_text() for p in etc.iterdir()}
+    script = ROOT / "tests/slurm/etc.sh"
+    subprocess.run(["bash", str(script), "link", str(state), str(etc)], check=True)
+    assert os.readlink(etc / "slurm.conf") == str(state / "slurm.conf") and os.readlink(etc / "gres.conf") == str(state / "gres.conf")
+    subprocess.run(["bash", str(script), "restore", str(state), str(etc)], check=True)
+    assert not any(p.is_symlink() for p in etc.iterdir())
+    assert {p.name: p.read_text() for p in etc.iterdir()} == before
+    for script_name in ("start.sh", "stop.sh"):  # both go through etc.sh, so this is what they do
+        assert "etc.sh" in (ROOT / "tests/slurm" / script_name).read_text()

@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from conftest import ROOT, planned_jobs, snakemake
-from peftlab import api, lr_search, paths, status
+from peftlab import api, paths, runstate
+from peftlab import search as lr_search
 from peftlab.config import ConfigError, plan
 from peftlab.evaluate import evaluate
 from peftlab.models import StaleAdapter
@@ -220,7 +221,7 @@ def test_a_diverged_search_run_is_recorded_and_a_diverged_final_run_fails(in_tin
 def test_the_validation_share_is_the_same_rows_for_every_search_run():
     import datasets
 
-    from peftlab.data import holdout
+    from peftlab.dataset import holdout
 
     ds = datasets.Dataset.from_dict({"x": list(range(100))})
     rest, held = holdout(ds, 0.1, 0)
@@ -268,7 +269,7 @@ def test_each_cell_trains_at_the_rate_its_search_scores_show_best(lr_matrix, mon
     assert "| arith | tiny-llama | ia3 | - | eval_loss |" in best and (root / "tables" / "lr_search.png").stat().st_size > 10_000
     summary = (root / "tables" / "summary.csv").read_text()
     assert "search-" not in summary  # search runs feed the selection only
-    states = status.matrix_status(str(root), list(p.runs), work, search_runs={r for r, s in p.runs.items() if s["holdout"]})
+    states = runstate.matrix_status(str(root), list(p.runs), work, search_runs={r for r, s in p.runs.items() if s["holdout"]})
     assert {s.state for s in states} == {"done"}  # a search run is done once evaluated: it is never merged
     monkeypatch.chdir(work)  # the spec's paths are relative to the workflow's directory
     model, _ = api.load(root / "runs" / "arith/tiny-llama/ia3/s1")  # a final run loads at the rate it trained at

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import ROOT
-from peftlab import status
+from peftlab import runstate
 from peftlab.models import ModelFilesError, load_config, load_tokenizer
 from peftlab.spec import ModelSpec
 
@@ -30,7 +30,7 @@ def test_the_cost_plan_of_an_unreachable_model_is_one_line_naming_it(tmp_path):
         "peftlab.models.ModelFilesError: model 'r1-1.5b': cannot read the files of 'deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B' ("
     )
     assert "give models.r1-1.5b.path a local model folder" in lines[-1] and "HF_HUB_OFFLINE=1" in lines[-1]
-    assert status.classify(lines[-1])[0] == "model_files"  # a stage's log ending so: status says what to do
+    assert runstate.classify(lines[-1])[0] == "model_files"  # a stage's log ending so: status says what to do
 
 
 def test_a_missing_model_folder_is_named_by_the_config_and_the_tokenizer_loaders(tmp_path):

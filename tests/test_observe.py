@@ -8,7 +8,7 @@ import sys
 import types
 
 from conftest import load_test_config
-from peftlab import observe, status
+from peftlab import observe, runstate
 from peftlab.config import plan
 from peftlab.spec import RunSpec
 
@@ -102,5 +102,5 @@ def test_progress_lines_give_step_total_and_an_eta_that_status_reads(monkeypatch
     p.on_train_begin(None, types.SimpleNamespace(global_step=0), None)
     line = p.line(state, {"loss": 1.25, "learning_rate": 0.003, "epoch": 0.5})
     assert line == "progress arith/tiny-llama/lora/r8-s1: step 10/60 (17%) loss 1.25 learning_rate 0.003 | 0:00:30 elapsed, ETA 0:02:30"
-    m = status.PROGRESS.search(f"2026-11-26 12:00:00 peftlab.observe INFO {line}")
+    m = runstate.PROGRESS.search(f"2026-11-26 12:00:00 peftlab.observe INFO {line}")
     assert (m["step"], m["total"], m["elapsed"], m["eta"]) == ("10", "60", "0:00:30", "0:02:30")

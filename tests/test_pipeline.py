@@ -21,11 +21,11 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from conftest import ROOT, load_test_config, planned_jobs, snakemake
 from peftlab import artifacts, numerics, tables
+from peftlab.artifacts import human_bytes
 from peftlab.compute import logits
 from peftlab.config import plan
 from peftlab.models import load_model, load_tokenizer, probe_batch
 from peftlab.spec import RunSpec
-from peftlab.tables import human_bytes
 
 pytestmark = pytest.mark.slow
 RUNS = plan(load_test_config())[1]

@@ -7,19 +7,21 @@ names, so a new reward, task type or resource key cannot land in one place only.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 
-from peftlab import checkpoints, data, health, launch, merge, methods, metrics, models, rewards, tasks
+from peftlab import checkpoints, dataset, health, launch, merge, methods, metrics, models, rewards, tasks
 from peftlab.schema import SCHEMA_PATH, load_yaml
+from peftlab.validate import config_schema
 
-PACKAGE = Path(__file__).resolve().parents[1] / "src" / "peftlab"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "src" / "peftlab"
 SCHEMA = load_yaml(SCHEMA_PATH)
 
 # key path of an enum in the schema -> the names its registry holds
 ENUMS = {
-    "properties.tasks.additionalProperties.properties.type": lambda: tasks.TASK_TYPES,
     "properties.tasks.additionalProperties.properties.rewards.items": lambda: rewards.REWARDS,
     "properties.tasks.additionalProperties.properties.answer_format": lambda: metrics.ANSWER_FORMATS,
     "properties.models.additionalProperties.properties.dtype": lambda: models.DTYPES,
@@ -27,7 +29,7 @@ ENUMS = {
     "definitions.training.properties.on_degenerate": lambda: health.ON_DEGENERATE,
     "definitions.outputs.properties.checkpoints.oneOf.0": lambda: checkpoints.KEEP,
     "properties.tasks.additionalProperties.properties.data.properties.format": lambda: (
-        [f.lstrip(".") for f in data._FORMATS] + ["tsv", None]
+        [f.lstrip(".") for f in dataset._FORMATS] + ["tsv", None]
     ),
 }
 # enums of outside libraries' settings, not of a peftlab registry
@@ -58,6 +60,16 @@ def test_every_schema_enum_is_its_registry():
     assert set(found) == set(ENUMS) | FOREIGN, "a new enum: name its registry in ENUMS (or FOREIGN)"
     for path, registry in ENUMS.items():
         assert sorted(map(str, found[path])) == sorted(map(str, set(registry()))), path
+
+
+def test_a_tasks_type_has_one_home_the_registry():
+    """The schema file lists no task types; the schema configs are validated against takes them, and their
+    summaries, from peftlab.tasks (a new type is its own file and its row: tests/test_extending.py)."""
+    node = SCHEMA["properties"]["tasks"]["additionalProperties"]["properties"]["type"]
+    assert "enum" not in node
+    filled = config_schema()["properties"]["tasks"]["additionalProperties"]["properties"]["type"]
+    assert filled["enum"] == list(tasks.TASK_TYPES)
+    assert all(f"{t.name}: {t.summary}" in filled["description"] for t in tasks.TASK_TYPES.values())
 
 
 def test_resource_keys_are_launch_resources():
@@ -95,7 +107,23 @@ def test_defaults_live_in_the_schema():
 
 # --- the import graph ---------------------------------------------------------------------
 
-STAGES = {"peftlab.train", "peftlab.evaluate", "peftlab.merge", "peftlab.infer"}
+
+def entry_points() -> set[str]:
+    """The `python -m peftlab.<x>` targets: every module that runs as a command (its `__main__` guard)."""
+    return {
+        module_name(p)
+        for p in PACKAGE.rglob("*.py")
+        if any(
+            isinstance(n, ast.If) and isinstance(n.test, ast.Compare) and getattr(n.test.left, "id", None) == "__name__"
+            for n in ast.parse(p.read_text()).body
+        )
+    }
+
+
+def commands_run() -> set[str]:
+    """The peftlab modules the workflow, the docs and the README run with `python -m`."""
+    texts = [p.read_text() for p in (*ROOT.glob("workflow/rules/*.smk"), *ROOT.glob("docs/*.md"), ROOT / "README.md")]
+    return {m for t in texts for m in re.findall(r"python -m (peftlab\.\w+)", t)}
 
 
 def module_name(path: Path) -> str:
@@ -119,8 +147,18 @@ def imports() -> dict[str, set[str]]:
     return graph
 
 
-def test_no_module_imports_a_stage():
-    offenders = {m: sorted(deps & STAGES) for m, deps in imports().items() if deps & STAGES}
+def test_entry_points_are_found_from_the_commands_and_every_command_is_one():
+    found = entry_points()
+    assert commands_run() <= found  # a documented or wired command that is not an entry point would be missed below
+    expected = {"train", "evaluate", "merge", "infer", "build", "tables", "status", "plan", "lr_search", "data", "config"}
+    assert {f"peftlab.{m}" for m in expected} <= found
+
+
+def test_no_module_imports_an_entry_point():
+    """Stages over a library layer: an entry point (a command) imports library modules only, never another
+    entry point, and no library module imports one; imports inside functions count (`imports`)."""
+    stages = entry_points()
+    offenders = {m: sorted(deps & stages) for m, deps in imports().items() if deps & stages}
     assert offenders == {}
 
 
@@ -143,7 +181,37 @@ def test_the_import_graph_has_no_cycle():
 
 
 def test_data_and_models_do_not_import_each_other():
-    """Tokenising loads a tokenizer (data -> models); models never reads task data, and the tiny-model build sits above both."""
+    """Tokenising loads a tokenizer (peftlab.data -> models); models never reads task data, and the tiny models sit above both."""
     graph = imports()
-    assert "peftlab.data" not in graph["peftlab.models"]
-    assert "peftlab.build" not in graph["peftlab.data"] | graph["peftlab.models"]
+    assert "peftlab.dataset" not in graph["peftlab.models"]
+    assert "peftlab.tiny" not in graph["peftlab.dataset"] | graph["peftlab.models"]
+
+
+def layer_lines() -> list[set[str]]:
+    """docs/how-it-is-built.md's module list, line by line: the modules each line names (a folder: every module in it)."""
+    text = (ROOT / "docs/how-it-is-built.md").read_text()
+    block = text.split("src/peftlab/", 1)[1].split("```", 1)[0].splitlines()[1:]
+    modules = set(imports())
+    lines = []
+    for line in block:
+        named = set()
+        for name in (n.strip() for n in line.strip().split("   ")[0].split(",")):
+            if name.endswith("/"):
+                named |= {m for m in modules if m.startswith(f"peftlab.{name[:-1]}")}
+            elif name.endswith(".py"):
+                named.add(f"peftlab.{name[:-3]}")
+        lines.append(named)
+    return lines
+
+
+def test_the_docs_layer_list_names_every_module_and_each_line_imports_only_from_below():
+    graph, lines = imports(), layer_lines()
+    listed = set().union(*lines)
+    assert listed == set(graph) - {"peftlab"}, "a module missing from (or extra in) docs/how-it-is-built.md's list"
+    for i, line in enumerate(lines):
+        below = set().union(*lines[i + 1 :])
+        for m in line:
+            upward = graph[m] - below - line - {"peftlab"}
+            assert not upward, f"{m} (line {i + 1} of the list) imports {sorted(upward)}, which the list puts above it"
+    stages = entry_points()
+    assert all(line <= stages for line in lines[:3]) and stages <= set().union(*lines[:3])  # the commands head the list

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import ROOT, load_test_config
-from peftlab import artifacts, paths, stats, tables
+from peftlab import artifacts, metrics, paths, runstate, stats, tables
 from peftlab.config import plan
 
 
@@ -42,11 +42,11 @@ def test_a_whole_set_metric_is_bootstrapped_over_examples_averaged_over_seeds():
     ref = rng.normal(size=(2, 300))
     pairs = lambda pred: np.stack([pred, ref], axis=-1)  # noqa: E731  (prediction, reference) rows per seed
     good, noisy = ref + rng.normal(scale=0.3, size=ref.shape), ref + rng.normal(scale=1.0, size=ref.shape)
-    better = stats.example_test(pairs(good), pairs(noisy), stats.pearson, resamples=500)
+    better = stats.example_test(pairs(good), pairs(noisy), metrics.pearson_pairs, resamples=500)
     assert better["test"] == "paired bootstrap (examples, seeds averaged)" and better["n"] == 300 and better["seeds"] == 2
-    expected = np.mean([stats.pearson(pairs(good)[s]) - stats.pearson(pairs(noisy)[s]) for s in range(2)])
+    expected = np.mean([metrics.pearson_pairs(pairs(good)[s]) - metrics.pearson_pairs(pairs(noisy)[s]) for s in range(2)])
     assert better["diff"] == pytest.approx(expected) and better["p"] <= 2 / 501
-    same = stats.example_test(pairs(good), pairs(good), stats.pearson, resamples=500)
+    same = stats.example_test(pairs(good), pairs(good), metrics.pearson_pairs, resamples=500)
     assert same["diff"] == 0 and same["p"] == 1.0
 
 
@@ -305,7 +305,7 @@ def test_one_failed_one_done_one_pending_run(tmp_path, monkeypatch, capsys):
     text = capsys.readouterr().out
     assert "Progress: [" in text and f"1/{len(runs)}" in text and "ETA 0:00:40" in text
     # a log that stopped changing long ago, with no output and no error: failed, not running forever
-    stale = status.run_state(root, running, stale_s=60, now=live.stat().st_mtime + 3600)
+    stale = runstate.run_state(root, running, stale_s=60, now=live.stat().st_mtime + 3600)
     assert stale.state == "failed" and "has not changed for 60 min" in stale.reason
 
 
@@ -329,20 +329,20 @@ slurmstepd: error: *** JOB 4242 ON node1 CANCELLED AT 2026-11-26T10:00:00 DUE TO
 def test_diagnosis_classifies_failures_and_suggests_a_fix(tmp_path):
     from peftlab import status
 
-    assert status.classify(OOM_LOG)[0] == "out_of_memory"
-    assert status.classify(MISSING_COLUMN_LOG)[0] == "missing_column"
-    assert status.classify(TIME_LIMIT_SLURM_LOG)[0] == "slurm_time_limit"
-    assert status.classify("peftlab.train.Diverged: training diverged: loss is nan at step 40")[0] == "non_finite_loss"
-    assert status.classify("RuntimeError: mat1 and mat2 shapes cannot be multiplied (4x64 and 32x8)")[0] == "shape_mismatch"
-    assert status.classify("peftlab.checkpoints.CheckpointsInUse: x is in use by another trainer")[0] == "lock"
-    assert status.classify("slurmstepd: error: Detected 1 oom_kill event in StepId=5.batch. ... exceeded memory limit")[0] == (
+    assert runstate.classify(OOM_LOG)[0] == "out_of_memory"
+    assert runstate.classify(MISSING_COLUMN_LOG)[0] == "missing_column"
+    assert runstate.classify(TIME_LIMIT_SLURM_LOG)[0] == "slurm_time_limit"
+    assert runstate.classify("peftlab.train.Diverged: training diverged: loss is nan at step 40")[0] == "non_finite_loss"
+    assert runstate.classify("RuntimeError: mat1 and mat2 shapes cannot be multiplied (4x64 and 32x8)")[0] == "shape_mismatch"
+    assert runstate.classify("peftlab.checkpoints.CheckpointsInUse: x is in use by another trainer")[0] == "lock"
+    assert runstate.classify("slurmstepd: error: Detected 1 oom_kill event in StepId=5.batch. ... exceeded memory limit")[0] == (
         "slurm_memory_limit"
     )
     runs = [
-        status.Run("a/m/lora/r8-s1", "failed", "train_run", reason="torch.OutOfMemoryError: ...", cause="out_of_memory", lines=["x"]),
-        status.Run("a/m/lora/r8-s2", "failed", "train_run", reason="...", cause="out_of_memory", lines=["y"]),
-        status.Run("b/m/lora/r8-s1", "failed", "train_run", reason="DataError", cause="missing_column", lines=["z"]),
-        status.Run("b/m/lora/r8-s2", "done"),
+        runstate.Run("a/m/lora/r8-s1", "failed", "train_run", reason="torch.OutOfMemoryError: ...", cause="out_of_memory", lines=["x"]),
+        runstate.Run("a/m/lora/r8-s2", "failed", "train_run", reason="...", cause="out_of_memory", lines=["y"]),
+        runstate.Run("b/m/lora/r8-s1", "failed", "train_run", reason="DataError", cause="missing_column", lines=["z"]),
+        runstate.Run("b/m/lora/r8-s2", "done"),
     ]
     text = status.diagnose(runs)
     assert text.startswith("3 failed run(s)")
@@ -361,7 +361,7 @@ def test_diagnosis_classifies_failures_and_suggests_a_fix(tmp_path):
 
     os.chdir(workdir)
     try:
-        r = status.run_state("results/m", "a/m/lora/r8-s1", workdir)
+        r = runstate.run_state("results/m", "a/m/lora/r8-s1", workdir)
     finally:
         os.chdir(ROOT)
     assert r.state == "failed" and r.cause == "slurm_time_limit" and "TIME LIMIT" in r.reason

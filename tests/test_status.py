@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from peftlab import artifacts, paths, status
+from peftlab import artifacts, paths, runstate, status
 
 CONFIG = """
 name: loop
@@ -49,5 +49,5 @@ def test_a_stage_that_fails_after_an_edit_is_named_with_its_error_and_what_to_do
 
 
 def test_the_time_limit_fix_names_the_runtime_key():
-    cause, _, fix = status.classify("slurmstepd: error: *** JOB 7 ON n1 CANCELLED AT 2026-11-26T10:00:00 DUE TO TIME LIMIT ***")
+    cause, _, fix = runstate.classify("slurmstepd: error: *** JOB 7 ON n1 CANCELLED AT 2026-11-26T10:00:00 DUE TO TIME LIMIT ***")
     assert cause == "slurm_time_limit" and "resources.runtime" in fix and "resources.time " not in fix

@@ -79,6 +79,9 @@ CASES = {
     "a single method": [("pissa", 1, 0.7), ("pissa", 2, 0.75)],
     "identical values": [("lora", s, 0.5) for s in (1, 2, 3)] + [("pissa", s, 0.5) for s in (1, 2, 3)],
     "an all-zero metric, three seeds": [(m, s, 0.0) for m in ("lora", "dora") for s in (1, 2, 3)],
+    # found by the property test below: a finite value near float64's largest overflowed matplotlib's limits and ticks
+    "a value near the largest float": [("lora", 1, 1.6572483587011957e308)],
+    "two such values": [("lora", 1, 1.7120886998688722e308), ("pissa", 1, -1.7e308)],
 }
 
 
@@ -103,6 +106,14 @@ def check(out, dirs):
 def test_the_tables_come_out_whatever_the_runs_hold(tmp_path, case):
     out, dirs = build(tmp_path, CASES[case])
     check(out, dirs)
+
+
+def test_a_loss_near_the_largest_float_is_left_out_of_the_loss_plots_with_the_reason(tmp_path):
+    out, dirs = build(tmp_path, [("lora", 1, 0.7), ("pissa", 1, 0.6)], loss=1.7e308)
+    check(out, dirs)
+    assert (
+        "loss.png, panel sentiment / minilm: not drawn: a logged loss of 1.7e+308 is too large to draw" in (out / "summary.md").read_text()
+    )
 
 
 def test_a_method_without_tracking_and_a_task_with_no_finished_run(tmp_path):

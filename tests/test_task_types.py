@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 import datasets
 import pytest
 
-from peftlab import data, evaluate, paths, tasks, train
+from peftlab import dataset, evaluate, paths, tasks, train
 from peftlab.models import load_tokenizer
 from peftlab.spec import TaskSpec
 from peftlab.tasks.base import TaskType
@@ -75,7 +75,7 @@ def check_row(name: str, row: Row, tokenizer) -> datasets.DatasetDict:
     ttype, task = tasks.TASK_TYPES[name], task_of(name, row)
     assert set(ttype.columns(task)) <= set(row.example), "the type reads a column its example lacks"
     raw = datasets.DatasetDict({split: datasets.Dataset.from_list([row.example] * 2) for split in ("train", "eval")})
-    tokenised = data.tokenize(task, tokenizer, raw)
+    tokenised = dataset.tokenize(task, tokenizer, raw)
     assert sorted(set(tokenised["train"].column_names) & set(row.example)) == sorted(row.kept)
     first = tokenised["train"][0]
     assert first["length"] == len(first["input_ids"]) > 0
@@ -103,6 +103,7 @@ def test_a_type_that_forgets_a_piece_fails_at_import_with_its_name():
 
         class Half(TaskType):
             name, peft_task_type, encoder_decoder, loss_kwargs = "half", "CAUSAL_LM", False, True
+            summary = "a type with pieces missing"
 
             def columns(self, task): ...
             def corpus_texts(self, task, rows): ...
@@ -126,6 +127,7 @@ from peftlab.tasks.base import Supervised, causal_lm, with_perplexity
 
 class ToyAnswers(Supervised):
     name = "toy_answers"
+    summary = "prompt -> short answer, scored by exact match"
     peft_task_type = "CAUSAL_LM"
     encoder_decoder = False
     loss_kwargs = True
@@ -203,7 +205,7 @@ def test_a_new_task_type_is_one_file_one_line_one_row(in_tiny, tmp_path, monkeyp
     # tokenise, train and evaluate, through the stages' own functions
     root = base.data_dir.rsplit("/data/", 1)[0]
     task = replace(base.task, type="toy_answers", data={"files": paths.raw_files(root, "arith")})
-    tokenised = data.tokenize(task, tokenizer, data.load_raw(task))
+    tokenised = dataset.tokenize(task, tokenizer, dataset.load_raw(task))
     assert tokenised["train"].column_names == ["input_ids", "attention_mask", "labels", "length"]
     tokenised.save_to_disk(str(tmp_path / "data"))
     spec = replace(base, task=task, data_dir=str(tmp_path / "data"), run_id="arith/tiny-llama/lora/toy")

@@ -17,7 +17,7 @@ import pytest
 from conftest import ROOT, load_test_config
 from peftlab import evaluate, merge, tasks, trainers
 from peftlab.config import ConfigError, plan
-from peftlab.data import holdout
+from peftlab.dataset import holdout
 from peftlab.models import load_tokenizer, load_trained
 from peftlab.spec import RunSpec
 from peftlab.train import train

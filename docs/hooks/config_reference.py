@@ -1,7 +1,8 @@
 """The config reference (docs/config-reference.md), rendered from the schema peftlab validates against.
 
-Every key's type, allowed values, default and description come from `peftlab.schema.schema()`
-(src/peftlab/config.schema.yaml): a definition's type and description and the default given
+Every key's type, allowed values, default and description come from `peftlab.validate.config_schema()`
+(src/peftlab/config.schema.yaml, with the allowed values it leaves to a registry filled in: a task's
+type from peftlab.tasks): a definition's type and description and the default given
 further down under `properties:` are merged into one row, so the page cannot drift from the schema.
 
 - As a MkDocs hook (mkdocs.yml `hooks:`), it replaces the page's text with a fresh rendering at
@@ -192,9 +193,9 @@ class _Renderer:
 
 def render() -> str:
     """The reference page's Markdown, from the schema peftlab validates configs against."""
-    from peftlab.schema import schema
+    from peftlab.validate import config_schema
 
-    return _Renderer(schema()).page()
+    return _Renderer(config_schema()).page()
 
 
 # MkDocs hooks: the page is rendered afresh at build time, and a stale committed copy is a warning (an error under --strict).

@@ -1,9 +1,11 @@
 """peftlab: parameter-efficient fine-tuning experiments as a Snakemake pipeline.
 
-Stages, each runnable as `python -m peftlab.<stage>`: data (generate, tokenize),
-build, train, evaluate, merge, tables; and infer, which answers new inputs with a
-finished run. The stages share the layers below them (models, trainers, tasks,
-compute, methods) and never import each other.
+Commands, each `python -m peftlab.<name>`, thin entry points over a library layer: the
+workflow's stages (data, build, train, evaluate, merge, lr_search, tables), infer (new inputs
+through a finished run), status, plan (cost) and config (checks). No command imports another;
+what two share lives in the library below them (matrix, dataset, search, runstate, tiny,
+models, tasks, methods, ...). docs/how-it-is-built.md lists the layers, and
+tests/test_registries.py holds the code to that list.
 
 `import peftlab` makes the custom methods (sva, ssl, ssb, flora, adapter, bitfit)
 known to peft, so `PeftModel.from_pretrained` loads their adapters. peft itself is

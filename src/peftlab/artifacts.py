@@ -134,3 +134,12 @@ class Provenance:
             "wall_time_s": round(time.time() - self.start, 3),
             "peak_memory": peak_memory_mb(),
         }
+
+
+def human_bytes(n: float) -> str:
+    """A byte count as the tables and the cost plan print it: 1.2 GB (powers of 1000)."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError

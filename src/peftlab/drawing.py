@@ -4,6 +4,7 @@ and the reason goes into the tables' summary (peftlab.plots, peftlab.tracking.re
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import matplotlib
@@ -16,6 +17,16 @@ log = logging.getLogger(__name__)
 
 class NotDrawn(Exception):
     """A plot left out because the data cannot give it; the message says why."""
+
+
+DRAWABLE = 1e100  # past this, matplotlib's limit and tick arithmetic overflows float64
+
+
+def check_drawable(values, what: str) -> None:
+    """NotDrawn when a finite value is beyond what an axis can hold (a collapsed run can record 1e308)."""
+    big = [x for x in values if isinstance(x, (int, float)) and math.isfinite(x) and abs(x) > DRAWABLE]
+    if big:
+        raise NotDrawn(f"{what} of {big[0]:.3g} is too large to draw")
 
 
 def attempt(notes: list[str], path: Path, draw, *args) -> Path | None:

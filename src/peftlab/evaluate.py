@@ -24,7 +24,7 @@ import datasets
 
 from peftlab import artifacts, cli, observe, tasks
 from peftlab.compute import place
-from peftlab.data import eval_names, holdout, split
+from peftlab.dataset import eval_names, holdout, split
 from peftlab.models import RUN_FILE, load_tokenizer, load_trained, trained_spec
 from peftlab.spec import RunSpec
 

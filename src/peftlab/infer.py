@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from peftlab import artifacts, cli, data, tasks
+from peftlab import artifacts, cli, dataset, tasks
 from peftlab.compute import place
 from peftlab.models import NotMerged, load_run, trained_label_names
 from peftlab.spec import RunSpec
@@ -36,7 +36,7 @@ def read_inputs(path: Path) -> list:
     if path.suffix == ".txt":
         return [line for line in path.read_text().splitlines() if line.strip()]
     try:
-        return data.load_file(path, "--inputs").to_list()
+        return dataset.load_file(path, "--inputs").to_list()
     except ValueError as e:
         raise SystemExit(f"{e}, .txt") from None
 
@@ -53,7 +53,7 @@ def answer(spec: RunSpec, model, tokenizer, items: list, max_new_tokens: int | N
     """One answer per input: the input and what the task type answers (a label, or generated text)."""
     task = spec.task
     rows = [as_row(task, item) for item in items]
-    missing = sorted({c for r in rows for c in data.required_columns(task) if c not in r} - {task.label_field, task.response_field})
+    missing = sorted({c for r in rows for c in dataset.required_columns(task) if c not in r} - {task.label_field, task.response_field})
     if missing:
         raise SystemExit(f"an input lacks the column(s) {missing} that task {task.name!r} reads; give a JSON object with them")
     model = place(model)

@@ -1,5 +1,9 @@
 """Matrix expansion: a validated config -> one resolved spec per run, and every step's spec. Pure: touches no file.
 
+`plan` is the whole of it for one config file: the validated config, the runs, every step's spec,
+every run's resources and the matrix's folder (the workflow calls it once per Snakemake start;
+`python -m peftlab.config` prints it).
+
 Two matrix forms expand to the same table:
 
   sweep:                          # form 1: every combination of the axes
@@ -15,11 +19,14 @@ from __future__ import annotations
 import copy
 import fnmatch
 import itertools
+from pathlib import Path
+from typing import NamedTuple
 
-from peftlab import launch, lr_search, methods, paths, tasks
+from peftlab import launch, methods, metrics, paths, tasks
+from peftlab import search as lr_search
 from peftlab.schema import SAFE_NAME, ConfigError, json_copy
 from peftlab.spec import RunSpec
-from peftlab.validate import AXES, check_cell, check_holdout, task_spec
+from peftlab.validate import AXES, check_cell, check_holdout, load_config, task_spec
 
 
 def _deep_merge(base: dict, over: dict) -> dict:
@@ -182,7 +189,7 @@ def expand(cfg: dict, root: str = paths.RESULTS) -> tuple[dict[str, dict], dict[
         if t["eval_steps"]:  # the spec records which metric picks the best evaluation, and which way
             t["metric_for_best_model"] = t["metric_for_best_model"] or tasks.main_metric(task_spec(task, cfg["tasks"][task]))
             if t["greater_is_better"] is None:
-                t["greater_is_better"] = tasks.greater_is_better(t["metric_for_best_model"])
+                t["greater_is_better"] = metrics.metric(t["metric_for_best_model"]).higher_is_better
         res = run_resources(cfg, model, levels, presets)
         rl, t = cell["training"]["rl"], cell["training"]
         if rl and (t["batch_size"] * t["grad_accum"] * res.world_size) % rl["num_generations"]:
@@ -315,3 +322,37 @@ def task_files(task: dict, root: str = paths.RESULTS) -> dict:
     if "generator" not in task["data"]:
         return task
     return {**task, "data": {"files": paths.raw_files(root, task["name"])}}
+
+
+DEFAULT_CONFIG = "config/config.yaml"
+
+
+class Plan(NamedTuple):
+    cfg: dict  # the validated config, defaults filled in
+    runs: dict[str, dict]  # run_id -> resolved run spec
+    specs: dict[str, dict[str, dict]]  # every step's spec: {rule: {key: spec}}
+    resources: dict[str, launch.Resources]  # run_id -> its training job's resources
+    root: str  # results/<matrix name>: every file of this matrix lies under it
+
+
+def matrix_name(cfg: dict, configfile: str | Path = DEFAULT_CONFIG) -> str:
+    """The matrix's `name:`, else its config file's name (config/test.yaml: test), and `default` for config/config.yaml."""
+    if cfg.get("name"):
+        return cfg["name"]
+    stem = Path(configfile).stem
+    return "default" if stem == "config" else stem
+
+
+def plan(raw: dict, configfile: str | Path = DEFAULT_CONFIG) -> Plan:
+    """raw config -> the validated config, the runs, every step's spec and every run's resources.
+
+    Every path lies under results/<matrix name>/, so two matrices in one checkout never
+    write to each other's runs, models, data or tables.
+    """
+    cfg = load_config(raw)
+    name = matrix_name(cfg, configfile)
+    if not SAFE_NAME.match(name):
+        raise ConfigError(f"name: {name!r} is not path-safe (it names the folder results/<name>); set `name:` in the config")
+    root = paths.root(name)
+    runs, resources = expand(cfg, root)
+    return Plan(cfg, runs, step_specs(cfg, runs, root), resources, root)

@@ -5,12 +5,18 @@
 - regression (STS-B): Pearson and Spearman correlation, MSE;
 - generation: exact match of the final answer (GSM8K's `#### n`, MATH's `\\boxed{…}`,
   the last number, or the whole text), numbers compared numerically; ROUGE-1/2/L.
+
+And the metric registry (`METRICS`, `metric`): one row per metric holding everything the
+tables, plots, statistics and task types know of it: its display name, its direction, its
+range, its per-example form and its paired test. A new metric is one row (`register`).
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -129,3 +135,120 @@ def rouge_scores(predictions: list[str], references: list[str]) -> dict[str, lis
 def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
     """Mean ROUGE-1/2/L F-measure, as the summarisation papers report it."""
     return {k: float(np.mean(v)) if v else 0.0 for k, v in rouge_scores(predictions, references).items()}
+
+
+# --- the metric registry ---------------------------------------------------------------
+# How a metric is compared on two settings' per-example predictions (predictions.jsonl) over
+# the seeds both ran, the example as the unit (peftlab.stats.example_test): `per_example` turns a
+# run's rows into an array, one row per example. With no `statistic` the metric is the mean of
+# its one column (correctness, ROUGE), averaged over the seeds and tested by paired permutation;
+# with one, the metric is recomputed from each resample of the examples (paired bootstrap).
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    display: str
+    higher_is_better: bool = True
+    bounds: tuple[float, float] | None = None  # its range: intervals are clipped to it
+    per_example: Callable[[list[dict]], np.ndarray] | None = None  # None: no per-example test
+    statistic: Callable[[np.ndarray], float] | None = None
+
+    @property
+    def paired_test(self) -> str | None:
+        """The per-example test the tables run on it: "paired permutation", "paired bootstrap" or None."""
+        if self.per_example is None:
+            return None
+        return "paired permutation" if self.statistic is None else "paired bootstrap"
+
+
+def column(name: str) -> Callable[[list[dict]], np.ndarray]:
+    """Per example: one recorded column (`correct`, a ROUGE score)."""
+    return lambda rows: np.array([[float(r[name])] for r in rows], dtype=float)
+
+
+def loss_rows(rows: list[dict]) -> np.ndarray:
+    return np.array([[r["loss_sum"], r["tokens"]] for r in rows], dtype=float)
+
+
+def pairs(rows: list[dict]) -> np.ndarray:
+    """Per example: (prediction, reference) as numbers."""
+    return np.array([[float(r["prediction"]), float(r["reference"])] for r in rows], dtype=float)
+
+
+def mean_loss(x: np.ndarray) -> float:
+    return float(x[:, 0].sum() / max(x[:, 1].sum(), 1))
+
+
+def pearson_pairs(x: np.ndarray) -> float:
+    """Pearson's r of rows (prediction, reference); 0 for a constant side, as `regression` reports it."""
+    if np.ptp(x[:, 0]) == 0 or np.ptp(x[:, 1]) == 0:
+        return 0.0
+    return float(np.corrcoef(x[:, 0], x[:, 1])[0, 1])
+
+
+def spearman_pairs(x: np.ndarray) -> float:
+    from scipy import stats
+
+    if np.ptp(x[:, 0]) == 0 or np.ptp(x[:, 1]) == 0:
+        return 0.0
+    return float(stats.spearmanr(x[:, 0], x[:, 1])[0])
+
+
+def _sklearn(name: str, **kw) -> Callable[[np.ndarray], float]:
+    """A scikit-learn metric of rows (prediction, reference), imported when first used."""
+
+    def statistic(x: np.ndarray) -> float:
+        import sklearn.metrics
+
+        return float(getattr(sklearn.metrics, name)(x[:, 1], x[:, 0], **kw))
+
+    return statistic
+
+
+SHARE, CORRELATION, POSITIVE = (0.0, 1.0), (-1.0, 1.0), (0.0, math.inf)
+METRICS: dict[str, Metric] = {}
+
+
+def register(m: Metric) -> Metric:
+    """Add (or replace) a metric's row: every reader of a metric's properties reads it from here."""
+    METRICS[m.name] = m
+    return m
+
+
+for _m in (
+    Metric("accuracy", "accuracy", bounds=SHARE, per_example=column("correct")),
+    Metric("exact_match", "exact match", bounds=SHARE, per_example=column("correct")),
+    Metric("macro_f1", "macro-F1", bounds=SHARE, per_example=pairs, statistic=_sklearn("f1_score", average="macro", zero_division=0)),
+    Metric("f1", "F1", bounds=SHARE),
+    Metric("precision", "precision", bounds=SHARE),
+    Metric("recall", "recall", bounds=SHARE),
+    Metric("mcc", "Matthews correlation", bounds=CORRELATION, per_example=pairs, statistic=_sklearn("matthews_corrcoef")),
+    Metric("pearson", "Pearson r", bounds=CORRELATION, per_example=pairs, statistic=pearson_pairs),
+    Metric("spearman", "Spearman rho", bounds=CORRELATION, per_example=pairs, statistic=spearman_pairs),
+    Metric(
+        "mse",
+        "MSE",
+        higher_is_better=False,
+        bounds=POSITIVE,
+        per_example=pairs,
+        statistic=lambda x: float(((x[:, 0] - x[:, 1]) ** 2).mean()),
+    ),
+    Metric("eval_loss", "eval loss", higher_is_better=False, bounds=POSITIVE, per_example=loss_rows, statistic=mean_loss),
+    Metric(
+        "perplexity",
+        "perplexity",
+        higher_is_better=False,
+        bounds=POSITIVE,
+        per_example=loss_rows,
+        statistic=lambda x: float(np.exp(min(mean_loss(x), 50))),
+    ),
+    *(Metric(r, f"ROUGE-{r[5:]}", bounds=SHARE, per_example=column(r)) for r in ROUGE),
+    Metric("format", "format", bounds=SHARE),  # rlvr: the share of completions in the answer format
+):
+    register(_m)
+
+
+def metric(name: str) -> Metric:
+    """A metric's row; a name with none (a reward's mean, a custom task's metric) is higher-is-better, unbounded, untested."""
+    return METRICS.get(name) or Metric(name, name)

@@ -56,8 +56,8 @@ from pathlib import Path
 
 from peftlab import artifacts, cli, launch, paths
 from peftlab.checkpoints import kept_steps
-from peftlab.config import load_yaml, plan
-from peftlab.schema import ConfigError
+from peftlab.matrix import plan
+from peftlab.schema import ConfigError, load_yaml
 from peftlab.spec import HoldoutSpec, OutputsSpec
 
 H100_BF16_TFLOPS = 989.0  # dense bf16 peak of an H100 SXM
@@ -119,27 +119,18 @@ def parameters(run: dict) -> tuple[int, int]:
 
 def meta_model(spec):
     """The run's base model with its task type's head, from its config alone (call inside init_empty_weights)."""
-    import transformers
-
     from peftlab import tasks
     from peftlab.models import load_config
 
     folder = Path(spec.model.path)
     if spec.model.build and not (folder / "config.json").exists():  # not built yet: the build's own config
-        from peftlab import build
+        from peftlab import tiny
 
         b = {**spec.model.build}
         vocab = _Vocab(b.get("vocab_size", 512))
-        make = build._tiny_t5 if b.get("arch") == "t5" else build._tiny_llama
+        make = tiny.tiny_t5 if b.get("arch") == "t5" else tiny.tiny_llama
         return make(vocab, b)
-    config = load_config(spec.model)
-    ttype = tasks.of(spec.task)
-    if spec.task.type == "classification":
-        config.num_labels = spec.task.num_labels
-        auto = transformers.AutoModelForSequenceClassification
-    else:
-        auto = transformers.AutoModelForSeq2SeqLM if ttype.encoder_decoder else transformers.AutoModelForCausalLM
-    return auto.from_config(config, trust_remote_code=spec.model.trust_remote_code)
+    return tasks.of(spec.task).model_from_config(load_config(spec.model), spec.task, spec.model.trust_remote_code)
 
 
 class _Vocab:
@@ -292,7 +283,6 @@ def human_hours(h: float) -> str:
 
 
 def report(result: dict, validate: bool) -> str:
-    from peftlab.tables import human_bytes
 
     costs, known = result["runs"], result["measured"]
     lines = [f"{'run':<44} {'params':>9} {'trainable':>9} {'tokens':>9} {'from':>8} {'device-h':>9} {'disk':>9}"]
@@ -300,20 +290,20 @@ def report(result: dict, validate: bool) -> str:
         est = "~" if c.tokens_estimated else ""
         lines.append(
             f"{c.run_id:<44} {c.total_params / 1e6:>8.1f}M {c.trainable_params / 1e6:>8.3f}M {est}{c.train_tokens:>8.3g} {c.source:>8}"
-            f" {human_hours(c.device_hours):>9} {human_bytes(c.disk_bytes):>9}"
+            f" {human_hours(c.device_hours):>9} {artifacts.human_bytes(c.disk_bytes):>9}"
         )
     hours = sum(c.device_hours for c in costs.values())
     disk = {k: sum(getattr(c, k) for c in costs.values()) for k in ("adapter_bytes", "checkpoint_bytes", "merged_bytes")}
     lines.append(
-        f"\n{len(costs)} runs: {human_hours(hours)} device time; disk {human_bytes(sum(disk.values()))} "
-        f"(adapters {human_bytes(disk['adapter_bytes'])}, checkpoints {human_bytes(disk['checkpoint_bytes'])}, merged {human_bytes(disk['merged_bytes'])})"
+        f"\n{len(costs)} runs: {human_hours(hours)} device time; disk {artifacts.human_bytes(sum(disk.values()))} "
+        f"(adapters {artifacts.human_bytes(disk['adapter_bytes'])}, checkpoints {artifacts.human_bytes(disk['checkpoint_bytes'])}, merged {artifacts.human_bytes(disk['merged_bytes'])})"
     )
     search = [c for c in costs.values() if c.search]
     if search:
         share = sum(c.device_hours for c in search) / hours if hours else 0.0
         lines.append(
             f"of which the learning-rate search: {len(search)} search runs, {human_hours(sum(c.device_hours for c in search))} device time "
-            f"({share:.0%} of the matrix), disk {human_bytes(sum(c.disk_bytes for c in search))}"
+            f"({share:.0%} of the matrix), disk {artifacts.human_bytes(sum(c.disk_bytes for c in search))}"
         )
     if any(c.tokens_estimated for c in costs.values()):
         lines.append("~: tokens from max_length (no tokenised data yet), an upper bound")

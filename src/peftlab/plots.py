@@ -26,13 +26,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import EngFormatter, FuncFormatter, NullFormatter  # noqa: E402
 
-from peftlab import stats  # noqa: E402
-from peftlab.drawing import NotDrawn, attempt  # noqa: E402
+from peftlab import metrics, stats  # noqa: E402
+from peftlab.drawing import NotDrawn, attempt, check_drawable  # noqa: E402
 from peftlab.tracking.report import colour  # noqa: E402
 
 AXES = {"r": "rank r", "train_size": "training examples", "lr": "learning rate"}
 FILES = {"r": "rank", "train_size": "train_size", "lr": "lr"}  # the axis plots' file names
-LOWER_IS_BETTER = {"eval_loss", "perplexity", "mse"}
 MARKERS = "osD^v<>P*X"
 STYLES = ["-", "--", ":", "-."]
 
@@ -42,7 +41,7 @@ def finite(values) -> list[float]:
 
 
 def better(metric: str, a: float, b: float) -> bool:
-    return a < b if metric in LOWER_IS_BETTER else a > b
+    return a > b if metrics.metric(metric).higher_is_better else a < b
 
 
 def varying(part: pd.DataFrame, axis: str) -> bool:
@@ -67,6 +66,7 @@ def _fit(ax, values) -> None:
     """Y limits that fit the data with a margin (no fixed 0..1 that flattens a saturated task)."""
     v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
     if len(v):
+        check_drawable(sorted(v.tolist(), key=abs, reverse=True), "a value")
         lo, hi = v.min(), v.max()
         pad = (hi - lo) * 0.1 or max(abs(hi) * 0.05, 1e-3)
         ax.set_ylim(lo - pad, hi + pad)
@@ -76,7 +76,7 @@ def cells(part: pd.DataFrame, metric: str) -> pd.DataFrame:
     """One row per method and setting: the seeds' values and their summary."""
     rows = []
     for key, g in part.groupby(["method", "r", "lr", "train_size"], dropna=False, sort=False):
-        s = stats.summary(g[metric].tolist(), bounds=stats.bounds(metric))
+        s = stats.summary(g[metric].tolist(), bounds=metrics.metric(metric).bounds)
         rows.append(
             {
                 **dict(zip(["method", "r", "lr", "train_size"], key)),
@@ -220,7 +220,13 @@ def _flagged_curves(ax, flagged: pd.DataFrame) -> None:
             ax.plot(steps, losses, ":", color=colour(run["method"]), lw=1.2, label=label)
 
 
+def _check_losses(part: pd.DataFrame) -> None:
+    """NotDrawn when a logged loss is beyond what an axis can hold (peftlab.drawing.DRAWABLE)."""
+    check_drawable([p.get("loss") for h in part["losses"] if isinstance(h, list) for p in h], "a logged loss")
+
+
 def loss_plot(part: pd.DataFrame, task: str, model: str, path: Path) -> Path:
+    _check_losses(part)
     fig, ax = plt.subplots(figsize=(6.5, 4))
     _curves(ax, part, "losses", "loss")
     ax.set_xlabel("step")
@@ -272,21 +278,24 @@ def overview(runs: pd.DataFrame, out: Path, notes: list[str], flagged: pd.DataFr
         fig, axes = plt.subplots(nrow, ncol, figsize=(5.5 * ncol, 4 * nrow), squeeze=False)
         for ax, (task, model) in zip(axes.flat, facets):
             part = runs.query("task == @task and model == @model")
-            if name == "metrics":
-                try:
+            try:
+                if name == "metrics":
                     if part.empty:
                         raise NotDrawn("every finished run is flagged by its health")
                     _metric(ax, part, part["main_metric"].iloc[0], f"{task} / {model}")
-                except NotDrawn as e:
-                    ax.text(0.5, 0.5, str(e), ha="center", va="center", transform=ax.transAxes, wrap=True)
-                    ax.set_axis_off()
-                    notes.append(f"metrics.png, panel {task} / {model}: not drawn: {e}")
-            else:
-                _curves(ax, part, "losses", "loss")
-                _flagged_curves(ax, every.query("task == @task and model == @model and index not in @part.index"))
-                ax.set_title(f"{task} / {model}: training loss", fontsize=9)
-                ax.set_xlabel("step")
-                ax.legend(fontsize=6)
+                else:
+                    flagged_part = every.query("task == @task and model == @model and index not in @part.index")
+                    _check_losses(pd.concat([part, flagged_part]))
+                    _curves(ax, part, "losses", "loss")
+                    _flagged_curves(ax, flagged_part)
+                    ax.set_title(f"{task} / {model}: training loss", fontsize=9)
+                    ax.set_xlabel("step")
+                    ax.legend(fontsize=6)
+            except NotDrawn as e:
+                ax.clear()  # nothing half-drawn stays behind the reason
+                ax.text(0.5, 0.5, str(e), ha="center", va="center", transform=ax.transAxes, wrap=True)
+                ax.set_axis_off()
+                notes.append(f"{name}.png, panel {task} / {model}: not drawn: {e}")
         for ax in list(axes.flat)[len(facets) :]:
             ax.set_visible(False)
         _save(fig, out / f"{name}.png")
@@ -294,7 +303,7 @@ def overview(runs: pd.DataFrame, out: Path, notes: list[str], flagged: pd.DataFr
 
 def lr_search_plot(rows: pd.DataFrame, path: Path) -> Path:
     """Score against learning rate, one panel per task, model and metric, one curve per method and setting;
-    the chosen rate a star, a diverged candidate an x on the axis (peftlab.lr_search.table's rows)."""
+    the chosen rate a star, a diverged candidate an x on the axis (peftlab.search.table's rows)."""
     panels = list(rows.groupby(["task", "model", "metric"], sort=False))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     for ax, ((task, model, metric), part) in zip(axes[0], panels):
@@ -316,7 +325,7 @@ def lr_search_plot(rows: pd.DataFrame, path: Path) -> Path:
             ax.xaxis.set_minor_formatter(NullFormatter())
         _fit(ax, list(part["score"].dropna()))
         ax.set_xlabel("learning rate")
-        direction = "lower is better" if metric in LOWER_IS_BETTER else "higher is better"
+        direction = "higher is better" if metrics.metric(metric).higher_is_better else "lower is better"
         ax.set_ylabel(f"validation {metric} ({direction})")
         ax.set_title(f"{task} / {model}: {metric} against learning rate\n(star: chosen; x: diverged)", fontsize=9)
         ax.legend(fontsize=7)

@@ -129,10 +129,11 @@ def schema_default(section: str, key: str):
     return props[key]["default"]
 
 
-def validate(raw: dict) -> dict:
-    """A copy of a raw config with exponent-notation numbers read and every schema default filled in; ConfigError lists every schema problem."""
+def validate(raw: dict, against: dict | None = None) -> dict:
+    """A copy of a raw config with exponent-notation numbers read and every schema default filled in; ConfigError
+    lists every schema problem. `against`: the schema with the registries' names filled in (peftlab.validate.config_schema)."""
     cfg = _numbers(copy.deepcopy(raw))
-    errors = sorted(_Validator(schema()).iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path)))
+    errors = sorted(_Validator(against or schema()).iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(dict.fromkeys(map(_describe, errors))))
     return cfg

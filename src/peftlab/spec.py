@@ -1,6 +1,6 @@
 """The resolved spec of one run, typed: what `python -m peftlab.train|evaluate|merge` reads.
 
-`peftlab.config.plan` validates a user's config (schema, defaults) and expands it into
+`peftlab.matrix.plan` validates a user's config (schema, defaults) and expands it into
 these; `RunSpec.from_dict` is strict, so a spec file with a missing or unknown
 key fails when it is read, not halfway through a job.
 """
@@ -245,7 +245,7 @@ NOT_READ: dict[str, tuple[str, ...]] = {
     # outputs.merge is hashed even at its default: before it existed every merge was saved in
     # float32, so a finished matrix's merges rerun once (no training) to follow the new rule
     "merge_run": EVAL_ONLY + ("training", "world_size", "wandb", "tracker", "outputs.checkpoints", "lr_search"),
-    "lr_select": (),  # its spec is the cell's search alone (peftlab.lr_search.select_spec)
+    "lr_select": (),  # its spec is the cell's search alone (peftlab.search.select_spec)
 }
 
 

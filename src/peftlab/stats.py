@@ -28,17 +28,6 @@ from scipy import stats
 CONFIDENCE = 0.95
 MIN_SEEDS = 3  # a t-test over fewer pairs of seeds has one degree of freedom or none: no evidence
 RESAMPLES = 9999  # example_test's random sign flips: exact when 2^(examples that differ) is no more
-# the metrics whose values have a known range: intervals are clipped to it
-SHARES = ("accuracy", "macro_f1", "f1", "precision", "recall", "exact_match", "rouge1", "rouge2", "rougeL", "format", "token_accuracy")
-CORRELATIONS = ("mcc", "pearson", "spearman")
-
-
-def bounds(metric: str) -> tuple[float, float] | None:
-    if metric in SHARES:
-        return (0.0, 1.0)
-    if metric in CORRELATIONS:
-        return (-1.0, 1.0)
-    return (0.0, float("inf")) if metric in ("eval_loss", "perplexity", "mse") else None
 
 
 def summary(values, confidence: float = CONFIDENCE, bounds: tuple[float, float] | None = None) -> dict:
@@ -126,16 +115,3 @@ def holm(pvalues) -> list[float]:
     if not p:
         return []
     return [float(x) for x in multipletests(p, method="holm")[1]]
-
-
-def pearson(pairs: np.ndarray) -> float:
-    """Pearson's r of rows (prediction, reference); the statistic a regression task is bootstrapped on."""
-    if np.ptp(pairs[:, 0]) == 0 or np.ptp(pairs[:, 1]) == 0:
-        return 0.0
-    return float(np.corrcoef(pairs[:, 0], pairs[:, 1])[0, 1])
-
-
-def spearman(pairs: np.ndarray) -> float:
-    if np.ptp(pairs[:, 0]) == 0 or np.ptp(pairs[:, 1]) == 0:
-        return 0.0
-    return float(stats.spearmanr(pairs[:, 0], pairs[:, 1])[0])

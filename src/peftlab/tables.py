@@ -28,15 +28,20 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import f1_score, matthews_corrcoef
 
-from peftlab import artifacts, health, lr_search, paths, plots, stats, tasks
+from peftlab import artifacts, health, metrics, paths, plots, stats, tasks
+from peftlab import search as lr_search
+from peftlab.runstate import run_state
 from peftlab.spec import TaskSpec
-from peftlab.status import run_state
 from peftlab.tracking import report
 
 log = logging.getLogger(__name__)
-METRICS = tasks.all_metrics()
+
+
+def metric_columns() -> list[str]:
+    """Every metric some registered task type reports, as the tables' columns (asked when the tables are built,
+    so a task type registered after import has its columns)."""
+    return tasks.all_metrics()
 
 
 def main_metric(task: dict) -> str:
@@ -69,7 +74,7 @@ def run_row(run_dir: Path) -> dict | None:
         "seed": spec["training"]["seed"],
         "lr": spec["training"]["learning_rate"],
         "train_size": tr["examples"],
-        **{m: _number(ev["metrics"].get(m)) for m in METRICS},  # null (Pearson of constant predictions) is NaN: missing
+        **{m: _number(ev["metrics"].get(m)) for m in metric_columns()},  # null (Pearson of constant predictions) is NaN: missing
         "trainable_params": tr["trainable_params"],
         "trainable_pct": 100 * tr["trainable_share"],
         "health": (tr.get("health") or {}).get("status", "not judged"),  # peftlab.health; older records were not judged
@@ -113,79 +118,39 @@ def grouped(runs: pd.DataFrame) -> pd.DataFrame:
     """Per setting (task, model, method, r, lr, train_size), over its seeds: for every metric n, mean, std
     and the 95% t interval (std and interval empty for one seed: never ± 0)."""
     main = set(runs["main_metric"]) if "main_metric" in runs else set()  # a task's main metric has columns, even all missing
-    metrics = [m for m in METRICS if m in runs and (runs[m].notna().any() or m in main)]
+    reported = [m for m in metric_columns() if m in runs and (runs[m].notna().any() or m in main)]
     keys = [k for k in SETTING if k in runs]
     rows = []
     for key, g in runs.groupby(keys, dropna=False, sort=False):
         row = {**dict(zip(keys, key)), "seeds": g["seed"].nunique(), "trainable_pct": g["trainable_pct"].mean()}
-        for m in metrics:
-            s = stats.summary(g[m].tolist(), bounds=stats.bounds(m))
+        for m in reported:
+            s = stats.summary(g[m].tolist(), bounds=metrics.metric(m).bounds)
             row.update({f"{m}_{k}": s[k] for k in ("n", "mean", "std", "ci_low", "ci_high")})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-# How a main metric is compared on two methods' per-example predictions (predictions.jsonl)
-# over the seeds both ran, the example as the unit (stats.example_test): a per-example outcome
-# (correctness, ROUGE) averaged over the seeds and a paired permutation test, or a paired
-# bootstrap of the metric recomputed on each resample of the examples.
-def _column(col):
-    return lambda rows: np.array([[r[col]] for r in rows], dtype=float), None
-
-
-def _loss(rows):
-    return np.array([[r["loss_sum"], r["tokens"]] for r in rows], dtype=float)
-
-
-def _pairs(rows):
-    return np.array([[float(r["prediction"]), float(r["reference"])] for r in rows], dtype=float)
-
-
-def _labels(rows):
-    return np.array([[r["prediction"], r["reference"]] for r in rows], dtype=float)
-
-
-def _sk(fn, **kw):
-    return lambda x: float(fn(x[:, 1], x[:, 0], **kw))
-
-
-PAIRED = {
-    "eval_loss": (_loss, lambda x: float(x[:, 0].sum() / max(x[:, 1].sum(), 1))),
-    "perplexity": (_loss, lambda x: float(np.exp(min(x[:, 0].sum() / max(x[:, 1].sum(), 1), 50)))),
-    "pearson": (_pairs, stats.pearson),
-    "spearman": (_pairs, stats.spearman),
-    "mse": (_pairs, lambda x: float(((x[:, 0] - x[:, 1]) ** 2).mean())),
-    "mcc": (_labels, _sk(matthews_corrcoef)),
-    "macro_f1": (_labels, _sk(f1_score, average="macro", zero_division=0)),
-    **{m: _column(m) for m in ("rouge1", "rouge2", "rougeL")},
-}
-MCNEMAR = ("accuracy", "exact_match")
 BOOTSTRAP_RESAMPLES = 2000
 
 
 def example_test(metric: str, a: list[list[dict]], b: list[list[dict]]) -> dict | None:
     """Two settings' per-example predictions, seed-matched lists of runs' rows (the seeds both ran),
-    tested with the example as the unit (stats.example_test); None when the metric has no per-example
-    form or the runs' examples differ."""
+    tested with the example as the unit as the metric's row says (peftlab.metrics: per_example and
+    statistic; stats.example_test); None when the metric has no per-example form or the runs' examples differ."""
+    row = metrics.metric(metric)
     split = a[0][0].get("split", "eval") if a and a[0] else None
     a_rows = [[r for r in rows if r.get("split", "eval") == split] for rows in a]
     b_rows = [[r for r in rows if r.get("split", "eval") == split] for rows in b]
     ids = [r["id"] for r in a_rows[0]] if a_rows else []
-    if not ids or any([r["id"] for r in rows] != ids for rows in a_rows + b_rows):
+    if row.per_example is None or not ids or any([r["id"] for r in rows] != ids for rows in a_rows + b_rows):
         return None
-    if metric in MCNEMAR and "correct" in a_rows[0][0]:
-        outcome = [[[float(r["correct"])] for r in rows] for rows in a_rows], [[[float(r["correct"])] for r in rows] for rows in b_rows]
-        return stats.example_test(*(np.asarray(x)[:, :, 0] for x in outcome))
-    if metric not in PAIRED:
-        return None
-    extract, statistic = PAIRED[metric]
     try:
-        x, y = np.stack([extract(rows) for rows in a_rows]), np.stack([extract(rows) for rows in b_rows])
+        x, y = np.stack([row.per_example(rows) for rows in a_rows]), np.stack([row.per_example(rows) for rows in b_rows])
     except (KeyError, TypeError, ValueError):  # a run recorded before its metric had a per-example column
         return None
-    if statistic is None:
+    if row.statistic is None:
         return stats.example_test(x[:, :, 0], y[:, :, 0])
-    return stats.example_test(x, y, statistic, resamples=BOOTSTRAP_RESAMPLES)
+    return stats.example_test(x, y, row.statistic, resamples=BOOTSTRAP_RESAMPLES)
 
 
 def _predictions(run_dir: Path) -> list[dict]:
@@ -292,7 +257,7 @@ def task_table(groups: pd.DataFrame, comps: pd.DataFrame, task: str) -> pd.DataF
     for _, idx in part.groupby("model").groups.items():
         sub = part.loc[idx, f"{metric}_mean"].dropna()
         if len(sub):  # every setting that ties for the best mean
-            part.loc[sub.index[sub == (sub.min() if metric in plots.LOWER_IS_BETTER else sub.max())], "best"] = True
+            part.loc[sub.index[sub == (sub.max() if metrics.metric(metric).higher_is_better else sub.min())], "best"] = True
     cols = ["model", "method", "r", "lr", "train_size"]
     table = part[cols + ["seeds"]].rename(columns={"seeds": "n"})
     table[metric] = part[f"{metric}_mean"]
@@ -398,21 +363,13 @@ LATEX_PREAMBLE = "% \\usepackage{booktabs,graphicx} in the preamble; \\input{} t
 DISK = {"adapter_bytes": "adapters", "checkpoint_bytes": "kept checkpoints", "merged_bytes": "merged models"}
 
 
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    raise AssertionError
-
-
 def disk(table: pd.DataFrame) -> str:
     """The matrix's disk, from its runs' records: adapters, kept checkpoints and merged models, and their sum."""
     totals = {label: table[col].dropna().sum() if col in table else 0 for col, label in DISK.items()}
     unrecorded = int(table[list(DISK)[0]].isna().sum()) if list(DISK)[0] in table else len(table)
-    parts = ", ".join(f"{human_bytes(v)} of {label}" for label, v in totals.items())
+    parts = ", ".join(f"{artifacts.human_bytes(v)} of {label}" for label, v in totals.items())
     note = f" ({unrecorded} run(s) recorded before peftlab recorded disk are not counted)" if unrecorded else ""
-    return f"## Disk\n\n{len(table)} finished runs keep {human_bytes(sum(totals.values()))}: {parts}{note}.\n"
+    return f"## Disk\n\n{len(table)} finished runs keep {artifacts.human_bytes(sum(totals.values()))}: {parts}{note}.\n"
 
 
 def lr_tables(files: list[Path], out: Path) -> int:

@@ -45,10 +45,10 @@ import torch
 import transformers
 from transformers import TrainerCallback, TrainerState
 
-from peftlab import artifacts, cli, health, lr_search, methods, numerics, observe, tasks, trainers
+from peftlab import artifacts, cli, health, methods, numerics, observe, search, tasks, trainers
 from peftlab.checkpoints import KeepEvery, claimed, last_checkpoint, prune, step_of
 from peftlab.compute import device_of, logits
-from peftlab.data import holdout, split
+from peftlab.dataset import holdout, split
 from peftlab.methods import targets
 from peftlab.models import RUN_FILE, load_model, load_tokenizer, load_trained, probe_batch, run_marker, trained_label_names
 from peftlab.schema import schema_default
@@ -372,7 +372,7 @@ def main(argv=None):
     if spec.lr_search is not None:
         if args.lr_from is None:
             p.error(f"{spec.run_id}: its learning rate comes from the search of {spec.lr_search.cell}; give that selection with --lr-from")
-        spec = spec.with_learning_rate(lr_search.chosen_rate(args.lr_from, spec.lr_search))
+        spec = spec.with_learning_rate(search.chosen_rate(args.lr_from, spec.lr_search))
         log.info(
             "%s: training at %g, the rate its learning-rate search picked (%s)", spec.run_id, spec.training.learning_rate, args.lr_from
         )

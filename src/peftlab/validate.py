@@ -10,7 +10,8 @@ import copy
 import string
 from pathlib import Path
 
-from peftlab import lr_search, methods, perl, rewards, tasks
+from peftlab import methods, perl, rewards, tasks
+from peftlab import search as lr_search
 from peftlab.generators import GENERATORS
 from peftlab.methods import targets
 from peftlab.schema import SAFE_NAME, ConfigError, schema, validate
@@ -28,9 +29,19 @@ AXES = {
 }
 
 
+def config_schema() -> dict:
+    """The config schema with the allowed values it leaves to a registry filled in from it: a task's `type`
+    (peftlab.tasks), each with its summary. A new task type is its own file and its row in the registry."""
+    full = copy.deepcopy(schema())
+    node = full["properties"]["tasks"]["additionalProperties"]["properties"]["type"]
+    node["enum"] = list(tasks.TASK_TYPES)
+    node["description"] = "; ".join(f"{t.name}: {t.summary}" for t in tasks.TASK_TYPES.values())
+    return full
+
+
 def load_config(raw: dict, check_files: bool = True) -> dict:
     """Validate a raw config dict; return a copy with every default filled in."""
-    cfg = validate(_spelled_targets(perl.translate(raw)))
+    cfg = validate(_spelled_targets(perl.translate(raw)), config_schema())
     _check_names(cfg, check_files)
     return cfg
 
@@ -112,7 +123,7 @@ def _check_names(cfg: dict, check_files: bool) -> None:
 
 
 def _lr_range_problem(where: str, search: dict | None) -> str | None:
-    """Why a learning-rate `range` gives no ascending grid of distinct rates (peftlab.lr_search.candidates)."""
+    """Why a learning-rate `range` gives no ascending grid of distinct rates (peftlab.search.candidates)."""
     if not search or "range" not in search:
         return None
     r = search["range"]
@@ -130,7 +141,7 @@ def _lr_range_problem(where: str, search: dict | None) -> str | None:
 
 def check_holdout(where: str, cell: dict, share: float, task: dict, key: str = "lr_search.validation_share") -> None:
     """A validation share (a learning-rate search's, or `training.validation_share` of a run that evaluates while
-    it trains) against the generated training split it is drawn from (peftlab.data.holdout), and the cell's
+    it trains) against the generated training split it is drawn from (peftlab.dataset.holdout), and the cell's
     train_size against what it leaves. The size of other data (files, the hub) is known when a job reads it."""
     if "generator" not in task["data"]:
         return

@@ -68,13 +68,7 @@ CONF
 # the plugin's job step drops SLURM_CONF: the config must be at the default path. A file of the
 # machine's own is kept aside, and stop.sh puts it back (and removes these links: a link to a
 # stopped controller makes every later `snakemake` start wait about 9 s in the plugin's probes).
-mkdir -p "$STATE/etc-slurm-kept"
-for f in slurm.conf gres.conf; do
-  if [ -e "/etc/slurm/$f" ] && [ ! -L "/etc/slurm/$f" ] && [ ! -e "$STATE/etc-slurm-kept/$f" ]; then
-    mv "/etc/slurm/$f" "$STATE/etc-slurm-kept/$f"
-  fi
-  ln -sfn "$STATE/$f" "/etc/slurm/$f"
-done
+bash "$(dirname "$0")/etc.sh" link "$STATE"
 
 slurmctld
 for n in n1 n2; do

@@ -11,8 +11,5 @@ for pidfile in "$STATE"/run/slurmd-n1.pid "$STATE"/run/slurmd-n2.pid "$STATE"/ru
   rm -f "$pidfile"
 done
 # leave /etc/slurm as start.sh found it
-for f in slurm.conf gres.conf; do
-  [ "$(readlink "/etc/slurm/$f" 2>/dev/null)" = "$STATE/$f" ] && rm -f "/etc/slurm/$f"
-  [ -e "$STATE/etc-slurm-kept/$f" ] && mv "$STATE/etc-slurm-kept/$f" "/etc/slurm/$f"
-done
+bash "$(dirname "$0")/etc.sh" restore "$STATE"
 exit 0

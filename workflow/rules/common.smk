@@ -11,8 +11,10 @@ import functools
 import json
 from pathlib import Path
 
-from peftlab import artifacts, launch, paths
-from peftlab.config import ConfigError, data_files, load_yaml, plan
+from peftlab import launch, paths
+from peftlab.matrix import plan
+from peftlab.schema import ConfigError, load_yaml
+from peftlab.validate import data_files
 from peftlab.spec import fingerprint
 
 try:

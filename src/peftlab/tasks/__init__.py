@@ -1,9 +1,10 @@
 """Task type registry: a config's `tasks.<name>.type` -> everything that type needs (peftlab.tasks.base.TaskType).
 
 The stages ask the registry and never branch on a type's name. Adding a task type:
-one module in this package (a `TaskType` subclass), one line in `TASK_TYPES` below,
-the name in the schema's `tasks.<name>.type` enum (tests/test_registries.py checks
-the two agree) and one row in tests/test_task_types.py.
+one module in this package (a `TaskType` subclass, its `summary` included) and one line in
+`TASK_TYPES` below. The config schema takes the allowed types and their summaries from here
+(peftlab.validate.config_schema); tests/test_extending.py adds a type that way. Give it a row in
+tests/test_task_types.py too, which runs every registered type end to end.
 """
 
 from __future__ import annotations
@@ -43,14 +44,6 @@ def of(task: TaskSpec) -> TaskType:
 def main_metric(task: TaskSpec) -> str:
     """The metric a task is compared by: its config's `metric`, or its type's default."""
     return task.metric or of(task).default_metric(task)
-
-
-LOWER_IS_BETTER = ("eval_loss", "perplexity", "mse")
-
-
-def greater_is_better(metric: str) -> bool:
-    """Whether a higher value of a task metric is better (eval_loss, perplexity and mse: lower)."""
-    return metric not in LOWER_IS_BETTER
 
 
 def all_metrics() -> list[str]:

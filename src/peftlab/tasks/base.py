@@ -25,6 +25,7 @@ class TaskType:
 
     # data
     name: ClassVar[str]  # the config's tasks.<name>.type
+    summary: ClassVar[str]  # one line for the config reference: what the type trains and evaluates
     rewarded: ClassVar[bool] = False  # trains on `rewards` (and keeps a run's training.rl); others refuse rewards
     generates: ClassVar[bool] = False  # evaluates generated text: needs a decoder or an encoder-decoder, not an encoder-only model
 
@@ -52,6 +53,14 @@ class TaskType:
     def load_model(self, path: str, task: TaskSpec, tokenizer, label_names: list[str] | None, kwargs: dict[str, Any]):
         """The base model with this type's head, from `path` (kwargs: dtype, quantization_config)."""
         raise NotImplementedError
+
+    def model_from_config(self, config, task: TaskSpec, trust_remote_code: bool = False):
+        """The base with this type's head from a model's config alone (the cost plan counts its
+        parameters on the meta device): a causal LM, or a seq2seq LM for an encoder-decoder type."""
+        import transformers
+
+        auto = transformers.AutoModelForSeq2SeqLM if self.encoder_decoder else transformers.AutoModelForCausalLM
+        return auto.from_config(config, trust_remote_code=trust_remote_code)
 
     def collator(self, task: TaskSpec, tokenizer):
         """The training batches' collator (None when the trainer batches by itself)."""
@@ -108,6 +117,7 @@ class TaskType:
 
     REQUIRED: ClassVar[tuple[str, ...]] = (
         "name",
+        "summary",
         "peft_task_type",
         "encoder_decoder",
         "loss_kwargs",

@@ -18,6 +18,7 @@ REGRESSION_METRICS = ["pearson", "spearman", "mse"]
 
 class Classification(Supervised):
     name = "classification"
+    summary = "text fields -> label (num_labels 1: regression)"
     peft_task_type = "SEQ_CLS"
     encoder_decoder = False
     loss_kwargs = False  # the sequence-classification heads return a per-batch mean
@@ -79,6 +80,12 @@ class Classification(Supervised):
         if model.config.pad_token_id is None and tokenizer is not None:
             model.config.pad_token_id = tokenizer.pad_token_id
         return model
+
+    def model_from_config(self, config, task, trust_remote_code=False):
+        from transformers import AutoModelForSequenceClassification
+
+        config.num_labels = task.num_labels
+        return AutoModelForSequenceClassification.from_config(config, trust_remote_code=trust_remote_code)
 
     def collator(self, task, tokenizer):
         from transformers import DataCollatorWithPadding

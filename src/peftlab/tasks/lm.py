@@ -11,6 +11,7 @@ from peftlab.tasks.base import CausalLM, loss_rows, prompt_ids, with_perplexity
 
 class Lm(CausalLM):
     name = "lm"
+    summary = "causal language modelling of text_fields[0]"
 
     def columns(self, task):
         return task.text_fields[:1]

@@ -14,6 +14,7 @@ from peftlab.tasks.base import TaskType, causal_lm, format_prompt, prompt_ids, r
 
 class Rlvr(TaskType):
     name = "rlvr"
+    summary = "GRPO on prompts with verifiable rewards"
     rewarded = True
     generates = True
     peft_task_type = "CAUSAL_LM"

@@ -23,6 +23,7 @@ from peftlab.tasks.base import (
 
 class Seq2Seq(Supervised):
     name = "seq2seq"
+    summary = "prompt -> response on an encoder-decoder (T5, BART)"
     peft_task_type = "SEQ_2_SEQ_LM"
     encoder_decoder = True
     generates = True

@@ -24,6 +24,7 @@ from peftlab.tasks.base import (
 
 class Sft(CausalLM):
     name = "sft"
+    summary = "prompt -> response on a causal LM, loss on the response"
 
     def columns(self, task):
         return prompt_response_columns(task)

@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from peftlab import artifacts  # noqa: E402
-from peftlab.drawing import attempt  # noqa: E402
+from peftlab.drawing import attempt, check_drawable  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +254,7 @@ def _alignment(ax, part: pd.DataFrame, title: str):
     part = _finite(part, "align_top", "align_bottom")
     if part.empty:
         return False
+    check_drawable([*part["align_top"].astype(float), *part["align_bottom"].astype(float)], "an alignment")
     methods = sorted(part["method"].unique())
     x = np.arange(len(methods))
     for offset, q, shade in ((-0.2, "align_top", "tab:red"), (0.2, "align_bottom", "tab:blue")):
@@ -272,6 +273,7 @@ def _effective_rank(ax, part: pd.DataFrame, title: str):
     part = _finite(part, "effective_rank")
     if part.empty:
         return False
+    check_drawable(part["effective_rank"].astype(float), "an effective rank")
     ranked, rankless = part[part["r"].notna()], part[part["r"].isna()]
     for method, rows in ranked.groupby("method"):
         stats = rows.groupby("r")["effective_rank"].agg(["mean", "std"]).sort_index()
@@ -293,6 +295,7 @@ def _depth(ax, part: pd.DataFrame, title: str):
                 curves.setdefault(row.method, {}).setdefault(int(d), []).append(v)
     if not curves:
         return False
+    check_drawable([v for by_depth in curves.values() for vs in by_depth.values() for v in vs], "a relative change")
     for method, by_depth in sorted(curves.items()):
         depths = sorted(by_depth)
         ax.plot(depths, [np.mean(by_depth[d]) for d in depths], marker="o", label=method, color=colour(method))
