@@ -38,12 +38,6 @@ from peftlab.tracking import report
 log = logging.getLogger(__name__)
 
 
-def metric_columns() -> list[str]:
-    """Every metric some registered task type reports, as the tables' columns (asked when the tables are built,
-    so a task type registered after import has its columns)."""
-    return tasks.all_metrics()
-
-
 def main_metric(task: dict) -> str:
     """The metric a task is compared by: its config's `metric`, or its type's default."""
     return tasks.main_metric(TaskSpec.from_dict(task))
@@ -57,11 +51,12 @@ def _number(x) -> float:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else float("nan")
 
 
-def run_row(run_dir: Path) -> dict | None:
-    """One table row from a run folder's JSON files, or None if the run has not finished."""
+def run_row(run_dir: Path, columns: list[str]) -> dict | None:
+    """One table row from a run folder's JSON files, with a column per metric of `columns`, or None if the run has not finished."""
     if not (run_dir / "train.json").exists() or not (run_dir / "eval.json").exists():
         return None
     tr, ev = artifacts.read_json(run_dir / "train.json"), artifacts.read_json(run_dir / "eval.json")
+    verdict = tr.get("health") or {}  # peftlab.health; older records were not judged
     spec = tr["spec"]
     row = {
         "run_id": tr["run_id"],
@@ -74,11 +69,11 @@ def run_row(run_dir: Path) -> dict | None:
         "seed": spec["training"]["seed"],
         "lr": spec["training"]["learning_rate"],
         "train_size": tr["examples"],
-        **{m: _number(ev["metrics"].get(m)) for m in metric_columns()},  # null (Pearson of constant predictions) is NaN: missing
+        **{m: _number(ev["metrics"].get(m)) for m in columns},  # null (Pearson of constant predictions) is NaN: missing
         "trainable_params": tr["trainable_params"],
         "trainable_pct": 100 * tr["trainable_share"],
-        "health": (tr.get("health") or {}).get("status", "not judged"),  # peftlab.health; older records were not judged
-        "health_reasons": "; ".join((tr.get("health") or {}).get("reasons", [])),
+        "health": verdict.get("status", "not judged"),
+        "health_reasons": "; ".join(verdict.get("reasons", [])),
         "first_loss": tr["first_loss"],
         "final_loss": tr["final_loss"],
         "tokens_per_s": round(tr["tokens_per_s"]) if tr["tokens_per_s"] is not None else None,
@@ -103,7 +98,8 @@ def run_row(run_dir: Path) -> dict | None:
 
 def collect(run_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(one row per run whose train.json and eval.json exist, the status of every run)."""
-    rows = [row for d in run_dirs if (row := run_row(Path(d))) is not None]
+    columns = tasks.all_metrics()  # asked at build time: a task type registered after import has its columns
+    rows = [row for d in run_dirs if (row := run_row(Path(d), columns)) is not None]
     states = [run_state(*paths.split_run(d)) for d in run_dirs]
     status = pd.DataFrame([(r.run_id, r.state, r.stage, r.reason) for r in states], columns=["run_id", "status", "stage", "reason"])
     for s in status[status["status"] != "done"].itertuples():
@@ -118,7 +114,7 @@ def grouped(runs: pd.DataFrame) -> pd.DataFrame:
     """Per setting (task, model, method, r, lr, train_size), over its seeds: for every metric n, mean, std
     and the 95% t interval (std and interval empty for one seed: never ± 0)."""
     main = set(runs["main_metric"]) if "main_metric" in runs else set()  # a task's main metric has columns, even all missing
-    reported = [m for m in metric_columns() if m in runs and (runs[m].notna().any() or m in main)]
+    reported = [m for m in tasks.all_metrics() if m in runs and (runs[m].notna().any() or m in main)]
     keys = [k for k in SETTING if k in runs]
     rows = []
     for key, g in runs.groupby(keys, dropna=False, sort=False):
