@@ -1,4 +1,5 @@
-"""What planning a large matrix costs: `snakemake -n` on peftlab's workflow against a bare Snakefile of the same job shape.
+"""What planning a large matrix costs: `snakemake -n` on peftlab's workflow against a bare Snakefile of the same job
+shape.
 
     python bench/dag.py [--runs 1000 10000] [--repeats 1]
 
@@ -30,6 +31,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}  # this checkout's peftlab, whichever is installed
+# the default profile that a run from the checkout reads (named: this runs in a temporary folder)
+PROFILE = ["--workflow-profile", str(ROOT / "profiles/default")]
 METHODS = ["lora", "dora", "pissa", "milora", "olora", "rslora", "lora_plus", "vera", "adalora", "miss"]
 RANKS = [4, 8, 16, 32, 64]
 
@@ -110,7 +113,8 @@ rule merge_run:
 
 rule tables_build:
     input:
-        expand(ROOT + "/runs/{run_id}/{out}", run_id=RUNS, out=["train.json", "eval.json", "merge_check.json", "predictions.jsonl"]),
+        expand(ROOT + "/runs/{run_id}/{out}", run_id=RUNS, out=["train.json", "eval.json", \
+"merge_check.json", "predictions.jsonl"]),
     output: ROOT + "/tables/summary.md"
     log: ROOT + "/logs/tables_build/tables.log"
     localrule: True
@@ -119,7 +123,8 @@ rule tables_build:
 
 
 def matrix(n: int) -> dict:
-    """The test matrix's tasks and models with n runs (n a multiple of 50): methods × ranks × seeds on arith, methods × 5 seeds on sentiment."""
+    """The test matrix's tasks and models with n runs (n a multiple of 50): methods × ranks × seeds on arith, methods ×
+    5 seeds on sentiment."""
     test = yaml.safe_load((ROOT / "config/test.yaml").read_text())
     seeds = max(1, n // (len(METHODS) * len(RANKS)) - 1)
     sweep = [
@@ -132,13 +137,20 @@ def matrix(n: int) -> dict:
 def snakemake(args: list[str], cwd: Path) -> float:
     start = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-m", "snakemake", *args], cwd=cwd, env=ENV, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        [sys.executable, "-m", "snakemake", *args],
+        cwd=cwd,
+        env=ENV,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     return time.perf_counter() - start
 
 
 def run_ids(config: Path) -> list[str]:
-    out = subprocess.run([sys.executable, "-m", "peftlab.config", str(config)], env=ENV, check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "peftlab.config", str(config)], env=ENV, check=True, capture_output=True, text=True
+    )
     return out.stdout.split()
 
 
@@ -161,7 +173,17 @@ print("SPECS_OPENED", len(set(opened)), file=sys.stderr)
 
 def job_startup(folder: Path, run_id: str) -> tuple[float, int]:
     """Parse the workflow and plan one train_run the way a Slurm job does; (seconds, spec files opened)."""
-    args = ["-s", str(ROOT / "Snakefile"), "--configfile", "config.yaml", "--cores", "1", "-n", "--allowed-rules", "train_run"]
+    args = [
+        "-s",
+        str(ROOT / "workflow/Snakefile"),
+        "--configfile",
+        "config.yaml",
+        "--cores",
+        "1",
+        "-n",
+        "--allowed-rules",
+        "train_run",
+    ]
     args += ["--target-jobs", f"train_run:run_id={run_id}", "--mode", "remote", "--nolock"]
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", JOB, *args], cwd=folder, capture_output=True, text=True, env=ENV)
@@ -188,12 +210,27 @@ def main() -> None:
             (bare / "runs.json").write_text(json.dumps(ids))
             (bare / "Snakefile").write_text(BARE)
             t_ours = min(
-                snakemake(["-s", str(ROOT / "Snakefile"), "--configfile", "config.yaml", "-n", "--cores", "1"], ours)
+                snakemake(
+                    [
+                        "-s",
+                        str(ROOT / "workflow/Snakefile"),
+                        *PROFILE,
+                        "--configfile",
+                        "config.yaml",
+                        "-n",
+                        "--cores",
+                        "1",
+                    ],
+                    ours,
+                )
                 for _ in range(args.repeats)
             )
             t_bare = min(snakemake(["-s", "Snakefile", "-n", "--cores", "1"], bare) for _ in range(args.repeats))
             t_job, specs = job_startup(ours, ids[0])
-            print(f"{len(ids):>6} {t_ours:>10.1f} {t_bare:>8.1f} {t_ours / t_bare:>6.2f} {t_job:>12.1f} {specs:>10}", flush=True)
+            print(
+                f"{len(ids):>6} {t_ours:>10.1f} {t_bare:>8.1f} {t_ours / t_bare:>6.2f} {t_job:>12.1f} {specs:>10}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -29,18 +29,25 @@ def memory() -> tuple[float, float]:
 
 
 def child(folder: str, dtype: str) -> None:
-    """In a fresh process: load the model in `dtype`; print the memory it holds and the peak, in MiB above the imports."""
+    """In a fresh process: load the model in `dtype`; print the memory it holds and the peak, in MiB above the
+    imports."""
     from peftlab.models import load_model  # torch, transformers, peft: the baseline includes the libraries
     from peftlab.spec import ModelSpec, TaskSpec
 
     start, _ = memory()
     model = load_model(ModelSpec(name="bench", path=folder, dtype=dtype), TaskSpec(name="lm", type="lm", data={}))
-    for p in model.parameters():  # read every weight once: memory-mapped pages count only once read (a forward reads them all)
+    for p in (
+        model.parameters()
+    ):  # read every weight once: memory-mapped pages count only once read (a forward reads them all)
         p.data.sum()
     held, peak = memory()
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     dtype_loaded = str(next(model.parameters()).dtype)
-    print(json.dumps({"dtype": dtype_loaded, "held_mib": held - start, "peak_mib": peak - start, "weights_mib": weights / 2**20}))
+    print(
+        json.dumps(
+            {"dtype": dtype_loaded, "held_mib": held - start, "peak_mib": peak - start, "weights_mib": weights / 2**20}
+        )
+    )
 
 
 def main() -> None:
@@ -48,7 +55,10 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=1024)
     p.add_argument("--layers", type=int, default=8)
     p.add_argument(
-        "--saved", choices=["bfloat16", "float32"], default="bfloat16", help="the checkpoint's dtype on disk (hub 7B checkpoints: 16-bit)"
+        "--saved",
+        choices=["bfloat16", "float32"],
+        default="bfloat16",
+        help="the checkpoint's dtype on disk (hub 7B checkpoints: 16-bit)",
     )
     p.add_argument("--child", nargs=2, metavar=("FOLDER", "DTYPE"), help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -72,17 +82,26 @@ def main() -> None:
         n = model.num_parameters()
         model.to(getattr(torch, args.saved)).save_pretrained(folder)
         del model
-        print(f"model: Llama, hidden {args.hidden}, {args.layers} layers, {n / 1e6:.1f}M parameters, saved in {args.saved}")
+        print(
+            f"model: Llama, hidden {args.hidden}, {args.layers} layers, {n / 1e6:.1f}M parameters, saved in "
+            f"{args.saved}"
+        )
         results = {}
         for dtype in ("float32", "bfloat16"):
-            out = subprocess.run([sys.executable, __file__, "--child", folder, dtype], capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", folder, dtype], capture_output=True, text=True, check=True
+            )
             results[dtype] = json.loads(out.stdout.strip().splitlines()[-1])
             r = results[dtype]
             print(
-                f"{dtype:9s}: held {r['held_mib']:7.1f} MiB, peak {r['peak_mib']:7.1f} MiB above the imports; weights {r['weights_mib']:7.1f} MiB ({r['dtype']})"
+                f"{dtype:9s}: held {r['held_mib']:7.1f} MiB, peak {r['peak_mib']:7.1f} MiB above the imports; "
+                f"weights {r['weights_mib']:7.1f} MiB ({r['dtype']})"
             )
         for key in "held_mib", "peak_mib":
-            print(f"ratio bfloat16 / float32 {key.split('_')[0]}: {results['bfloat16'][key] / results['float32'][key]:.2f}x")
+            print(
+                f"ratio bfloat16 / float32 {key.split('_')[0]}: "
+                f"{results['bfloat16'][key] / results['float32'][key]:.2f}x"
+            )
 
 
 if __name__ == "__main__":

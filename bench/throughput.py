@@ -59,7 +59,10 @@ LORA = dict(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear")
 def make_model(root: Path, hidden: int, layers: int, heads: int = 4, max_len: int = MAX_LEN) -> None:
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{f"t{i}": i + 3 for i in range(VOCAB - 3)}}
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<pad>")), pad_token="<pad>", bos_token="<s>", eos_token="</s>"
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<pad>")),
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
     )
     config = LlamaConfig(
         vocab_size=VOCAB,
@@ -121,9 +124,11 @@ def spec_for(root: Path, steps: int, batch: int, packing: bool = False, max_len:
 
 
 def common_args(root: Path, name: str, steps: int, batch: int) -> dict:
-    """The TrainingArguments every peer shares with peftlab's run: same steps, optimizer, schedule, precision, no checkpointing."""
+    """The TrainingArguments every peer shares with peftlab's run: same steps, optimizer, schedule, precision, no
+    checkpointing."""
     return dict(
-        gradient_checkpointing=False,  # TRL's SFTConfig turns it on by default; peftlab's runs leave it off unless asked
+        # TRL's SFTConfig turns it on by default; peftlab's runs leave it off unless asked
+        gradient_checkpointing=False,
         output_dir=str(root / name),
         max_steps=steps,
         per_device_train_batch_size=batch,
@@ -144,7 +149,9 @@ def common_args(root: Path, name: str, steps: int, batch: int) -> dict:
 
 def peft_model(spec: RunSpec):
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    return get_peft_model(LlamaForCausalLM.from_pretrained(spec.model.path, dtype=dtype), LoraConfig(**LORA, task_type="CAUSAL_LM"))
+    return get_peft_model(
+        LlamaForCausalLM.from_pretrained(spec.model.path, dtype=dtype), LoraConfig(**LORA, task_type="CAUSAL_LM")
+    )
 
 
 # the settings that change speed, as the benchmark compares them (`settings`)
@@ -153,12 +160,16 @@ SPEED_KEYS = ("gradient checkpointing", "precision", "attention", "batch", "opti
 
 def settings(args, model, longest: int | None) -> dict:
     """What a trainer ran with, read back from its own TrainingArguments and model."""
-    precision = "bf16" if args.bf16 else "fp16" if args.fp16 else str(next(model.parameters()).dtype).removeprefix("torch.")
+    precision = (
+        "bf16" if args.bf16 else "fp16" if args.fp16 else str(next(model.parameters()).dtype).removeprefix("torch.")
+    )
     return dict(
         zip(
             SPEED_KEYS,
             (
-                bool(getattr(args, "activation_checkpointing", False) or getattr(args, "gradient_checkpointing", False)),
+                bool(
+                    getattr(args, "activation_checkpointing", False) or getattr(args, "gradient_checkpointing", False)
+                ),
                 precision,
                 model.config._attn_implementation,
                 args.per_device_train_batch_size * args.gradient_accumulation_steps,
@@ -207,7 +218,9 @@ def trl_sft(spec: RunSpec, root: Path, steps: int, batch: int, max_len: int, **m
 
     ds = datasets.load_from_disk(spec.data_dir)["train"].select_columns(["input_ids"])
     # padding_free refuses a max_length it would not enforce: the rows are max_len at most already
-    config = SFTConfig(**common_args(root, "trl", steps, batch), max_length=None if mode.get("padding_free") else max_len, **mode)
+    config = SFTConfig(
+        **common_args(root, "trl", steps, batch), max_length=None if mode.get("padding_free") else max_len, **mode
+    )
     trainer = SFTTrainer(
         model=peft_model(spec),
         args=config,
@@ -219,7 +232,8 @@ def trl_sft(spec: RunSpec, root: Path, steps: int, batch: int, max_len: int, **m
 
 
 def peftlab_run(spec: RunSpec, root: Path, name: str) -> tuple[float, dict]:
-    """peftlab's trainer as a run trains; its settings read back from the TrainingArguments and model it builds for the run."""
+    """peftlab's trainer as a run trains; its settings read back from the TrainingArguments and model it builds for the
+    run."""
     rate = train(spec, root / name / "adapter", root / name / "train.json", root / name / "checkpoints")["tokens_per_s"]
     args = TrainingArguments(**trainers.arguments(spec, str(root / name / "args")))
     return rate, settings(args, load_model(spec.model, spec.task), spec.task.max_length)
@@ -234,8 +248,12 @@ def main():
     p.add_argument("--heads", type=int, default=4, help="attention heads")
     p.add_argument("--max-len", type=int, default=MAX_LEN, help="longest example (lengths are uniform from 16)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (CPU)")
-    p.add_argument("--rounds", type=int, default=2, help="alternating rounds of every trainer; the best of each is compared")
-    p.add_argument("--peak-tflops", type=float, default=989.0, help="the device's bf16 peak, for MFU on a GPU (default: H100 SXM)")
+    p.add_argument(
+        "--rounds", type=int, default=2, help="alternating rounds of every trainer; the best of each is compared"
+    )
+    p.add_argument(
+        "--peak-tflops", type=float, default=989.0, help="the device's bf16 peak, for MFU on a GPU (default: H100 SXM)"
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
@@ -247,12 +265,16 @@ def main():
         packed_spec = spec_for(root, args.steps, args.batch, packing=True, max_len=args.max_len)
         make_data(spec.data_dir, n=args.steps * args.batch * 2, max_len=args.max_len)
         mean_len = statistics.mean(datasets.load_from_disk(spec.data_dir)["train"]["length"])
-        bins = max(1, round(args.batch * mean_len / args.max_len))  # TRL packing: bins per step carrying about batch examples' tokens
+        bins = max(
+            1, round(args.batch * mean_len / args.max_len)
+        )  # TRL packing: bins per step carrying about batch examples' tokens
         n = args.steps, args.batch, args.max_len
         contenders = {
             f"pad-to-max Trainer (pad to {args.max_len}, random order)": lambda i: pad_to_max(spec, root, *n),
             "TRL SFTTrainer, padded per batch": lambda i: trl_sft(spec, root, *n),
-            "TRL SFTTrainer, padded, group_by_length": lambda i: trl_sft(spec, root, *n, train_sampling_strategy="group_by_length"),
+            "TRL SFTTrainer, padded, group_by_length": lambda i: trl_sft(
+                spec, root, *n, train_sampling_strategy="group_by_length"
+            ),
             "TRL SFTTrainer, padding_free": lambda i: trl_sft(spec, root, *n, padding_free=True),
             f"TRL SFTTrainer, packing (bfd, {bins} bins of {args.max_len})": lambda i: trl_sft(
                 spec, root, args.steps, bins, args.max_len, packing=True
@@ -268,7 +290,8 @@ def main():
         total = sum(x.numel() for x in LlamaForCausalLM.from_pretrained(root / "model").parameters())
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {args.threads} threads"
     print(
-        f"model: Llama hidden {args.hidden} x {args.layers} layers ({total / 1e6:.1f}M parameters), LoRA r=16 all-linear; "
+        f"model: Llama hidden {args.hidden} x {args.layers} layers ({total / 1e6:.1f}M parameters), LoRA r=16 "
+        "all-linear; "
         f"{args.steps} steps x batch {args.batch}; lengths 16..{args.max_len} (mean {mean_len:.0f}); "
         f"best of {args.rounds} alternating rounds; {device}"
     )
@@ -277,7 +300,8 @@ def main():
     for name, rate in best.items():
         mfu = f"   MFU {rate * 4 * total / (args.peak_tflops * 1e12):.3f}" if torch.cuda.is_available() else ""
         print(
-            f"{name + ':':58} {rate:9.0f} real tokens/s  {rate / baseline:5.2f}x pad-to-max{mfu}   rounds: {[round(x) for x in rates[name]]}"
+            f"{name + ':':58} {rate:9.0f} real tokens/s  {rate / baseline:5.2f}x pad-to-max{mfu}   rounds: "
+            f"{[round(x) for x in rates[name]]}"
         )
     print("\nsettings read back from each trainer (a ratio is printed only between rows that agree on all):")
     print("| trainer | " + " | ".join(SPEED_KEYS) + " |\n|---|" + "---|" * len(SPEED_KEYS))

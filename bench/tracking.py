@@ -1,4 +1,5 @@
-"""What mechanistic tracking costs (peftlab.tracking): training throughput with the tracker off and on, and one spectral record's time.
+"""What mechanistic tracking costs (peftlab.tracking): training throughput with the tracker off and on, and one spectral
+record's time.
 
     python bench/tracking.py [--steps 300] [--rounds 2] [--layer 4096] [--rank 16]
 
@@ -32,7 +33,9 @@ from peftlab.train import train
 
 
 def tracked(spec, on: bool):
-    settings = TrackerSpec(enable_spectral_tracking=on, enable_gradient_tracking=on, spectral_log_frequency=100, gradient_log_frequency=100)
+    settings = TrackerSpec(
+        enable_spectral_tracking=on, enable_gradient_tracking=on, spectral_log_frequency=100, gradient_log_frequency=100
+    )
     return dataclasses.replace(spec, tracker=settings)
 
 
@@ -58,7 +61,9 @@ def layer_costs(n: int, r: int, repeats: int) -> tuple[float, float, float]:
     b, a = torch.randn(n, r, generator=g) * 1e-2, torch.randn(r, n, generator=g) / n**0.5
     w_time = best_of(lambda: spectra.basis(w, r), 1)
     basis = spectra.basis(w, r)
-    dense = best_of(lambda: spectra.quantities(*spectra.svd_dense(b @ a), basis, (n, n), 16), 1)  # seconds at 4096: once
+    dense = best_of(
+        lambda: spectra.quantities(*spectra.svd_dense(b @ a), basis, (n, n), 16), 1
+    )  # seconds at 4096: once
     low = best_of(lambda: spectra.quantities(*spectra.svd_factored(b, a), basis, (n, n), 16), repeats)
     return dense, low, w_time
 
@@ -73,7 +78,9 @@ def main():
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--layer", type=int, default=4096, help="width of the square layer timed in part 2")
     p.add_argument("--rank", type=int, default=16, help="rank of its ΔW")
-    p.add_argument("--repeats", type=int, default=5, help="timings of the low-rank record in part 2 (the best is shown)")
+    p.add_argument(
+        "--repeats", type=int, default=5, help="timings of the low-rank record in part 2 (the best is shown)"
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
@@ -90,7 +97,8 @@ def main():
             seconds, share = record["seconds"], sum(record["seconds"].values()) / wall
             steps = record["spectral_steps"], record["gradient_steps"]
     print(
-        f"model: Llama hidden {args.hidden} x {args.layers} layers, LoRA r=16 all-linear; {args.steps} steps x batch {args.batch}; "
+        f"model: Llama hidden {args.hidden} x {args.layers} layers, LoRA r=16 all-linear; {args.steps} steps x "
+        f"batch {args.batch}; "
         f"best of {args.rounds} alternating rounds, {args.threads} threads"
     )
     print(f"tracking off:             {max(off):8.0f} real tokens/s   rounds: {[round(x) for x in off]}")
@@ -98,10 +106,14 @@ def main():
     print(f"spectral records at steps {steps[0]}, gradient records at steps {steps[1]}; tracker seconds {seconds}")
     print(f"ratio on / off: {max(on) / max(off):.3f}x (overhead {100 * (1 - max(on) / max(off)):.1f}%)")
     print(
-        f"the tracker's own time: {100 * share:.2f}% of the tracked run's wall time (noise-free; the ratio above includes run-to-run noise)"
+        f"the tracker's own time: {100 * share:.2f}% of the tracked run's wall time (noise-free; the ratio "
+        "above includes run-to-run noise)"
     )
     dense, low, w_time = layer_costs(args.layer, args.rank, args.repeats)
-    print(f"one ΔW record, {args.layer}x{args.layer} layer at rank {args.rank}: dense {1000 * dense:.1f} ms, low-rank {1000 * low:.2f} ms")
+    print(
+        f"one ΔW record, {args.layer}x{args.layer} layer at rank {args.rank}: dense {1000 * dense:.1f} ms, "
+        f"low-rank {1000 * low:.2f} ms"
+    )
     print(f"ratio dense / low-rank: {dense / low:.1f}x; W's SVD (once per layer per run): {1000 * w_time:.0f} ms")
 
 

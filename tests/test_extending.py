@@ -45,7 +45,9 @@ class CharMatch(Sft):
         return out
 
 
-CHAR_MATCH = metrics.Metric("char_match", "character match", bounds=metrics.SHARE, per_example=metrics.column("char_match"))
+CHAR_MATCH = metrics.Metric(
+    "char_match", "character match", bounds=metrics.SHARE, per_example=metrics.column("char_match")
+)
 
 
 @pytest.fixture
@@ -63,7 +65,8 @@ def config_with_the_new_type() -> dict:
 
 def test_without_its_row_the_type_is_refused_naming_the_registered_ones():
     with pytest.raises(
-        ConfigError, match=r"tasks.arith.type: 'char_match' is not one of \['classification', 'sft', 'lm', 'seq2seq', 'rlvr'\]"
+        ConfigError,
+        match=r"tasks.arith.type: 'char_match' is not one of \['classification', 'sft', 'lm', 'seq2seq', 'rlvr'\]",
     ):
         plan(config_with_the_new_type())
 
@@ -88,11 +91,20 @@ def _records(root, metric: str, per_method: dict[str, list[list[float]]]):
             run.mkdir(parents=True)
             artifacts.write_json(
                 run / "train.json",
-                {"run_id": spec["run_id"], "spec": spec, "examples": 10, "trainable_params": 10, "trainable_share": 0.1, "losses": []}
+                {
+                    "run_id": spec["run_id"],
+                    "spec": spec,
+                    "examples": 10,
+                    "trainable_params": 10,
+                    "trainable_share": 0.1,
+                    "losses": [],
+                }
                 | {"first_loss": 1.0, "final_loss": 0.5, "tokens_per_s": None, "wall_time_s": 1.0},
             )
             artifacts.write_json(run / "eval.json", {"spec": spec, "metrics": {metric: sum(scores) / len(scores)}})
-            artifacts.write_jsonl(run / "predictions.jsonl", [{"id": i, "split": "eval", metric: s} for i, s in enumerate(scores)])
+            artifacts.write_jsonl(
+                run / "predictions.jsonl", [{"id": i, "split": "eval", metric: s} for i, s in enumerate(scores)]
+            )
             artifacts.write_json(run / "merge_check.json", {"mergeable": True, "max_abs_logit_diff": 0.0})
             dirs.append(run)
     return dirs
@@ -106,12 +118,20 @@ def test_the_tables_compare_by_the_new_metric_with_its_own_row(registered, tmp_p
     task = pd.read_csv(root / "tables/tasks/arith.csv").set_index("method")
     assert task.loc["dora", "best"] and not task.loc["lora", "best"]  # higher is better: its row says so
     assert task.loc["dora", "ci95_high"] <= 1.0  # clipped to its range [0, 1]
-    assert task.loc["dora", "example_test"].startswith("paired permutation")  # its per-example column, each example once
+    assert task.loc["dora", "example_test"].startswith(
+        "paired permutation"
+    )  # its per-example column, each example once
     assert "## arith: char_match" in (root / "tables/summary.md").read_text()
 
     # the same runs under a lower-is-better row: the best mark turns over
-    metrics.METRICS["char_match"] = metrics.Metric("char_match", "character miss", higher_is_better=False, bounds=metrics.SHARE)
-    tables.build(_records(tmp_path / "again", "char_match", {"lora": low, "dora": high}), tmp_path / "again/tables", reference="lora")
+    metrics.METRICS["char_match"] = metrics.Metric(
+        "char_match", "character miss", higher_is_better=False, bounds=metrics.SHARE
+    )
+    tables.build(
+        _records(tmp_path / "again", "char_match", {"lora": low, "dora": high}),
+        tmp_path / "again/tables",
+        reference="lora",
+    )
     task = pd.read_csv(tmp_path / "again/tables/tasks/arith.csv").set_index("method")
     assert task.loc["lora", "best"] and not task.loc["dora", "best"]
     assert pd.isna(task.loc["dora", "example_test"])  # that row gives no per-example form: no test

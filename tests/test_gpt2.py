@@ -18,7 +18,9 @@ from peftlab.models import load_model, load_tokenizer
 from peftlab.spec import ModelSpec
 from peftlab.train import train
 
-CONV1D_METHODS = sorted(m.name for m in methods.METHODS.values() if m.source == "custom" or m.peft_tuner)  # peftlab's own code
+CONV1D_METHODS = sorted(
+    m.name for m in methods.METHODS.values() if m.source == "custom" or m.peft_tuner
+)  # peftlab's own code
 LINEAR_ONLY = sorted(m.name for m in methods.METHODS.values() if m.linear_only)
 
 
@@ -33,7 +35,13 @@ def tiny_gpt2(tiny, tmp_path_factory):
     folder = tmp_path_factory.mktemp("gpt2")
     torch.manual_seed(0)
     config = GPT2Config(
-        n_embd=64, n_layer=2, n_head=4, n_positions=128, vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        n_positions=128,
+        vocab_size=len(tok),
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
     )
     GPT2LMHeadModel(config).save_pretrained(folder)
     tok.save_pretrained(folder)
@@ -45,14 +53,27 @@ def tiny_gpt2(tiny, tmp_path_factory):
 def test_method_trains_and_merges_on_conv1d(name, tiny_gpt2, in_tiny, tmp_path):
     row = ROWS[name]
     spec = in_tiny(
-        name, options=row.options, max_steps=10, train_size=16, batch_size=16, logging_steps=1, save_steps=1000, learning_rate=row.lr
+        name,
+        options=row.options,
+        max_steps=10,
+        train_size=16,
+        batch_size=16,
+        logging_steps=1,
+        save_steps=1000,
+        learning_rate=row.lr,
     )
     spec = dataclasses.replace(
-        spec, model=ModelSpec(name="tiny-gpt2", path=tiny_gpt2), peft=dataclasses.replace(spec.peft, target_modules="gpt2")
+        spec,
+        model=ModelSpec(name="tiny-gpt2", path=tiny_gpt2),
+        peft=dataclasses.replace(spec.peft, target_modules="gpt2"),
     )
-    model = methods.attach(load_model(spec.model, spec.task), spec.peft, methods.Context("CAUSAL_LM", 10, ["c_attn", "c_proj", "c_fc"]))
+    model = methods.attach(
+        load_model(spec.model, spec.task), spec.peft, methods.Context("CAUSAL_LM", 10, ["c_attn", "c_proj", "c_fc"])
+    )
     wrapped = {
-        n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, "base_layer") and type(m.base_layer).__name__ == "Conv1D"
+        n.rsplit(".", 1)[-1]
+        for n, m in model.named_modules()
+        if hasattr(m, "base_layer") and type(m.base_layer).__name__ == "Conv1D"
     }
     assert wrapped == {"c_attn", "c_proj", "c_fc"}  # every Conv1D is adapted, none skipped
 
@@ -70,7 +91,9 @@ def test_method_trains_and_merges_on_conv1d(name, tiny_gpt2, in_tiny, tmp_path):
 def test_milora_on_conv1d_spans_the_bottom_subspace_of_the_untransposed_weight(tiny_gpt2, in_tiny):
     spec = in_tiny("milora")
     spec = dataclasses.replace(
-        spec, model=ModelSpec(name="tiny-gpt2", path=tiny_gpt2), peft=dataclasses.replace(spec.peft, target_modules=["c_fc"])
+        spec,
+        model=ModelSpec(name="tiny-gpt2", path=tiny_gpt2),
+        peft=dataclasses.replace(spec.peft, target_modules=["c_fc"]),
     )
     base = load_model(spec.model, spec.task)
     w = base.transformer.h[0].mlp.c_fc.weight.detach().T.clone()  # out x in
@@ -80,7 +103,9 @@ def test_milora_on_conv1d_spans_the_bottom_subspace_of_the_untransposed_weight(t
     _, _, vh = torch.linalg.svd(w, full_matrices=False)
     bottom = vh[-a.shape[0] :]
     projected = a @ bottom.T @ bottom
-    assert torch.allclose(projected, a, atol=1e-4 * a.abs().max().item())  # A's rows lie in W's bottom right-singular subspace
+    assert torch.allclose(
+        projected, a, atol=1e-4 * a.abs().max().item()
+    )  # A's rows lie in W's bottom right-singular subspace
     restored = layer.get_base_layer().weight.detach().T + layer.scaling["default"] * layer.lora_B["default"].weight @ a
     assert torch.allclose(restored, w, atol=1e-5 * w.abs().max().item())  # W_res + B A = W: the model starts unchanged
 
@@ -91,6 +116,8 @@ def test_methods_peft_runs_on_linear_only_are_refused_for_gpt2(name, tiny_gpt2):
     raw["models"]["gpt2"] = {"path": tiny_gpt2}
     raw["sweep"] = [{"task": "arith", "model": "gpt2", "method": name, "seed": 1}]
     with pytest.raises(
-        ConfigError, match=rf"sweep\[0\].peft.type: peft's {name} adapts torch.nn.Linear layers only, and GPT-2's \('gpt2'\) are Conv1D"
+        ConfigError,
+        match=rf"sweep\[0\].peft.type: peft's {name} adapts torch.nn.Linear layers only, and GPT-2's \('gpt2'\) are "
+        r"Conv1D",
     ):
         plan(raw)

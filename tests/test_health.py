@@ -47,7 +47,9 @@ def test_a_loss_that_climbs_back_most_of_its_fall_blew_up():
     verdict = health.assess([4, 3, 2, 1, 1, 2, 3, 3.5], [1.0] * 8, 0.1, 10.0)
     assert verdict["status"] == health.BLEW_UP
     assert verdict["reasons"] == ["the loss climbed back from its lowest 1 to 3.25, having started at 4"]
-    settles = health.assess([4, 3, 2, 1, 1, 1.4, 1.2, 1.3], [1.0] * 8, 0.1, 10.0)  # back up 0.25 of 3: noise, not a blow-up
+    settles = health.assess(
+        [4, 3, 2, 1, 1, 1.4, 1.2, 1.3], [1.0] * 8, 0.1, 10.0
+    )  # back up 0.25 of 3: noise, not a blow-up
     assert settles["status"] == health.OK
 
 
@@ -64,7 +66,10 @@ def test_vanished_gradients_for_three_logs_in_a_row_collapsed_and_two_do_not():
 
 def test_every_flag_is_listed_worst_first_and_non_finite_is_diverged():
     verdict = health.assess([2, 2.5, 3, 3.5, 4, 4.5, 5, 5.5], [1, 0, 0, 0, 0, 0, 0, 0], 1e-9, 10.0)
-    assert verdict["flags"] == [health.COLLAPSED, health.BLEW_UP, health.NO_LEARNING] and verdict["status"] == health.COLLAPSED
+    assert (
+        verdict["flags"] == [health.COLLAPSED, health.BLEW_UP, health.NO_LEARNING]
+        and verdict["status"] == health.COLLAPSED
+    )
     assert health.assess([2, 1, float("nan"), 1], [1.0] * 4, 0.1, 10.0)["status"] == health.DIVERGED
     assert health.assess([2, 1.5, 1, 0.5], [1.0, float("inf"), 1, 1], 0.1, 10.0)["status"] == health.DIVERGED
 
@@ -77,8 +82,13 @@ def test_too_few_logs_judge_nothing_from_the_loss_but_still_weights_are_no_learn
 
 
 def test_a_rewarded_run_is_judged_on_its_rewards():
-    history = [{"step": s, "loss": 0.0, "reward": r, "grad_norm": 1.0} for s, r in enumerate([0.1, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])]
-    assert health.from_history(history, 0.1, 10.0, rewarded=True)["status"] == health.OK  # GRPO's loss of 0 says nothing
+    history = [
+        {"step": s, "loss": 0.0, "reward": r, "grad_norm": 1.0}
+        for s, r in enumerate([0.1, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
+    ]
+    assert (
+        health.from_history(history, 0.1, 10.0, rewarded=True)["status"] == health.OK
+    )  # GRPO's loss of 0 says nothing
     flat = [{**e, "reward": 0.0} for e in history]
     assert health.from_history(flat, 0.1, 10.0, rewarded=True)["status"] == health.NO_LEARNING
 
@@ -94,7 +104,9 @@ def test_movement_counts_from_the_initial_weights():
     before = layer.weight.detach().clone()
     with torch.no_grad():
         layer.weight.add_(0.01)
-    expected = 0.01 * math.sqrt(32) / before.double().norm().item()  # every element of 32 sampled; the zero layer adds nothing
+    expected = (
+        0.01 * math.sqrt(32) / before.double().norm().item()
+    )  # every element of 32 sampled; the zero layer adds nothing
     assert moving.moved() == pytest.approx(expected, rel=1e-5)  # w + 0.01 is rounded to float32
     assert moving.norm() == pytest.approx(layer.weight.double().norm().item(), rel=1e-12)
     only_zero = health.Movement(torch.nn.ModuleDict({"b": zero}))
@@ -132,11 +144,15 @@ def test_a_real_run_records_its_health(in_tiny, tmp_path, lr, expected, seen):
 @pytest.mark.slow
 def test_on_degenerate_fail_fails_the_job_and_writes_nothing_that_looks_finished(in_tiny, tmp_path):
     spec = in_tiny("lora", learning_rate=1e4, max_steps=40, logging_steps=2, save_steps=1000, on_degenerate="fail")
-    with pytest.raises(health.Degenerate, match=r"run health is blew up: the loss rose from .*training.on_degenerate is fail") as e:
+    with pytest.raises(
+        health.Degenerate, match=r"run health is blew up: the loss rose from .*training.on_degenerate is fail"
+    ) as e:
         train.train(spec, tmp_path / "adapter", tmp_path / "train.json", tmp_path / "checkpoints")
     assert not (tmp_path / "adapter").exists() and not (tmp_path / "train.json").exists()
     text = f"Traceback (most recent call last):\n  ...\npeftlab.health.Degenerate: {e.value}\n"
-    assert runstate.classify(text)[0] == "degenerate" and runstate.error_line(text).startswith("peftlab.health.Degenerate: ")
+    assert runstate.classify(text)[0] == "degenerate" and runstate.error_line(text).startswith(
+        "peftlab.health.Degenerate: "
+    )
 
 
 def test_status_lists_a_flagged_run_and_says_the_tables_leave_it_out(tmp_path):

@@ -45,15 +45,23 @@ def test_every_json_written_is_valid_json(tmp_path):
 def test_a_second_trainer_on_a_run_refuses_and_a_dead_ones_lock_is_taken_over(tmp_path):
     folder = tmp_path / "checkpoints"
     with checkpoints.claimed(folder, "abc"):
-        with pytest.raises(checkpoints.CheckpointsInUse, match=r"checkpoints is in use by another trainer \(pid \d+ on "):
+        with pytest.raises(
+            checkpoints.CheckpointsInUse, match=r"checkpoints is in use by another trainer \(pid \d+ on "
+        ):
             with checkpoints.claimed(folder, "abc"):
                 pass
         # another process, too
-        code = f"from peftlab import checkpoints; from pathlib import Path\nwith checkpoints.claimed(Path({str(folder)!r}), 'abc'): pass"
+        code = (
+            "from peftlab import checkpoints; from pathlib import Path\nwith "
+            f"checkpoints.claimed(Path({str(folder)!r}), 'abc'): pass"
+        )
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         assert proc.returncode != 0 and "CheckpointsInUse" in proc.stderr
     # a LOCK file left by a process killed with -9 holds no lock: the next trainer takes it over
-    code = f"import os\nfrom peftlab import checkpoints; from pathlib import Path\nwith checkpoints.claimed(Path({str(folder)!r}), 'abc'): os._exit(9)"
+    code = (
+        "import os\nfrom peftlab import checkpoints; from pathlib import Path\nwith "
+        f"checkpoints.claimed(Path({str(folder)!r}), 'abc'): os._exit(9)"
+    )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 9
     assert (folder / "LOCK").read_text().startswith("pid ")
     with checkpoints.claimed(folder, "abc"):
@@ -91,7 +99,8 @@ def test_divergence_stops_training_with_the_step_and_the_last_finite_loss(in_tin
     spec = in_tiny("lora", learning_rate=1e37, max_steps=40, logging_steps=2, save_steps=1000)
     with pytest.raises(
         train.Diverged,
-        match=r"training diverged: (loss|grad_norm) is (nan|inf) at step \d+; (the last finite loss was .* at step \d+|no loss)",
+        match=r"training diverged: (loss|grad_norm) is (nan|inf) at step \d+; (the last finite loss was .* at step "
+        r"\d+|no loss)",
     ):
         train.train(spec, tmp_path / "adapter", tmp_path / "train.json", tmp_path / "checkpoints")
     assert not (tmp_path / "adapter").exists() and not (tmp_path / "train.json").exists()
@@ -107,7 +116,9 @@ def test_a_tiny_epoch_count_still_records_its_loss(in_tiny, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.numerics
-def test_a_run_that_failed_after_training_resumes_its_final_checkpoint_without_training_past_it(in_tiny, tmp_path, monkeypatch):
+def test_a_run_that_failed_after_training_resumes_its_final_checkpoint_without_training_past_it(
+    in_tiny, tmp_path, monkeypatch
+):
     spec = in_tiny("lora", max_steps=30, save_steps=10, logging_steps=4, batch_size=8)
     straight = train.train(spec, tmp_path / "a", tmp_path / "a.json", tmp_path / "a-ckpt")
 
@@ -121,7 +132,9 @@ def test_a_run_that_failed_after_training_resumes_its_final_checkpoint_without_t
     assert (tmp_path / "b-ckpt/checkpoint-30/trainer_state.json").exists()
     again = train.train(spec, tmp_path / "b", tmp_path / "b.json", tmp_path / "b-ckpt")
     assert again["resumed_from"].endswith("checkpoint-30") and again["steps"] == 30
-    assert again["losses"] == straight["losses"] and again["train_loss"] == pytest.approx(straight["train_loss"], rel=1e-6)
+    assert again["losses"] == straight["losses"] and again["train_loss"] == pytest.approx(
+        straight["train_loss"], rel=1e-6
+    )
     a = safetensors.torch.load_file(tmp_path / "a/adapter_model.safetensors")
     b = safetensors.torch.load_file(tmp_path / "b/adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -150,7 +163,9 @@ def test_evaluate_and_merge_follow_the_adapters_training_and_refuse_an_adapter_o
     # a key both read (the rank): refused, naming it
     other = in_tiny("lora", max_steps=4, save_steps=1000)
     other = other.__class__.from_dict({**other.to_dict(), "peft": {**other.to_dict()["peft"], "r": 4}})
-    with pytest.raises(models.StaleAdapter, match=r"was trained from other settings than merge_run reads \(peft.r: 8 -> 4\)"):
+    with pytest.raises(
+        models.StaleAdapter, match=r"was trained from other settings than merge_run reads \(peft.r: 8 -> 4\)"
+    ):
         merge.merge(other, str(tmp_path / "adapter"), tmp_path / "merged2")
     assert not (tmp_path / "merged2").exists()
     with pytest.raises(models.StaleAdapter, match=r"peft.r: 8 -> 4"):
@@ -163,8 +178,11 @@ def test_merging_a_broken_adapter_says_the_adapter_is_broken(in_tiny, tmp_path):
     train.train(spec, tmp_path / "adapter", tmp_path / "train.json", tmp_path / "ckpt")
     weights = safetensors.torch.load_file(tmp_path / "adapter/adapter_model.safetensors")
     safetensors.torch.save_file(
-        {k: torch.full_like(v, float("nan")) for k, v in weights.items()}, tmp_path / "adapter/adapter_model.safetensors"
+        {k: torch.full_like(v, float("nan")) for k, v in weights.items()},
+        tmp_path / "adapter/adapter_model.safetensors",
     )
-    with pytest.raises(merge.MergeMismatch, match=r"the adapter model itself gives non-finite logits .* the adapter is broken"):
+    with pytest.raises(
+        merge.MergeMismatch, match=r"the adapter model itself gives non-finite logits .* the adapter is broken"
+    ):
         merge.merge(spec, str(tmp_path / "adapter"), tmp_path / "merged")
     assert not (tmp_path / "merged").exists()

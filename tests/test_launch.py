@@ -18,7 +18,9 @@ def test_presets_and_overrides():
     assert resolve({"preset": "4gpu", "gpu_model": "a100"}) == Resources(
         gpus=4, cpus_per_gpu=8, mem_mb=256000, runtime=1440, gpu_model="a100"
     )
-    assert resolve({"mem_mb": 500}, base=PRESETS["tiny"]) == Resources(threads=1, mem_mb=500, runtime=30)  # keys over the level above
+    assert resolve({"mem_mb": 500}, base=PRESETS["tiny"]) == Resources(
+        threads=1, mem_mb=500, runtime=30
+    )  # keys over the level above
     assert resolve({"preset": "tiny"}, base=PRESETS["4gpu"]) == PRESETS["tiny"]  # a preset replaces the level above
     site = {"h100x8": Resources(gpus=8, cpus_per_gpu=12, mem_mb=900000, gpu_model="h100")}
     assert resolve("h100x8", presets=site).gpus == 8
@@ -54,7 +56,11 @@ def test_several_nodes_take_the_mpi_path_with_gpus_per_node():
 def test_stages_evaluation_uses_one_gpu_and_merging_none():
     r = PRESETS["2x4gpu"]
     assert for_stage(r, "train") == r
-    assert (for_stage(r, "evaluate").nodes, for_stage(r, "evaluate").gpus, for_stage(r, "evaluate").cpus_per_task) == (1, 1, 8)
+    assert (for_stage(r, "evaluate").nodes, for_stage(r, "evaluate").gpus, for_stage(r, "evaluate").cpus_per_task) == (
+        1,
+        1,
+        8,
+    )
     assert (for_stage(r, "merge").gpus, for_stage(r, "merge").cpus_per_task) == (0, 8)
     assert for_stage(PRESETS["cpu"], "merge") == PRESETS["cpu"]
 
@@ -133,16 +139,25 @@ def test_rule_resources_are_constants_where_every_run_agrees():
 
 
 def test_packing_groups_runs_by_their_resources():
-    """`--group-components run=N` packs runs per resource class: only runs with equal resources share a group (an sbatch call)."""
+    """`--group-components run=N` packs runs per resource class: only runs with equal resources share a group (an sbatch
+    call)."""
     from peftlab.launch import pack_groups
 
     cpu, gpu = Resources(threads=1, mem_mb=1000), Resources(gpus=1, gpu_model="a100", partition="gpu")
     groups = pack_groups(
-        {"a": cpu, "b": Resources(threads=1, mem_mb=1000), "g": gpu, "h": replace(gpu, mem_mb=8000), "n": PRESETS["2x4gpu"]}
+        {
+            "a": cpu,
+            "b": Resources(threads=1, mem_mb=1000),
+            "g": gpu,
+            "h": replace(gpu, mem_mb=8000),
+            "n": PRESETS["2x4gpu"],
+        }
     )
     assert groups["a"] == groups["b"]  # identical resources share
     assert len({groups["a"], groups["g"], groups["h"]}) == 3  # any difference (here memory) parts them
-    assert re.fullmatch(r"run-default-cpu-[0-9a-f]{8}", groups["a"]) and re.fullmatch(r"run-gpu-1gpu-[0-9a-f]{8}", groups["g"])
+    assert re.fullmatch(r"run-default-cpu-[0-9a-f]{8}", groups["a"]) and re.fullmatch(
+        r"run-gpu-1gpu-[0-9a-f]{8}", groups["g"]
+    )
     assert groups["n"] is None  # a multi-node run is submitted alone
     assert pack_groups({"x": cpu}) == {"x": groups["a"]}  # the same name from any matrix: a digest, not an order
 
@@ -152,19 +167,25 @@ def test_packing_refuses_groups_that_mix_resources_and_runs_over_the_caps():
 
     runs = {"t/m/a": Resources(threads=1, mem_mb=1000), "t/m/g": Resources(gpus=2, cpus_per_gpu=1, mem_mb=1000)}
     check_packing(runs, {}, {"mem_mb": 1000, "cpus_per_task": 2, "gpu": 2})
-    with pytest.raises(ResourcesError, match=r"`groups:` \(--groups\) puts evaluate_run, train_run .* `group-components: \[run=N\]`"):
+    with pytest.raises(
+        ResourcesError, match=r"`groups:` \(--groups\) puts evaluate_run, train_run .* `group-components: \[run=N\]`"
+    ):
         check_packing(runs, {"train_run": "run", "evaluate_run": "run"}, {})
-    with pytest.raises(ResourcesError, match=r"run t/m/g: its train job asks for gpu=2 \(cap 1\), more than .* raise the cap"):
+    with pytest.raises(
+        ResourcesError, match=r"run t/m/g: its train job asks for gpu=2 \(cap 1\), more than .* raise the cap"
+    ):
         check_packing(runs, {}, {"gpu": 1})
     runs["t/m/b"] = runs["t/m/a"]
     with pytest.raises(
-        ResourcesError, match=r"run t/m/a and 1 more run\(s\) with its resources: its train job asks for mem_mb=1000 \(cap 500\)"
+        ResourcesError,
+        match=r"run t/m/a and 1 more run\(s\) with its resources: its train job asks for mem_mb=1000 \(cap 500\)",
     ):
         check_packing(runs, {}, {"mem_mb": 500})
 
 
 def test_packed_evaluation_and_merging_leave_the_gpu_model_to_training():
-    """In one group, evaluation and merging run side by side: Snakemake refuses a string resource (the GPU model) that only one asks for."""
+    """In one group, evaluation and merging run side by side: Snakemake refuses a string resource (the GPU model) that
+    only one asks for."""
     from types import SimpleNamespace
 
     from peftlab.launch import rule_resources
@@ -184,7 +205,10 @@ def test_a_packed_plan_refuses_the_groups_flag_and_runs_over_the_caps(tmp_path):
     config = ROOT / "tests/slurm/config.yaml"
     assert snakemake(tmp_path, "-n", "--group-components", "run=2", config=config).returncode == 0
     proc = snakemake(tmp_path, "-n", "--groups", "train_run=run", "evaluate_run=run", "merge_run=run", config=config)
-    assert proc.returncode != 0 and "`groups:` (--groups) puts evaluate_run, merge_run, train_run of every run in one group" in proc.stdout
+    assert (
+        proc.returncode != 0
+        and "`groups:` (--groups) puts evaluate_run, merge_run, train_run of every run in one group" in proc.stdout
+    )
     proc = snakemake(tmp_path, "-n", "--group-components", "run=2", "--resources", "gpu=1", config=config)
     assert proc.returncode != 0 and "its train job asks for gpu=2 (cap 1)" in proc.stdout
 
@@ -201,7 +225,9 @@ def test_the_test_cluster_leaves_etc_slurm_as_it_found_it(tmp_path, own):
     before = {p.name: p.read_text() for p in etc.iterdir()}
     script = ROOT / "tests/slurm/etc.sh"
     subprocess.run(["bash", str(script), "link", str(state), str(etc)], check=True)
-    assert os.readlink(etc / "slurm.conf") == str(state / "slurm.conf") and os.readlink(etc / "gres.conf") == str(state / "gres.conf")
+    assert os.readlink(etc / "slurm.conf") == str(state / "slurm.conf") and os.readlink(etc / "gres.conf") == str(
+        state / "gres.conf"
+    )
     subprocess.run(["bash", str(script), "restore", str(state), str(etc)], check=True)
     assert not any(p.is_symlink() for p in etc.iterdir())
     assert {p.name: p.read_text() for p in etc.iterdir()} == before

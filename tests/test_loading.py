@@ -33,7 +33,10 @@ def test_weights_load_in_the_configured_dtype(dtype, in_tiny):
 def test_a_bfloat16_base_trains_reloads_and_merges_in_float32(in_tiny, tmp_path):
     """LoRA on a bfloat16 base: the base stays bfloat16, peft keeps the adapter in float32,
     the reload check passes, and the merge (float32, documented) reproduces the adapter model."""
-    spec = with_model(in_tiny("lora", max_steps=8, train_size=16, batch_size=16, learning_rate=5e-3, logging_steps=1), dtype="bfloat16")
+    spec = with_model(
+        in_tiny("lora", max_steps=8, train_size=16, batch_size=16, learning_rate=5e-3, logging_steps=1),
+        dtype="bfloat16",
+    )
     record = train(spec, tmp_path / "adapter", tmp_path / "train.json", tmp_path / "ckpt")
     losses = [e["loss"] for e in record["losses"]]
     assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0] - 0.02, losses
@@ -47,7 +50,9 @@ def test_a_bfloat16_base_trains_reloads_and_merges_in_float32(in_tiny, tmp_path)
     check = merge.merge(spec, str(tmp_path / "adapter"), tmp_path / "merged")
     assert check["merged_in"] == "float32" and check["max_abs_logit_diff"] <= check["tolerance"]
     assert check["dtype"] == "bfloat16" and check["reload_max_abs_diff"] <= check["reload_tolerance"]
-    with safetensors.safe_open(tmp_path / "merged" / "model.safetensors", "pt") as f:  # stored in the model's dtype: half of float32
+    with safetensors.safe_open(
+        tmp_path / "merged" / "model.safetensors", "pt"
+    ) as f:  # stored in the model's dtype: half of float32
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
     assert check["params"] * 2 <= check["merged_bytes"] < check["params"] * 3
 
@@ -68,14 +73,16 @@ def test_loading_keys_are_validated_and_default_to_what_ran_before():
     raw = load_test_config()
     runs = plan(raw).runs
     run = next(r for r in runs.values() if r["model"]["name"] == "minilm")
-    assert {k: run["model"][k] for k in ("dtype", "attn_implementation", "revision", "tokenizer_name", "trust_remote_code")} == {
+    assert {
+        k: run["model"][k] for k in ("dtype", "attn_implementation", "revision", "tokenizer_name", "trust_remote_code")
+    } == {
         "dtype": "float32",
         "attn_implementation": None,
         "revision": None,
         "tokenizer_name": None,
         "trust_remote_code": False,
     }
-    # a key at its default is left out of the fingerprint (no finished run reruns); set, it reruns training, not tokenising
+    # set, a loading key reruns training, not tokenising
     bf16 = {**run, "model": {**run["model"], "dtype": "bfloat16"}}
     assert fingerprint(bf16, "train_run") != fingerprint(run, "train_run")
     tokenize = {"task": run["task"], "model": run["model"]}
@@ -85,7 +92,9 @@ def test_loading_keys_are_validated_and_default_to_what_ran_before():
 
     bad = load_test_config()
     bad["models"]["minilm"]["dtype"] = "float8"
-    with pytest.raises(ConfigError, match=r"models.minilm.dtype: 'float8' is not one of \['float32', 'bfloat16', 'float16'\]"):
+    with pytest.raises(
+        ConfigError, match=r"models.minilm.dtype: 'float8' is not one of \['float32', 'bfloat16', 'float16'\]"
+    ):
         plan(bad)
     built = load_test_config()
     built["models"]["tiny-llama"]["revision"] = "main"

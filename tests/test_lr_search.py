@@ -1,4 +1,5 @@
-"""The learning-rate search (peftlab.lr_search): its plan, its selection, its data isolation, and the matrix end to end."""
+"""The learning-rate search (peftlab.lr_search): its plan, its selection, its data isolation, and the matrix end to
+end."""
 
 from __future__ import annotations
 
@@ -56,7 +57,9 @@ def test_a_search_plans_one_run_per_candidate_and_search_seed_and_final_runs_wit
     assert sel["greater_is_better"] is False
     assert set(sel["runs"]) == {r for r in search if "/ia3/" in r}
     # a search run is evaluated on its validation share, not the evaluation split: never merged
-    assert set(p.specs["merge_run"]) >= set(search)  # spec files exist for every run; rule all asks merges of final runs only
+    assert set(p.specs["merge_run"]) >= set(
+        search
+    )  # spec files exist for every run; rule all asks merges of final runs only
 
 
 def test_a_range_spaces_its_candidates_on_a_log_scale():
@@ -115,10 +118,19 @@ def test_named_experiments_cannot_take_a_top_level_search():
 def test_a_block_can_turn_the_search_off_and_only_keeps_the_search_of_the_runs_it_keeps():
     raw = lr_config()
     raw["sweep"].append(
-        {"task": "arith", "model": "tiny-llama", "method": "dora", "seed": 1, "lr_search": None, "training": {"learning_rate": 0.003}}
+        {
+            "task": "arith",
+            "model": "tiny-llama",
+            "method": "dora",
+            "seed": 1,
+            "lr_search": None,
+            "training": {"learning_rate": 0.003},
+        }
     )
     runs = plan(raw, "config/test_lr.yaml").runs
-    assert runs["arith/tiny-llama/dora/r8-s1"]["training"]["learning_rate"] == 0.003 and not any("dora/search" in r for r in runs)
+    assert runs["arith/tiny-llama/dora/r8-s1"]["training"]["learning_rate"] == 0.003 and not any(
+        "dora/search" in r for r in runs
+    )
     raw["only"] = "arith/tiny-llama/ia3/*"
     kept = plan(raw, "config/test_lr.yaml").runs
     assert sorted(kept) == sorted(r for r in runs if "/ia3/" in r)  # the ia3 finals and the ia3 search runs
@@ -128,7 +140,13 @@ def test_a_block_can_turn_the_search_off_and_only_keeps_the_search_of_the_runs_i
 
 
 def _select_spec(greater: bool) -> dict:
-    search = {"cell": "t/m/lora/search-r8", "rates": [1e-3, 1e-2, 1e-1], "seeds": [0, 1], "validation_share": 0.1, "validation_seed": 0}
+    search = {
+        "cell": "t/m/lora/search-r8",
+        "rates": [1e-3, 1e-2, 1e-1],
+        "seeds": [0, 1],
+        "validation_share": 0.1,
+        "validation_seed": 0,
+    }
     spec = lr_search.select_spec({**search, "metric": "accuracy" if greater else "eval_loss"})
     assert spec["greater_is_better"] is greater
     return spec
@@ -266,10 +284,15 @@ def test_each_cell_trains_at_the_rate_its_search_scores_show_best(lr_matrix, mon
             ev = json.loads((root / "runs" / run_id / "eval.json").read_text())
             assert ev["examples"] == 32  # the evaluation split
     best = (root / "tables" / "best_lr.md").read_text()
-    assert "| arith | tiny-llama | ia3 | - | eval_loss |" in best and (root / "tables" / "lr_search.png").stat().st_size > 10_000
+    assert (
+        "| arith | tiny-llama | ia3 | - | eval_loss |" in best
+        and (root / "tables" / "lr_search.png").stat().st_size > 10_000
+    )
     summary = (root / "tables" / "summary.csv").read_text()
     assert "search-" not in summary  # search runs feed the selection only
-    states = runstate.matrix_status(str(root), list(p.runs), work, search_runs={r for r, s in p.runs.items() if s["holdout"]})
+    states = runstate.matrix_status(
+        str(root), list(p.runs), work, search_runs={r for r, s in p.runs.items() if s["holdout"]}
+    )
     assert {s.state for s in states} == {"done"}  # a search run is done once evaluated: it is never merged
     monkeypatch.chdir(work)  # the spec's paths are relative to the workflow's directory
     model, _ = api.load(root / "runs" / "arith/tiny-llama/ia3/s1")  # a final run loads at the rate it trained at

@@ -1,5 +1,6 @@
 """Messages name real keys: every config key path that peftlab's messages, hints and docstrings, the README or the
-docs (docs/*.md) name (`training.learning_rate`, `tasks.<name>.max_length`, `{where}.lr_search.range`) resolves in the schema (issue 28)."""
+docs (docs/*.md) name (`training.learning_rate`, `tasks.<name>.max_length`, `{where}.lr_search.range`) resolves in the
+schema (issue 28)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ ANY = "<*>"  # an f-string's replacement field, or a placeholder such as <name>:
 RELATIVE = {"data": ["tasks", ANY, "data"], "build": ["models", ANY, "build"], "rl": ["training", "rl"]}
 SEGMENT = r"(?:[a-z_][a-z0-9_]*|<[^<>\s]*>|\{[^{}\s]*\}|\[[^\]\s]*\])"
 # a section's name, not after a word and a dot (peftlab.models.X, self.training), then at least one more segment
-KEY_PATH = re.compile(rf"(?<!\w)(?<!\w\.)(?P<path>(?P<section>[a-z_]+)(?:\.?\[[^\]\s]*\])*(?:\.{SEGMENT}(?:\[[^\]\s]*\])*)+)")
+KEY_PATH = re.compile(
+    rf"(?<!\w)(?<!\w\.)(?P<path>(?P<section>[a-z_]+)(?:\.?\[[^\]\s]*\])*(?:\.{SEGMENT}(?:\[[^\]\s]*\])*)+)"
+)
 FILE = re.compile(r"\.(py|json|jsonl|md|png|pdf|csv|tsv|tex|yaml|log|txt)$")  # lr_search.png, build.py: files, not keys
 NOT_KEYS = {"wandb.init"}  # the wandb library's function, which peftlab.observe's docstring names
 # PeRL's own config format names PeRL's keys (base.dataset.dataset_name_or_path), which peftlab.perl translates
@@ -32,20 +35,30 @@ def _text(node: ast.AST) -> str | None:
 
 
 def strings() -> list[tuple[str, str]]:
-    """(where, text) of every string in peftlab's source (messages, hints, docstrings), of the README and of the docs."""
+    """(where, text) of every string in peftlab's source (messages, hints, docstrings), of the README and of the
+    docs."""
     out = []
     # docs/config-reference.md is left out: it is the schema itself, rendered (its words name PeRL's base.description)
-    for page in [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").glob("*.md") if p.name != "config-reference.md")]:
+    for page in [
+        ROOT / "README.md",
+        *sorted(p for p in (ROOT / "docs").glob("*.md") if p.name != "config-reference.md"),
+    ]:
         text = page.read_text()
         if (perl := text.find(PERL[1])) >= 0:  # PeRL's section names PeRL's keys
             end = text.find("\n#", perl + 1)
             text = text[:perl] + (text[end:] if end >= 0 else "")
         out.append((str(page.relative_to(ROOT)), text))
-    assert any(PERL[1] in page.read_text() for page in (ROOT / "docs").glob("*.md"))  # the section left out is still there
+    assert any(
+        PERL[1] in page.read_text() for page in (ROOT / "docs").glob("*.md")
+    )  # the section left out is still there
     for file in sorted(f for f in SRC.rglob("*.py") if str(f.relative_to(ROOT)) != PERL[0]):
         tree = ast.parse(file.read_text())
         inner = {id(v) for n in ast.walk(tree) if isinstance(n, ast.JoinedStr) for v in n.values}
-        out += [(f"{file.relative_to(ROOT)}:{n.lineno}", t) for n in ast.walk(tree) if id(n) not in inner and (t := _text(n)) is not None]
+        out += [
+            (f"{file.relative_to(ROOT)}:{n.lineno}", t)
+            for n in ast.walk(tree)
+            if id(n) not in inner and (t := _text(n)) is not None
+        ]
     return out
 
 
@@ -73,12 +86,16 @@ def resolves(node: dict, keys: list[str]) -> bool:
         return True
     if isinstance(extra, dict):
         return resolves(extra, rest)
-    return node.get("type") == "object" and extra is None and not props  # a free-form mapping: peft.options, training.extra
+    return (
+        node.get("type") == "object" and extra is None and not props
+    )  # a free-form mapping: peft.options, training.extra
 
 
 def named_key_paths() -> dict[str, list[str]]:
     """Every key path named in the strings: {path as written: [where]}."""
-    sections = {k for k, v in schema()["properties"].items() if resolves(v, [ANY])} | set(RELATIVE)  # those that hold keys: not name
+    sections = {k for k, v in schema()["properties"].items() if resolves(v, [ANY])} | set(
+        RELATIVE
+    )  # those that hold keys: not name
     found: dict[str, list[str]] = {}
     for where, text in strings():
         for m in KEY_PATH.finditer(text):
@@ -89,7 +106,9 @@ def named_key_paths() -> dict[str, list[str]]:
 
 def test_every_key_path_a_message_the_readme_or_the_docs_name_is_in_the_schema():
     found = named_key_paths()
-    assert {"training.learning_rate", "lr_search.validation_share", "tasks.<name>.columns"} <= set(found)  # the collector sees them
+    assert {"training.learning_rate", "lr_search.validation_share", "tasks.<name>.columns"} <= set(
+        found
+    )  # the collector sees them
     root = schema()
     unknown = {}
     for path, where in found.items():
@@ -104,6 +123,18 @@ def test_every_key_path_a_message_the_readme_or_the_docs_name_is_in_the_schema()
 
 def test_the_schema_lookup_finds_real_keys_only():
     root = schema()
-    real = ["resources.runtime", "sweep[0].training.max_steps", "tasks.<name>.data.num_train", "peft.options.<*>", "lr_search.range.low"]
-    wrong = ["resources.time", "training.lr", "tasks.<name>.data.size", "models.<name>.build.width", "lr_search.range.lo"]
+    real = [
+        "resources.runtime",
+        "sweep[0].training.max_steps",
+        "tasks.<name>.data.num_train",
+        "peft.options.<*>",
+        "lr_search.range.low",
+    ]
+    wrong = [
+        "resources.time",
+        "training.lr",
+        "tasks.<name>.data.size",
+        "models.<name>.build.width",
+        "lr_search.range.lo",
+    ]
     assert all(resolves(root, parts(p)) for p in real) and not any(resolves(root, parts(p)) for p in wrong)

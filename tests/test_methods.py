@@ -103,7 +103,9 @@ ROWS = {
     "prefix_tuning": Row(lambda d: 8 * d.layers * 2 * d.hidden, lr=5e-2),
     "prompt_tuning": Row(lambda d: 8 * d.hidden, lr=0.1),
     # 8 virtual tokens and the MLP encoder H -> 64 -> 64 -> H
-    "p_tuning": Row(lambda d: 8 * d.hidden + (d.hidden * 64 + 64) + (64 * 64 + 64) + (64 * d.hidden + d.hidden), lr=3e-2),
+    "p_tuning": Row(
+        lambda d: 8 * d.hidden + (d.hidden * 64 + 64) + (64 * 64 + 64) + (64 * d.hidden + d.hidden), lr=3e-2
+    ),
     "sva": Row(lambda d: d.layers * 2 * R, lr=5e-2),  # r singular-value shifts per layer
     "ssl": Row(lambda d: d.layers * 2 * d.hidden),  # d1 per layer
     "ssb": Row(lambda d: d.layers * 2 * (d.hidden + d.hidden)),  # d1 and d2 per layer
@@ -112,7 +114,9 @@ ROWS = {
     "adapter": Row(lambda d: d.layers * 2 * (2 * 16 * d.hidden + 16 + d.hidden), options={"bottleneck_size": 16}),
     "full": Row(lambda d: 0, lr=1e-3),  # every parameter of the base, counted from the loaded model
     # a bias shift for every linear layer's outputs (MiniLM: also the pooler)
-    "bitfit": Row(lambda d: d.layers * (5 * d.hidden + 2 * d.mlp) if d is LLAMA else d.layers * (5 * d.hidden + d.mlp) + d.hidden),
+    "bitfit": Row(
+        lambda d: d.layers * (5 * d.hidden + 2 * d.mlp) if d is LLAMA else d.layers * (5 * d.hidden + d.mlp) + d.hidden
+    ),
 }
 MODELS = {"tiny-llama": LLAMA, "minilm": MINILM}
 TASK = {"tiny-llama": "arith", "minilm": "sentiment"}  # the test config's SFT and classification tasks
@@ -145,7 +149,9 @@ def test_method(name, model, in_tiny, tmp_path):
 
     losses = [e["loss"] for e in record["losses"]]
     assert losses[-1] < losses[0] - 0.02, losses
-    assert record["reload_max_abs_diff"] <= record["reload_tolerance"] <= numerics.RELOAD_ULPS * numerics.EPS * 100  # logits below 100
+    assert (
+        record["reload_max_abs_diff"] <= record["reload_tolerance"] <= numerics.RELOAD_ULPS * numerics.EPS * 100
+    )  # logits below 100
 
     check = merge.merge(spec, str(tmp_path / "adapter"), tmp_path / "merged")
     if method.impl is None:  # full: adapter/ is the model; it is not stored twice
@@ -170,7 +176,10 @@ GRADIENT_ROLES = {
 def check_tracking(spec, method, run: Path) -> None:
     """The tracker's files after 10 steps: ΔW equals the merge's change of every adapted layer's weight."""
     info = artifacts.read_json(run / "tracking/tracking.json")
-    spectral, gradients = pd.read_parquet(run / "tracking/spectral.parquet"), pd.read_parquet(run / "tracking/gradients.parquet")
+    spectral, gradients = (
+        pd.read_parquet(run / "tracking/spectral.parquet"),
+        pd.read_parquet(run / "tracking/gradients.parquet"),
+    )
     assert info["gradients"]["steps"] == [1, 10]
     grads = gradients[gradients["quantity"] == "grad_norm"]
     assert grads["value"].map(math.isfinite).all() and (grads["value"] > 0).any()
@@ -178,7 +187,9 @@ def check_tracking(spec, method, run: Path) -> None:
     if not method.mergeable:
         assert info["spectral"]["reason"] == f"{method.name}: {method.not_mergeable_reason}" and spectral.empty
         return
-    assert info["spectral"]["reason"] is None and info["spectral"]["steps"] == [0, 10] and info["spectral"]["layers"] > 0
+    assert (
+        info["spectral"]["reason"] is None and info["spectral"]["steps"] == [0, 10] and info["spectral"]["layers"] > 0
+    )
     assert spectral["value"].map(math.isfinite).all()
     assert {"heatmap_rel_norm.png", "spectra_final.png"} <= set(info["plots"])
     if method.quantized:  # the merge dequantises; the float32 base is not the weight the adapter was trained on
@@ -199,7 +210,9 @@ def test_qlora_base_is_really_quantised(bits, layer, quant_type, in_tiny):
     """QLoRA's base layers under the LoRA adapter are bitsandbytes layers: NF4 with double quantisation, or int8."""
     spec = in_tiny("qlora", options={"bits": bits})
     bnb = methods.quantization(spec.peft)
-    model = methods.attach(load_model(spec.model, spec.task, quantization=bnb), spec.peft, methods.Context("CAUSAL_LM", 10, None))
+    model = methods.attach(
+        load_model(spec.model, spec.task, quantization=bnb), spec.peft, methods.Context("CAUSAL_LM", 10, None)
+    )
     q_proj = model.base_model.model.model.layers[0].self_attn.q_proj
     assert type(q_proj.get_base_layer()).__name__ == layer
     if quant_type:

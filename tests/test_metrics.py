@@ -44,7 +44,11 @@ def test_classification_metrics_by_hand():
 def test_binary_f1_precision_recall_and_mcc_by_hand():
     # TP = 2, FN = 1, TN = 1, FP = 1
     out = metrics.classification([1, 1, 1, 0, 0], [1, 1, 0, 0, 1])
-    assert out["precision"] == pytest.approx(2 / 3) and out["recall"] == pytest.approx(2 / 3) and out["f1"] == pytest.approx(2 / 3)
+    assert (
+        out["precision"] == pytest.approx(2 / 3)
+        and out["recall"] == pytest.approx(2 / 3)
+        and out["f1"] == pytest.approx(2 / 3)
+    )
     # (TP TN - FP FN) / sqrt((TP+FP)(TP+FN)(TN+FP)(TN+FN)) = (2 - 1) / sqrt(3 * 3 * 2 * 2)
     assert out["mcc"] == pytest.approx(1 / 6)
 
@@ -52,13 +56,19 @@ def test_binary_f1_precision_recall_and_mcc_by_hand():
 def test_three_classes_report_macro_f1_precision_recall():
     out = metrics.classification([0, 1, 2, 2], [0, 2, 2, 2], num_labels=3)
     # per class (P, R): 0: (1, 1); 1: (0, 0); 2: (2/3, 1) -> macro P = 5/9, macro R = 2/3
-    assert out["precision"] == pytest.approx(5 / 9) and out["recall"] == pytest.approx(2 / 3) and out["accuracy"] == 0.75
+    assert (
+        out["precision"] == pytest.approx(5 / 9) and out["recall"] == pytest.approx(2 / 3) and out["accuracy"] == 0.75
+    )
 
 
 def test_regression_pearson_spearman_by_hand():
     out = metrics.regression([1, 2, 3, 4], [1, 3, 2, 4])
     # deviations (-1.5, -.5, .5, 1.5) and (-1.5, .5, -.5, 1.5): covariance 4, variances 5 and 5
-    assert out["pearson"] == pytest.approx(0.8) and out["spearman"] == pytest.approx(0.8) and out["mse"] == pytest.approx(0.5)
+    assert (
+        out["pearson"] == pytest.approx(0.8)
+        and out["spearman"] == pytest.approx(0.8)
+        and out["mse"] == pytest.approx(0.5)
+    )
     out = metrics.regression([1, 2, 3, 4], [1, 4, 9, 16])  # monotone, not linear
     assert out["spearman"] == pytest.approx(1.0) and out["pearson"] == pytest.approx(25 / (5 * 129) ** 0.5)
     assert metrics.regression([1, 2, 3], [2, 2, 2])["pearson"] == 0.0  # constant predictions: no correlation, not NaN
@@ -90,5 +100,9 @@ def test_boxed_and_last_number_exact_match_compare_numbers():
 def test_rouge_by_hand():
     out = metrics.rouge(["the cat sat on the mat"], ["the cat sat on a mat"])
     # unigrams: 5 of 6 shared each way; bigrams: 3 of 5; longest common subsequence: 5 of 6
-    assert out["rouge1"] == pytest.approx(5 / 6) and out["rouge2"] == pytest.approx(3 / 5) and out["rougeL"] == pytest.approx(5 / 6)
+    assert (
+        out["rouge1"] == pytest.approx(5 / 6)
+        and out["rouge2"] == pytest.approx(3 / 5)
+        and out["rougeL"] == pytest.approx(5 / 6)
+    )
     assert metrics.rouge(["x y"], ["a b"])["rouge1"] == 0.0

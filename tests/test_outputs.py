@@ -1,4 +1,5 @@
-"""What a run keeps on disk (the `outputs` section): kept checkpoints that evaluate reads, the settings' validation, and what each stage's fingerprint reads of it.
+"""What a run keeps on disk (the `outputs` section): kept checkpoints that evaluate reads, the settings' validation, and
+what each stage's fingerprint reads of it.
 
 Merging's save | check | none | auto is tested beside the other merge checks, in test_failures.py.
 """
@@ -15,6 +16,7 @@ import yaml
 
 from conftest import ROOT, load_test_config
 from peftlab import artifacts, evaluate, numerics
+from peftlab import spec as spec_module
 from peftlab.checkpoints import kept_steps
 from peftlab.compute import logits
 from peftlab.config import ConfigError, plan
@@ -58,13 +60,21 @@ def test_checkpoints_are_kept_as_asked_and_evaluate_reads_them(in_tiny, tmp_path
     assert numerics.max_abs_diff(by_step[10], final) <= numerics.tolerance(final, numerics.RELOAD_ULPS)
     if 4 in by_step:  # an earlier step is another model, and evaluate reads it like a run's adapter
         assert not torch.allclose(by_step[4], final, atol=1e-3)
-        artifacts.write_json(tmp_path / "spec.json", spec.to_dict())  # as README's command, with the run's spec file
-        evaluate.main(
-            ["--spec", str(tmp_path / "spec.json"), "--adapter", record["checkpoints"][0]["adapter"], "--out", str(tmp_path / "step4.json")]
+        artifacts.write_json(
+            tmp_path / "spec.json", spec.to_dict()
+        )  # as docs/config.md's command, with the run's spec file
+        adapter, out = record["checkpoints"][0]["adapter"], tmp_path / "step4"
+        args = ["--spec", str(tmp_path / "spec.json"), "--adapter", adapter, "--out", f"{out}.json"]
+        evaluate.main([*args, "--predictions", f"{out}.jsonl"])
+        result, predictions = (
+            artifacts.read_json(tmp_path / "step4.json"),
+            artifacts.read_jsonl(tmp_path / "step4.jsonl"),
         )
-        result, predictions = artifacts.read_json(tmp_path / "step4.json"), artifacts.read_jsonl(tmp_path / "predictions.jsonl")
         assert 0.0 <= result["metrics"]["exact_match"] <= 1.0 and len(predictions) == result["examples"]
-        assert result["metrics"]["eval_loss"] != evaluate.evaluate(spec, str(tmp_path / "adapter"))[0]["metrics"]["eval_loss"]
+        assert (
+            result["metrics"]["eval_loss"]
+            != evaluate.evaluate(spec, str(tmp_path / "adapter"))[0]["metrics"]["eval_loss"]
+        )
 
 
 def config_with(**outputs) -> dict:
@@ -74,7 +84,9 @@ def config_with(**outputs) -> dict:
 
 
 def test_checkpoints_every_n_must_be_saved_steps():
-    with pytest.raises(ConfigError, match=r"outputs.checkpoints: every 30 steps is not a multiple of training.save_steps \(20\)"):
+    with pytest.raises(
+        ConfigError, match=r"outputs.checkpoints: every 30 steps is not a multiple of training.save_steps \(20\)"
+    ):
         plan(config_with(checkpoints=30))
     with pytest.raises(ConfigError, match=r"outputs.checkpoints"):
         plan(config_with(checkpoints="all"))
@@ -83,7 +95,7 @@ def test_checkpoints_every_n_must_be_saved_steps():
     assert {r["outputs"]["checkpoints"] for r in plan(config_with(checkpoints=40)).runs.values()} == {40}
 
 
-def test_outputs_reach_the_stage_that_reads_them_and_no_other(in_tiny):
+def test_outputs_reach_the_stage_that_reads_them_and_no_other(in_tiny, monkeypatch):
     spec = in_tiny("lora").to_dict()
     assert spec["outputs"] == {"merge": "auto", "checkpoints": "none"}
     merge_mode = json.loads(json.dumps(spec))
@@ -95,15 +107,18 @@ def test_outputs_reach_the_stage_that_reads_them_and_no_other(in_tiny):
     kept["outputs"]["checkpoints"] = "last"
     assert fingerprint(kept, "train_run") != fingerprint(spec, "train_run")
     assert fingerprint(kept, "merge_run") == fingerprint(spec, "merge_run")
-    # a spec written before the section existed trains as it did: checkpoints at its default hashes as its absence
+    # a key added to the spec since the last release (spec.ADDED_KEYS) counts only when it leaves its default:
+    # a spec written before it existed, and one at its default, hash alike; one that sets it does not
+    monkeypatch.setattr(spec_module, "ADDED_KEYS", ("outputs.checkpoints",))
     old = json.loads(json.dumps(spec))
-    del old["outputs"]
-    assert fingerprint(old, "train_run") == fingerprint(spec, "train_run")
+    del old["outputs"]["checkpoints"]
+    assert fingerprint(old, "train_run") == fingerprint(spec, "train_run") != fingerprint(kept, "train_run")
 
 
-def test_the_cost_plan_from_compute_counts_flops_tokens_and_disk(tmp_path, monkeypatch):
-    """No finished run: training time is tokens x 4N (PEFT) over peak x MFU; parameters are counted as training counts them."""
-    from peftlab import methods, plan
+def test_the_cost_plan_from_compute_counts_flops_tokens_and_disk(tmp_path, monkeypatch, capsys):
+    """No finished run: training time is tokens x 4N (PEFT) over peak x MFU; parameters are counted as training counts
+    them."""
+    from peftlab import cost, methods
     from peftlab.methods import targets
     from peftlab.models import load_model
     from peftlab.spec import RunSpec
@@ -112,19 +127,29 @@ def test_the_cost_plan_from_compute_counts_flops_tokens_and_disk(tmp_path, monke
     cfg["sweep"] = [b for b in cfg["sweep"] if b["task"] == "sentiment"]  # MiniLM: a packaged model, nothing to build
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     monkeypatch.chdir(tmp_path)
-    result = plan.cost(tmp_path / "c.yaml", peak_tflops=2.0, mfu=0.5)
+    result = cost.cost(tmp_path / "c.yaml", peak_tflops=2.0, mfu=0.5)
     assert result["measured"] == {} and len(result["runs"]) == 2
     c = result["runs"]["sentiment/minilm/lora/r8-s1"]
-    spec = RunSpec.from_dict(plan.plan(cfg, tmp_path / "c.yaml").runs[c.run_id])
+    spec = RunSpec.from_dict(cost.plan(cfg, tmp_path / "c.yaml").runs[c.run_id])
     base = load_model(spec.model, spec.task)
-    real = methods.attach(base, spec.peft, methods.Context("SEQ_CLS", 1, targets.resolve(base, spec.peft.target_modules, None)))
+    real = methods.attach(
+        base, spec.peft, methods.Context("SEQ_CLS", 1, targets.resolve(base, spec.peft.target_modules, None))
+    )
     assert c.total_params == sum(p.numel() for p in load_model(spec.model, spec.task).parameters())
     assert c.trainable_params == sum(p.numel() for p in real.parameters() if p.requires_grad)
     # 40 steps x 16 examples x max_length 32 (no tokenised data yet: an upper bound, marked estimated)
     assert (c.train_tokens, c.tokens_estimated, c.source) == (40 * 16 * 32, True, "compute")
     assert c.seconds["train_run"] == pytest.approx(c.train_tokens * 4 * c.total_params / (2e12 * 0.5))
-    assert (c.adapter_bytes, c.merged_bytes, c.checkpoint_bytes) == (4 * c.trainable_params, 4 * c.total_params, 0)  # auto: saved below 1B
-    assert "2 runs:" in plan.report(result, validate=False)
+    assert (c.adapter_bytes, c.merged_bytes, c.checkpoint_bytes) == (
+        4 * c.trainable_params,
+        4 * c.total_params,
+        0,
+    )  # auto: saved below 1B
+    assert "2 runs:" in cost.report(result, validate=False)
+    # docs/cost-plan.md's command for another device: its peak and MFU from the command line
+    cost.main([str(tmp_path / "c.yaml"), "--peak-tflops", "312", "--mfu", "0.35", "--json"])
+    seconds = json.loads(capsys.readouterr().out)["runs"][c.run_id]["seconds"]["train_run"]
+    assert seconds == pytest.approx(c.train_tokens * 4 * c.total_params / (312e12 * 0.35))
 
 
 # The README demo (config/config.yaml) as it finished on a 2-core CPU: seconds of train_run,
@@ -152,7 +177,8 @@ DEMO_TOKENS = {"sentiment": {"s1": 18625, "s2": 18620}, "arith": {"s1": 227731, 
 
 
 def finished_demo(tmp_path, slower: dict[str, float] | None = None):
-    """config/config.yaml in tmp_path with every run finished as DEMO_SECONDS says, `slower` runs that many times slower."""
+    """config/config.yaml in tmp_path with every run finished as DEMO_SECONDS says, `slower` runs that many times
+    slower."""
     from peftlab import paths
 
     (tmp_path / "config.yaml").write_text((ROOT / "config/config.yaml").read_text())  # its matrix: results/default
@@ -169,8 +195,9 @@ def finished_demo(tmp_path, slower: dict[str, float] | None = None):
 
 
 def test_the_cost_plan_line_never_extrapolates_a_slope_from_runs_of_equal_length():
-    """The demo's cause: the free line through two seeds 3 tokens apart, its intercept clipped to 0, predicted 2.7 h for 45 s."""
-    from peftlab.plan import fit
+    """The demo's cause: the free line through two seeds 3 tokens apart, its intercept clipped to 0, predicted 2.7 h for
+    45 s."""
+    from peftlab.cost import fit
 
     a, b = fit([(227731, 17.49), (227734, 18.65)])
     assert 17.49 <= a + b * 227733 <= 18.65
@@ -181,14 +208,14 @@ def test_the_cost_plan_line_never_extrapolates_a_slope_from_runs_of_equal_length
 
 def test_the_cost_plan_predicts_every_run_of_the_demo_within_a_factor_of_two(tmp_path, monkeypatch, capsys):
     """Leave one out over the finished demo: judged run by run, not on the matrix's total, and passes (exit 0)."""
-    from peftlab import plan
+    from peftlab import cost
 
     config = finished_demo(tmp_path)
     monkeypatch.chdir(tmp_path)
-    plan.main([str(config), "--cost", "--validate"])  # no SystemExit: every run within FAIL_FACTOR
+    cost.main([str(config), "--validate"])  # no SystemExit: every run within FAIL_FACTOR
     out = capsys.readouterr().out
     assert "100% of runs within 2x of their prediction" in out and "FAILED" not in out
-    whole = plan.cost(config)  # every run from all finished ones: the plan's own prediction for the matrix
+    whole = cost.cost(config)  # every run from all finished ones: the plan's own prediction for the matrix
     predicted = {k: sum(c.seconds.values()) for k, c in whole["runs"].items()}
     assert all(c.source == "measured" for c in whole["runs"].values())
     for run_id, seconds in DEMO_SECONDS.items():
@@ -197,16 +224,19 @@ def test_the_cost_plan_predicts_every_run_of_the_demo_within_a_factor_of_two(tmp
 
 def test_the_cost_plan_check_fails_on_a_run_five_times_slower_than_predicted(tmp_path, monkeypatch, capsys):
     """A run planted 5x slower than its peers: --validate names it, and exits 1."""
-    from peftlab import plan
+    from peftlab import cost
 
     planted = "arith/tiny-llama/dora/r8-s1"
     config = finished_demo(tmp_path, slower={planted: 5.0})
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as e:
-        plan.main([str(config), "--cost", "--validate"])
+        cost.main([str(config), "--validate"])
     assert e.value.code != 0 and planted in str(e.value.code)
-    result = plan.cost(config, leave_one_out=True)
-    v = plan.validation(result["runs"], result["measured"])
+    result = cost.cost(config, leave_one_out=True)
+    v = cost.validation(result["runs"], result["measured"])
     assert v["runs"][planted]["off"] > 4 and v["runs"][planted]["measured"] > 4 * v["runs"][planted]["predicted"]
-    assert planted in v["failed"] and set(v["failed"]) <= {planted, "arith/tiny-llama/dora/r8-s2"}  # and its one peer, predicted from it
+    assert planted in v["failed"] and set(v["failed"]) <= {
+        planted,
+        "arith/tiny-llama/dora/r8-s2",
+    }  # and its one peer, predicted from it
     assert "FAILED: 2 run(s) off by more than 3x" in capsys.readouterr().out

@@ -25,7 +25,13 @@ def test_every_key_of_the_example_maps_to_the_run_it_describes():
     assert run["task"]["type"] == "rlvr" and run["task"]["data"]["hub"]["id"] == "Jiayi-Pan/Countdown-Tasks-3to4"
     assert run["task"]["rewards"] == ["countdown", "format"]
     t = run["training"]
-    assert (t["max_steps"], t["save_steps"], t["logging_steps"], t["batch_size"], t["grad_accum"]) == (1000, 100, 10, 4, 8)
+    assert (t["max_steps"], t["save_steps"], t["logging_steps"], t["batch_size"], t["grad_accum"]) == (
+        1000,
+        100,
+        10,
+        4,
+        8,
+    )
     assert (t["rl"]["num_generations"], t["learning_rate"], t["seed"]) == (8, 1e-5, 42)
     assert (run["peft"]["type"], run["peft"]["r"], run["peft"]["lora_alpha"]) == ("lora", 16, 32)
     assert (run["wandb"]["mode"], run["wandb"]["project"]) == ("online", "peft-rlvr-mechanistic")
@@ -58,19 +64,32 @@ def test_the_verbatim_example_dry_runs_through_snakemake(tmp_path):
 @pytest.mark.parametrize(
     "edit,message",
     [
-        (lambda c: c["base"]["training"].update(use_vllm=True), r"base.training.use_vllm: True is not supported: .*vLLM"),
-        (lambda c: c["base"]["training"].update(use_liger_kernel=True), r"base.training.use_liger_kernel: True is not supported"),
+        (
+            lambda c: c["base"]["training"].update(use_vllm=True),
+            r"base.training.use_vllm: True is not supported: .*vLLM",
+        ),
+        (
+            lambda c: c["base"]["training"].update(use_liger_kernel=True),
+            r"base.training.use_liger_kernel: True is not supported",
+        ),
         (
             lambda c: c["base"]["training"].update(optim="adafactor"),
             r"base.training.optim: no peftlab equivalent; allowed in a PeRL file: ",
         ),
-        (lambda c: c["base"]["model"].update(device_map="auto"), r"base.model.device_map: not a model key peftlab knows"),
+        (
+            lambda c: c["base"]["model"].update(device_map="auto"),
+            r"base.model.device_map: not a model key peftlab knows",
+        ),
         (lambda c: c["base"]["wandb"].update(tags=["x"]), r"base.wandb.tags: no peftlab equivalent"),
         (lambda c: c["base"]["tracker"].update(svd_every=5), r"base.tracker.*svd_every"),
-        (lambda c: c["base"]["training"].update(report_to=["tensorboard"]), r"base.training.report_to: \['tensorboard'\]"),
+        (
+            lambda c: c["base"]["training"].update(report_to=["tensorboard"]),
+            r"base.training.report_to: \['tensorboard'\]",
+        ),
         (
             lambda c: c["base"]["dataset"].update(dataset_name_or_path="openai/gsm8k"),
-            r"base.dataset.dataset_name_or_path: peftlab has no task for 'openai/gsm8k'; PeRL datasets it knows: Jiayi-Pan/Countdown",
+            r"base.dataset.dataset_name_or_path: peftlab has no task for 'openai/gsm8k'; PeRL datasets it "
+            r"knows: Jiayi-Pan/Countdown",
         ),
         (lambda c: c["experiments"][0]["common"].update(debug=True), r"experiments\[0\].common.*debug"),
     ],
@@ -83,7 +102,10 @@ def test_a_key_without_an_equivalent_is_refused_with_the_reason(edit, message):
 
 
 def test_report_to_nothing_or_use_wandb_false_turns_wandb_off():
-    for edit in (lambda c: c["base"]["training"].update(report_to=[]), lambda c: c["base"]["wandb"].update(use_wandb=False)):
+    for edit in (
+        lambda c: c["base"]["training"].update(report_to=[]),
+        lambda c: c["base"]["wandb"].update(use_wandb=False),
+    ):
         raw = example()
         edit(raw)
         assert next(iter(plan(raw, EXAMPLE).runs.values()))["wandb"]["mode"] == "disabled"

@@ -108,16 +108,28 @@ def test_tables_list_every_run(done):
     grouped = pd.read_csv(tables / "summary_grouped.csv")
     lora = grouped[(grouped["task"] == "arith") & (grouped["method"] == "lora") & (grouped["r"] == 8)].iloc[0]
     assert lora["seeds"] == 2 and lora["exact_match_std"] >= 0 and 0 < lora["trainable_pct"] < 100
-    assert lora["exact_match_n"] == 2 and lora["exact_match_ci_low"] <= lora["exact_match_mean"] <= lora["exact_match_ci_high"]
+    assert (
+        lora["exact_match_n"] == 2
+        and lora["exact_match_ci_low"] <= lora["exact_match_mean"] <= lora["exact_match_ci_high"]
+    )
     # the rank x train size x seed sweep: every cell has its two seeds
     sweep = grouped[(grouped["method"] == "lora") & grouped["r"].isin([4, 16])]
-    assert sorted(zip(sweep["r"], sweep["train_size"], sweep["seeds"])) == [(4, 240, 2), (4, 480, 2), (16, 240, 2), (16, 480, 2)]
+    assert sorted(zip(sweep["r"], sweep["train_size"], sweep["seeds"])) == [
+        (4, 240, 2),
+        (4, 480, 2),
+        (16, 240, 2),
+        (16, 480, 2),
+    ]
     dora = grouped[grouped["method"] == "dora"].iloc[0]
-    assert dora["exact_match_n"] == 1 and pd.isna(dora["exact_match_std"]) and pd.isna(dora["exact_match_ci_low"])  # never ± 0
+    assert (
+        dora["exact_match_n"] == 1 and pd.isna(dora["exact_match_std"]) and pd.isna(dora["exact_match_ci_low"])
+    )  # never ± 0
     assert "\\begin{tabular}" in (tables / "summary.tex").read_text()
     # disk: every run's record, and the matrix's total (the check-only block keeps no merged model)
     runs_dir = work / "results/test/runs"
-    assert (summary["adapter_bytes"] == [artifacts.disk_bytes(runs_dir / r / "adapter") for r in summary["run_id"]]).all()
+    assert (
+        summary["adapter_bytes"] == [artifacts.disk_bytes(runs_dir / r / "adapter") for r in summary["run_id"]]
+    ).all()
     assert (summary.loc[summary["r"].isin([4, 16]), "merged_bytes"] == 0).all()
     merged = [runs_dir / r / "merged" for r in summary["run_id"] if (runs_dir / r / "merged/config.json").exists()]
     total = sum(map(artifacts.disk_bytes, [runs_dir / r / "adapter" for r in summary["run_id"]] + merged))
@@ -158,8 +170,18 @@ def test_tables_per_task_with_tests_against_lora_and_plots_along_every_varied_ax
     assert arith["best"].any() and (arith.loc[arith["best"], "exact_match"] == arith["exact_match"].max()).all()
     plots = tables_dir / "plots"
     arith_plots = sorted(p.name for p in (plots / "arith/tiny-llama").glob("*.png"))
-    assert arith_plots == ["loss.png", "metric.png", "params.png", "rank.png", "train_size.png"]  # lr does not vary within a method
-    assert sorted(p.name for p in (plots / "sentiment/minilm").glob("*.png")) == ["loss.png", "metric.png", "params.png"]
+    assert arith_plots == [
+        "loss.png",
+        "metric.png",
+        "params.png",
+        "rank.png",
+        "train_size.png",
+    ]  # lr does not vary within a method
+    assert sorted(p.name for p in (plots / "sentiment/minilm").glob("*.png")) == [
+        "loss.png",
+        "metric.png",
+        "params.png",
+    ]
     from test_stats import compile_latex
 
     proc = compile_latex(tables_dir / "summary.tex", tmp_path)
@@ -177,13 +199,20 @@ def test_the_snakemake_report_holds_every_table_and_plot(done, tmp_path):
         stored = z.namelist()
     results = json.loads(re.search(r"^\s*var results = (\{.*\});?\s*$", html, re.M).group(1).rstrip(";"))
     tables_dir = work / "results/test/tables"
-    wanted = {str(p.relative_to(work)) for p in tables_dir.rglob("*") if p.is_file() and p.suffix in (".png", ".csv", ".md", ".tex")}
+    wanted = {
+        str(p.relative_to(work))
+        for p in tables_dir.rglob("*")
+        if p.is_file() and p.suffix in (".png", ".csv", ".md", ".tex")
+    }
     for run_id in RUNS:
         wanted |= {str(p.relative_to(work)) for p in (work / "results/test/runs" / run_id / "tracking").glob("*.png")}
     assert wanted - set(results) == set(), sorted(wanted - set(results))
     assert len(wanted) > 40 and all(any(n.endswith(results[w]["filename"]) for n in stored) for w in wanted)
     rank = results["results/test/tables/plots/arith/tiny-llama/rank.png"]
-    assert rank["labels"] == {"task": "arith", "model": "tiny-llama", "plot": "rank"} and "rank plot of task" in rank["caption"]
+    assert (
+        rank["labels"] == {"task": "arith", "model": "tiny-llama", "plot": "rank"}
+        and "rank plot of task" in rank["caption"]
+    )
     run = results["results/test/runs/arith/tiny-llama/lora/r16-s2-n480/tracking/heatmap_rel_norm.png"]
     assert run["labels"] == {
         "task": "arith",
@@ -196,7 +225,8 @@ def test_the_snakemake_report_holds_every_table_and_plot(done, tmp_path):
 
 
 def test_per_example_losses_add_up_to_the_models_own_loss(done, monkeypatch):
-    """The loss rows of predictions.jsonl: prompt tuning's virtual tokens and LoRA, against the model's loss on a batch."""
+    """The loss rows of predictions.jsonl: prompt tuning's virtual tokens and LoRA, against the model's loss on a
+    batch."""
     work, _ = done
     from peftlab import compute
     from peftlab.models import load_run
@@ -205,7 +235,9 @@ def test_per_example_losses_add_up_to_the_models_own_loss(done, monkeypatch):
     for run_id in ("arith/tiny-llama/prompt_tuning/s1", "arith/tiny-llama/lora/r8-s1"):
         spec, model, tokenizer = load_run(Path("results/test/runs") / run_id, False)
         ds = datasets.load_from_disk(spec.data_dir)["eval"].select(range(8))
-        batch = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)(ds.select_columns(compute.model_columns(ds)).to_list())
+        batch = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)(
+            ds.select_columns(compute.model_columns(ds)).to_list()
+        )
         with torch.no_grad():
             expected = model(**batch).loss.item()
         assert compute.eval_loss(model, tokenizer, ds, 8) == pytest.approx(expected, rel=1e-5)
@@ -229,16 +261,21 @@ def test_tracking_compares_what_each_method_changed(done):
     runs = pd.read_csv(tables / "tracking.csv").set_index("run_id")
     assert sorted(runs.index) == sorted(RUNS)
     arith = runs[(runs["task"] == "arith") & (runs["r"].isna() | (runs["r"] == 8))]  # the methods at one rank
-    # PiSSA trains the principal part of W, so its ΔW stays in W's top subspace; LoRA's starts at zero and goes elsewhere
+    # PiSSA trains the principal part of W, so its ΔW stays in W's top subspace; LoRA's starts at zero and goes
+    # elsewhere
     pissa, lora = arith[arith["method"] == "pissa"], arith[arith["method"] == "lora"]
     assert (pissa["align_top"] > 0.9).all() and pissa["align_top"].min() > lora["align_top"].max()
     # and what training changed in PiSSA (ΔW − ΔW₀) is still mostly principal; LoRA's change is ΔW itself
     assert pissa["change_align_top"].min() > lora["change_align_top"].max()
-    assert (lora["change_align_top"] == lora["align_top"]).all() and (pissa["change_rel_norm"] < pissa["rel_norm"]).all()
+    assert (lora["change_align_top"] == lora["align_top"]).all() and (
+        pissa["change_rel_norm"] < pissa["rel_norm"]
+    ).all()
     assert (arith.loc[arith["method"] != "prompt_tuning", "effective_rank"] > 0).all()
     assert "virtual tokens" in runs.loc["arith/tiny-llama/prompt_tuning/s1", "reason"]
     grouped = pd.read_csv(tables / "tracking_grouped.csv")
-    assert grouped.loc[(grouped["task"] == "arith") & (grouped["method"] == "lora") & (grouped["r"] == 8), "n"].item() == 2
+    assert (
+        grouped.loc[(grouped["task"] == "arith") & (grouped["method"] == "lora") & (grouped["r"] == 8), "n"].item() == 2
+    )
     assert "Runs without a ΔW record, and why" in (tables / "tracking.md").read_text()
     for png in ("tracking_alignment.png", "tracking_effective_rank.png", "tracking_depth.png"):
         assert (tables / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -261,7 +298,8 @@ def test_tables_target_trains_nothing(done):
 
 
 def test_resources_rerun_a_run_only_when_they_change_its_world_size(done, tmp_path):
-    """Memory, time and partition are not results: raising them reruns nothing; more processes change the global batch."""
+    """Memory, time and partition are not results: raising them reruns nothing; more processes change the global
+    batch."""
     work, _ = done
     raw = load_test_config()
     raw["resources"] = {"mem_mb": 32000, "runtime": 600, "partition": "long", "threads": 2}
@@ -302,7 +340,8 @@ def test_tables_list_every_run_with_its_status(done, tmp_path):
     log = root / "logs/train_run/t/m/lora/r8-s9.log"
     log.parent.mkdir(parents=True)
     log.write_text(
-        "step 10 ...\nTraceback (most recent call last):\n  File x\npeftlab.train.Diverged: training diverged: loss is nan at step 40\n"
+        "step 10 ...\nTraceback (most recent call last):\n  File x\npeftlab.train.Diverged: training diverged: "
+        "loss is nan at step 40\n"
     )
     (root / "runs/t/m/lora/r8-s9").mkdir(parents=True)
     dirs = [root / "runs" / finished, root / "runs/t/m/lora/r8-s9", root / "runs/t/m/lora/r8-s10"]
@@ -314,7 +353,9 @@ def test_tables_list_every_run_with_its_status(done, tmp_path):
     summary = pd.read_csv(root / "tables/summary.csv").set_index("run_id")
     assert summary.loc[finished, "status"] == "done"
     assert summary.loc["t/m/lora/r8-s9", "status"] == "failed"
-    assert summary.loc["t/m/lora/r8-s9", "reason"] == "peftlab.train.Diverged: training diverged: loss is nan at step 40"
+    assert (
+        summary.loc["t/m/lora/r8-s9", "reason"] == "peftlab.train.Diverged: training diverged: loss is nan at step 40"
+    )
     assert summary.loc["t/m/lora/r8-s10", "status"] == "pending"
 
 
@@ -327,9 +368,23 @@ def test_a_dry_run_or_a_refused_command_writes_nothing_while_a_matrix_runs(tmp_p
     import sys
     import time
 
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--cores", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(ROOT / "workflow/Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "--cores",
+        "1",
+    ]
+    cmd += ["--workflow-profile", str(ROOT / "profiles/default")]
     first = subprocess.Popen(
-        [*cmd, "--configfile", str(ROOT / "config/test.yaml")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        [*cmd, "--configfile", str(ROOT / "config/test.yaml")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         deadline = time.time() + 120
@@ -339,9 +394,13 @@ def test_a_dry_run_or_a_refused_command_writes_nothing_while_a_matrix_runs(tmp_p
         raw = load_test_config()
         raw["training"]["learning_rate"] = 0.0123  # every run's spec differs
         (tmp_path / "test.yaml").write_text(yaml.safe_dump(raw))  # the same matrix (results/test), edited
-        dry = subprocess.run([*cmd, "-n", "--configfile", str(tmp_path / "test.yaml")], capture_output=True, text=True, timeout=300)
+        dry = subprocess.run(
+            [*cmd, "-n", "--configfile", str(tmp_path / "test.yaml")], capture_output=True, text=True, timeout=300
+        )
         assert dry.returncode == 0, dry.stderr[-3000:]
-        refused = subprocess.run([*cmd, "--configfile", str(tmp_path / "test.yaml")], capture_output=True, text=True, timeout=300)
+        refused = subprocess.run(
+            [*cmd, "--configfile", str(tmp_path / "test.yaml")], capture_output=True, text=True, timeout=300
+        )
         assert refused.returncode != 0 and "cannot be locked" in refused.stdout + refused.stderr
         written = [p for p in (tmp_path / "results").rglob("*.json") if "0.0123" in p.read_text()]
         assert written == [], written
@@ -351,11 +410,12 @@ def test_a_dry_run_or_a_refused_command_writes_nothing_while_a_matrix_runs(tmp_p
 
 
 def test_the_cost_plan_predicts_every_finished_run_within_a_factor_of_two(done, monkeypatch):
-    """peftlab.plan --validate: each finished run's wall time predicted from the others (leave one out), judged run by run.
+    """peftlab.cost --validate: each finished run's wall time predicted from the others (leave one out), judged run by
+    run.
 
     Not on the matrix's total: predictions from the mean of the others sum back to it by construction.
     """
-    from peftlab import plan as cost_plan
+    from peftlab import cost as cost_plan
 
     work, _ = done
     monkeypatch.chdir(work)
@@ -363,7 +423,9 @@ def test_the_cost_plan_predicts_every_finished_run_within_a_factor_of_two(done, 
     assert sorted(result["measured"]) == sorted(RUNS)
     v = cost_plan.validation(result["runs"], result["measured"])
     off = {r: x for r, x in v["runs"].items() if x["off"] > cost_plan.GOAL_FACTOR}
-    assert v["failed"] == [] and v["within"] >= 0.9, off  # two seeds of one setting took 27 s and 47 s on a loaded 2-core machine
+    assert v["failed"] == [] and v["within"] >= 0.9, (
+        off
+    )  # two seeds of one setting took 27 s and 47 s on a loaded 2-core machine
     assert all(c.source == "measured" for c in result["runs"].values())
     for run_id, c in result["runs"].items():  # parameters counted on the meta device, as training counted them
         train = artifacts.read_json(work / "results/test/runs" / run_id / "train.json")

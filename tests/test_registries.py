@@ -1,4 +1,5 @@
-"""One home for each name: the schema's enums agree with the registries they name, and the package's layers import one way.
+"""One home for each name: the schema's enums agree with the registries they name, and the package's layers import one
+way.
 
 Every `enum` in the config schema must be listed in ENUMS with the registry it
 names, so a new reward, task type or resource key cannot land in one place only.
@@ -7,13 +8,15 @@ names, so a new reward, task type or resource key cannot land in one place only.
 from __future__ import annotations
 
 import ast
+import collections
+import dataclasses
 import re
 from pathlib import Path
 
 import pytest
 
-from peftlab import checkpoints, dataset, health, launch, merge, methods, metrics, models, rewards, tasks
-from peftlab.schema import SCHEMA_PATH, load_yaml
+from peftlab import checkpoints, dataset, health, launch, merge, methods, metrics, models, rewards, spec, tasks
+from peftlab.schema import SCHEMA_PATH, keys_of, load_yaml, schema, schema_default
 from peftlab.validate import config_schema
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,8 +93,7 @@ def test_methods_have_one_home_the_registry():
 
 def test_defaults_live_in_the_schema():
     """GRPO's defaults are the schema's, filled into the top-level training.rl."""
-    rl = SCHEMA["properties"]["training"]["properties"]["rl"]["properties"]
-    assert set(rl) == set(SCHEMA["definitions"]["training"]["properties"]["rl"]["properties"])
+    rl = SCHEMA["definitions"]["training"]["properties"]["rl"]["properties"]
     assert all("default" in v for v in rl.values())
     from peftlab.validate import load_config
 
@@ -103,6 +105,78 @@ def test_defaults_live_in_the_schema():
         }
     )
     assert cfg["training"]["rl"] == {k: v["default"] for k, v in rl.items()}
+
+
+def key_nodes(node: dict, path: tuple = ()):
+    """(key path, schema node) of every key under `node`: its properties, a map's values (<name>), a list's items
+    ([])."""
+    for key, sub in node.get("properties", {}).items():
+        yield (*path, key), sub
+        yield from key_nodes(sub, (*path, key))
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from key_nodes(node["additionalProperties"], (*path, "<name>"))
+    if isinstance(node.get("items"), dict):
+        yield from key_nodes(node["items"], (*path, "[]"))
+
+
+def test_each_key_is_written_once_its_default_beside_its_description():
+    """No separate block of defaults: a key's default is given in one place in the schema file, the node that
+    describes the key (a top-level section made of a definition lists no keys of its own)."""
+    sections = [((name,), node) for name, node in SCHEMA["definitions"].items()]
+    sections += [((name,), node) for name, node in SCHEMA["properties"].items()]
+    given = collections.Counter()
+    for path, node in [*sections, *(kv for top in sections for kv in key_nodes(top[1], top[0]))]:
+        if "default" in node:
+            given[path] += 1
+            assert "description" in node, f"{'.'.join(path)}: a default without its key's description"
+    assert given and max(given.values()) == 1, [p for p, n in given.items() if n > 1]
+    assert (
+        SCHEMA["definitions"]["lr_search"]["properties"]["validation_share"]["default"] == 0.1
+    )  # not in code (peftlab.search)
+    # what a per-run override refers to: the same definitions, without a default anywhere
+    overrides = schema()["overrides"]
+    assert overrides.keys() == SCHEMA["definitions"].keys() and not any(
+        "default" in n for _, n in key_nodes({"properties": overrides})
+    )
+
+
+def test_spec_fields_are_the_schemas_keys():
+    """Each config section's spec dataclass has the section's keys as its fields, in the schema's order (the
+    order of to_dict), with the schema's defaults; besides them only the fields that are not config keys."""
+    sections = {"tasks": spec.TaskSpec, "models": spec.ModelSpec, "peft": spec.PeftSpec, "training": spec.TrainingSpec}
+    sections |= {
+        "wandb": spec.WandbSpec,
+        "tracker": spec.TrackerSpec,
+        "outputs": spec.OutputsSpec,
+        "lr_search": spec.LrSearchSpec,
+    }
+    own = {
+        "tasks": {"name"},
+        "models": {"name"},
+        "wandb": {"dir"},
+        "lr_search": {"cell"},
+    }  # fields that are not config keys
+    not_in_spec = {"models": {"resources"}, "lr_search": {"range"}}  # config keys a run spec does not hold
+    for section, cls in sections.items():
+        keys = [k for k in keys_of(section) if k not in not_in_spec.get(section, set())]
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        assert set(fields) - set(keys) == own.get(section, set()) and set(keys) <= set(fields), section
+        in_order = [
+            k for k in fields if k in keys and (section, k) != ("models", "build")
+        ]  # build: by hand, None for a path model
+        assert in_order == [k for k in keys if k in in_order], section
+        for k, f in fields.items():
+            if f.default_factory is not dataclasses.MISSING and k in keys:
+                assert f.default_factory() == schema_default(section, k), (section, k)
+    required = [f.name for f in dataclasses.fields(spec.PeftSpec) if f.default_factory is dataclasses.MISSING]
+    assert required == [
+        "type",
+        "r",
+        "lora_alpha",
+        "lora_dropout",
+        "target_modules",
+        "options",
+    ]  # loraplus_lr_ratio came later
 
 
 # --- the import graph ---------------------------------------------------------------------
@@ -150,7 +224,19 @@ def imports() -> dict[str, set[str]]:
 def test_entry_points_are_found_from_the_commands_and_every_command_is_one():
     found = entry_points()
     assert commands_run() <= found  # a documented or wired command that is not an entry point would be missed below
-    expected = {"train", "evaluate", "merge", "infer", "build", "tables", "status", "plan", "lr_search", "data", "config"}
+    expected = {
+        "train",
+        "evaluate",
+        "merge",
+        "infer",
+        "build",
+        "tables",
+        "status",
+        "cost",
+        "lr_search",
+        "data",
+        "config",
+    }
     assert {f"peftlab.{m}" for m in expected} <= found
 
 
@@ -181,14 +267,16 @@ def test_the_import_graph_has_no_cycle():
 
 
 def test_data_and_models_do_not_import_each_other():
-    """Tokenising loads a tokenizer (peftlab.data -> models); models never reads task data, and the tiny models sit above both."""
+    """Tokenising loads a tokenizer (peftlab.data -> models); models never reads task data, and the tiny models sit
+    above both."""
     graph = imports()
     assert "peftlab.dataset" not in graph["peftlab.models"]
     assert "peftlab.tiny" not in graph["peftlab.dataset"] | graph["peftlab.models"]
 
 
 def layer_lines() -> list[set[str]]:
-    """docs/how-it-is-built.md's module list, line by line: the modules each line names (a folder: every module in it)."""
+    """docs/how-it-is-built.md's module list, line by line: the modules each line names (a folder: every module in
+    it)."""
     text = (ROOT / "docs/how-it-is-built.md").read_text()
     block = text.split("src/peftlab/", 1)[1].split("```", 1)[0].splitlines()[1:]
     modules = set(imports())

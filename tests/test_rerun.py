@@ -175,7 +175,9 @@ def test_an_evaluation_key_reevaluates_without_retraining(loop):
         assert ev["spec"]["task"][key] == value
         train = artifacts.read_json(loop / RESULTS / "runs" / run_id / "train.json")
         assert ev["trained_fingerprint"] == train["fingerprint"]
-        assert {k: v for k, v in ev["spec"].items() if k != "task"} == {k: v for k, v in train["spec"].items() if k != "task"}
+        assert {k: v for k, v in ev["spec"].items() if k != "task"} == {
+            k: v for k, v in train["spec"].items() if k != "task"
+        }
         changed = {p for p, t in mtimes(loop, run_id).items() if trained[run_id].get(p) != t}
         assert {p.name for p in changed} == {"eval.json", "predictions.jsonl"}
 
@@ -195,7 +197,12 @@ def test_a_tracker_key_retrains(loop):
     assert jobs == {"train_run": 1, "evaluate_run": 1, "merge_run": 1, "tables_build": 1, "all": 1}
     for run_id in [L1]:
         assert recorded(loop, run_id, "tracker", "spectral_log_frequency") == {"2"}
-        assert artifacts.read_json(loop / RESULTS / "runs" / run_id / "train.json")["tracking"]["spectral_steps"] == [0, 2, 4, 6]
+        assert artifacts.read_json(loop / RESULTS / "runs" / run_id / "train.json")["tracking"]["spectral_steps"] == [
+            0,
+            2,
+            4,
+            6,
+        ]
 
 
 def test_outputs_merge_remerges_only(loop):
@@ -256,7 +263,12 @@ def test_a_collapsed_run_is_flagged_through_the_pipeline_and_a_tables_key_reruns
     """A seed at a learning rate of 1e30 (RMSNorm keeps its loss finite, every gradient 0): it finishes, flagged,
     and the tables leave it out and say why; `tables.include_flagged` rebuilds the tables, retraining nothing."""
     collapsed = {"task": "arith", "model": "tiny-llama", "method": "lora", "seed": 2}
-    edit(loop, lambda c: c["sweep"].append({**collapsed, "training": {"learning_rate": 1.0e30, "max_steps": 12, "logging_steps": 1}}))
+    edit(
+        loop,
+        lambda c: c["sweep"].append(
+            {**collapsed, "training": {"learning_rate": 1.0e30, "max_steps": 12, "logging_steps": 1}}
+        ),
+    )
     jobs = run_again(loop)
     assert jobs == {"train_run": 1, "evaluate_run": 1, "merge_run": 1, "tables_build": 1, "all": 1}
     assert artifacts.read_json(loop / RESULTS / "runs" / L2 / "train.json")["health"]["status"] == "collapsed"
@@ -267,7 +279,11 @@ def test_a_collapsed_run_is_flagged_through_the_pipeline_and_a_tables_key_reruns
     arith = pd.read_csv(loop / RESULTS / "tables/tasks/arith.csv")
     assert list(arith["lr"]) == [0.003] and list(arith["n"]) == [1]  # the collapsed run's setting is not in the table
     state = subprocess.run(
-        [sys.executable, "-m", "peftlab.status", "--configfile", CONFIG], cwd=loop, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "peftlab.status", "--configfile", CONFIG],
+        cwd=loop,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert f"{L2}  (" in state.stdout and "health: collapsed" in state.stdout, state.stdout + state.stderr
 
@@ -287,7 +303,8 @@ def test_killed_during_training_then_edited_the_run_finishes_at_the_new_rate_fro
     """kill -9 of Snakemake and its jobs (a node lost) while a run trains and has written a checkpoint;
     then the learning rate is edited and the same command runs again."""
     edit(loop, lambda c: c["sweep"][0].update(training={"max_steps": 400, "save_steps": 5}))
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(loop)]
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "workflow/Snakefile"), "--directory", str(loop)]
+    cmd += ["--workflow-profile", str(ROOT / "profiles/default")]
     cmd += ["--configfile", str(loop / CONFIG), "--cores", "2", f"{RESULTS}/runs/{L1}/eval.json"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     ckpts = loop / RESULTS / "checkpoints" / L1
@@ -308,7 +325,9 @@ def test_killed_during_training_then_edited_the_run_finishes_at_the_new_rate_fro
     jobs = run_again(loop, f"{RESULTS}/runs/{L1}/eval.json")
     assert jobs == {"train_run": 1, "evaluate_run": 1}
     train = artifacts.read_json(loop / RESULTS / "runs" / L1 / "train.json")
-    assert train["resumed_from"] is None and train["steps"] == 20  # the checkpoints of the killed settings were discarded
+    assert (
+        train["resumed_from"] is None and train["steps"] == 20
+    )  # the checkpoints of the killed settings were discarded
     assert recorded(loop, L1, "training", "learning_rate", merged=False) == {"0.02"}
     log = (loop / RESULTS / "logs/train_run" / f"{L1}.log").read_text()
     assert "discarding" in log and "written from other training settings" in log

@@ -1,4 +1,5 @@
-"""A run killed mid-training resumes from its last checkpoint and ends with the same adapter and the same tracking history."""
+"""A run killed mid-training resumes from its last checkpoint and ends with the same adapter and the same tracking
+history."""
 
 from __future__ import annotations
 
@@ -79,7 +80,9 @@ def test_kill_and_resume_gives_the_same_adapter(in_tiny, tmp_path, method):
     a, b = adapter_weights(straight), adapter_weights(killed)
     assert a.keys() == b.keys()
     differ = [key for key in a if not torch.equal(a[key], b[key])]
-    assert not differ, f"resumed weights differ from the straight run's in {differ}"  # bit for bit, not within a tolerance
+    assert not differ, (
+        f"resumed weights differ from the straight run's in {differ}"
+    )  # bit for bit, not within a tolerance
 
     assert artifacts.read_json(killed / "tracking/tracking.json")["resumed_at"] >= 40
     for name, steps in (("spectral", list(range(0, 121, 20))), ("gradients", [1, 30, 60, 90, 120])):
@@ -88,8 +91,11 @@ def test_kill_and_resume_gives_the_same_adapter(in_tiny, tmp_path, method):
         keys = [c for c in s.columns if c != "value"]
         joined = s.merge(k, on=keys, how="outer", suffixes=("_straight", "_killed"), validate="one_to_one")
         assert joined[["value_straight", "value_killed"]].notna().all().all(), "a record is missing from one history"
-        # the same weights give the same records, to the scale of each quantity (condition numbers amplify the SVD's rounding)
-        scale = joined["value_straight"].abs().clip(lower=1.0) * joined["quantity"].map(lambda q: 1e-2 if q == "condition_number" else 1e-4)
+        # the same weights give the same records, to the scale of each quantity (condition numbers amplify the SVD's
+        # rounding)
+        scale = joined["value_straight"].abs().clip(lower=1.0) * joined["quantity"].map(
+            lambda q: 1e-2 if q == "condition_number" else 1e-4
+        )
         assert ((joined["value_straight"] - joined["value_killed"]).abs() <= scale).all(), joined.loc[
             (joined["value_straight"] - joined["value_killed"]).abs() > scale
         ]
@@ -112,7 +118,11 @@ def test_a_run_killed_and_restarted_with_another_learning_rate_trains_from_scrat
     kill_after(train_cmd(tmp_path / "first.json", run), run / "checkpoints/checkpoint-20/trainer_state.json", env)
     proc = subprocess.run(train_cmd(tmp_path / "second.json", run), env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "discarding" in proc.stderr and "written from other training settings" in proc.stderr and "resuming" not in proc.stderr
+    assert (
+        "discarding" in proc.stderr
+        and "written from other training settings" in proc.stderr
+        and "resuming" not in proc.stderr
+    )
     record = artifacts.read_json(run / "train.json")
     assert record["resumed_from"] is None and record["spec"]["training"]["learning_rate"] == 3e-4
 

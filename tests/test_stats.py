@@ -43,8 +43,12 @@ def test_a_whole_set_metric_is_bootstrapped_over_examples_averaged_over_seeds():
     pairs = lambda pred: np.stack([pred, ref], axis=-1)  # noqa: E731  (prediction, reference) rows per seed
     good, noisy = ref + rng.normal(scale=0.3, size=ref.shape), ref + rng.normal(scale=1.0, size=ref.shape)
     better = stats.example_test(pairs(good), pairs(noisy), metrics.pearson_pairs, resamples=500)
-    assert better["test"] == "paired bootstrap (examples, seeds averaged)" and better["n"] == 300 and better["seeds"] == 2
-    expected = np.mean([metrics.pearson_pairs(pairs(good)[s]) - metrics.pearson_pairs(pairs(noisy)[s]) for s in range(2)])
+    assert (
+        better["test"] == "paired bootstrap (examples, seeds averaged)" and better["n"] == 300 and better["seeds"] == 2
+    )
+    expected = np.mean(
+        [metrics.pearson_pairs(pairs(good)[s]) - metrics.pearson_pairs(pairs(noisy)[s]) for s in range(2)]
+    )
     assert better["diff"] == pytest.approx(expected) and better["p"] <= 2 / 501
     same = stats.example_test(pairs(good), pairs(good), metrics.pearson_pairs, resamples=500)
     assert same["diff"] == 0 and same["p"] == 1.0
@@ -174,14 +178,21 @@ def test_tables_compare_every_method_with_the_reference_on_known_predictions(tmp
     assert pd.isna(pissa["p_seeds"]) and "at least 3" in pissa["p_seeds_note"]  # two seeds: no t-test
     ia3 = comps.loc["ia3"]  # one shared seed: no seed test, a per-example test on seed 1 alone
     assert pd.isna(ia3["p_seeds"]) and ia3["examples"] == 40
-    assert ia3["p_examples"] == pytest.approx(2 / 2**10)  # right on the 10 examples lora gets wrong, never the other way
+    assert ia3["p_examples"] == pytest.approx(
+        2 / 2**10
+    )  # right on the 10 examples lora gets wrong, never the other way
     # Holm over the table's two per-example tests
     assert sorted(comps["p_examples_holm"]) == pytest.approx(sorted(stats.holm(comps["p_examples"].tolist())))
 
     task = pd.read_csv(root / "tables/tasks/sentiment.csv").set_index("method")
     assert task.loc["ia3", "best"] and not task.loc["lora", "best"]
-    assert task.loc["ia3", "n"] == 1 and pd.isna(task.loc["ia3", "std"]) and pd.isna(task.loc["ia3", "ci95_low"])  # never ± 0
-    assert task.loc["lora", "n"] == 2 and task.loc["lora", "ci95_low"] < task.loc["lora", "accuracy"] < task.loc["lora", "ci95_high"]
+    assert (
+        task.loc["ia3", "n"] == 1 and pd.isna(task.loc["ia3", "std"]) and pd.isna(task.loc["ia3", "ci95_low"])
+    )  # never ± 0
+    assert (
+        task.loc["lora", "n"] == 2
+        and task.loc["lora", "ci95_low"] < task.loc["lora", "accuracy"] < task.loc["lora", "ci95_high"]
+    )
     md = (root / "tables/tasks/sentiment.md").read_text()
     assert "**1**" in md  # ia3's accuracy of 1, the best cell, in bold
     assert "(n=2: few seeds)" in md and "| n/a " in md and "2 shared seed(s): a test needs at least 3" in md
@@ -197,7 +208,9 @@ def test_plots_follow_the_axes_the_matrix_varies(tmp_path):
         spec = copy.deepcopy(base)
         spec["training"]["learning_rate"], spec["training"]["seed"] = lr, seed
         spec["run_id"] = f"sentiment/minilm/lora/r8-s{seed}-lr{lr:g}"
-        dirs.append(fake_run(root, spec, [True] * int(40 * (0.5 + 10 * lr)) + [False] * (40 - int(40 * (0.5 + 10 * lr)))))
+        dirs.append(
+            fake_run(root, spec, [True] * int(40 * (0.5 + 10 * lr)) + [False] * (40 - int(40 * (0.5 + 10 * lr))))
+        )
     tables.build(dirs, root / "tables")
     plotted = sorted(p.name for p in (root / "tables/plots/sentiment/minilm").glob("*.png"))
     assert plotted == ["eval.png", "loss.png", "lr.png", "metric.png", "params.png"]
@@ -205,7 +218,9 @@ def test_plots_follow_the_axes_the_matrix_varies(tmp_path):
         assert (root / "tables/plots/sentiment/minilm" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     cells = pd.read_csv(root / "tables/tasks/sentiment.csv")
     assert sorted(cells["lr"]) == [1e-4, 1e-3, 1e-2] and (cells["n"] == 2).all()
-    assert cells.loc[cells["best"], "lr"].tolist() == [1e-2]  # 0.6 of the examples right beats 0.5 at the two lower rates
+    assert cells.loc[cells["best"], "lr"].tolist() == [
+        1e-2
+    ]  # 0.6 of the examples right beats 0.5 at the two lower rates
 
 
 def pdflatex() -> str:
@@ -220,10 +235,15 @@ def pdflatex() -> str:
 def compile_latex(tex_file, tmp_path) -> subprocess.CompletedProcess:
     doc = tmp_path / "doc.tex"
     doc.write_text(
-        f"\\documentclass{{article}}\n\\usepackage{{booktabs,graphicx}}\n\\begin{{document}}\n\\input{{{tex_file}}}\n\\end{{document}}\n"
+        "\\documentclass{article}\n\\usepackage{booktabs,"
+        f"graphicx}}\n\\begin{{document}}\n\\input{{{tex_file}}}\n\\end{{document}}\n"
     )
     return subprocess.run(
-        [pdflatex(), "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        [pdflatex(), "-interaction=nonstopmode", "-halt-on-error", doc.name],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -285,13 +305,22 @@ def test_one_failed_one_done_one_pending_run(tmp_path, monkeypatch, capsys):
     live.parent.mkdir(parents=True, exist_ok=True)
     live.write_text(
         "2026-11-26 INFO peftlab.observe progress x: step 10/60 (17%) loss 1.2 | 0:00:10 elapsed, ETA 0:00:50\n"
-        f"2026-11-26 INFO peftlab.observe progress {running}: step 20/60 (33%) loss 1.1 learning_rate 0.003 | 0:00:20 elapsed, ETA 0:00:40\n"
+        f"2026-11-26 INFO peftlab.observe progress {running}: step 20/60 (33%) loss 1.1 learning_rate 0.003 | "
+        "0:00:20 elapsed, ETA 0:00:40\n"
     )
     status.main(["--configfile", str(ROOT / "config/test.yaml"), "--json"])
     out = __import__("json").loads(capsys.readouterr().out)
     states = {r["run_id"]: r for r in out["runs"]}
-    assert states[done]["state"] == "done" and states[done]["wall_time_s"] == 12.5 and states[done]["peak_rss_mb"] == 2048.0
-    assert states[failed]["state"] == "failed" and states[failed]["cause"] == "out_of_memory" and states[failed]["stage"] == "train_run"
+    assert (
+        states[done]["state"] == "done"
+        and states[done]["wall_time_s"] == 12.5
+        and states[done]["peak_rss_mb"] == 2048.0
+    )
+    assert (
+        states[failed]["state"] == "failed"
+        and states[failed]["cause"] == "out_of_memory"
+        and states[failed]["stage"] == "train_run"
+    )
     assert states[failed]["reason"].startswith("torch.OutOfMemoryError: CUDA out of memory")
     assert (states[running]["state"], states[running]["step"], states[running]["total"], states[running]["eta"]) == (
         "running",
@@ -315,7 +344,8 @@ Traceback (most recent call last):
     runtime = trainer.train(resume_from_checkpoint=resume).metrics["train_runtime"]
   File "/x/torch/nn/modules/linear.py", line 125, in forward
     return F.linear(input, self.weight, self.bias)
-torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.10 GiB of which 1.2 GiB is free.
+torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. \
+GPU 0 has a total capacity of 79.10 GiB of which 1.2 GiB is free.
 """
 MISSING_COLUMN_LOG = """Traceback (most recent call last):
   File "/x/peftlab/data.py", line 131, in check
@@ -332,14 +362,26 @@ def test_diagnosis_classifies_failures_and_suggests_a_fix(tmp_path):
     assert runstate.classify(OOM_LOG)[0] == "out_of_memory"
     assert runstate.classify(MISSING_COLUMN_LOG)[0] == "missing_column"
     assert runstate.classify(TIME_LIMIT_SLURM_LOG)[0] == "slurm_time_limit"
-    assert runstate.classify("peftlab.train.Diverged: training diverged: loss is nan at step 40")[0] == "non_finite_loss"
-    assert runstate.classify("RuntimeError: mat1 and mat2 shapes cannot be multiplied (4x64 and 32x8)")[0] == "shape_mismatch"
-    assert runstate.classify("peftlab.checkpoints.CheckpointsInUse: x is in use by another trainer")[0] == "lock"
-    assert runstate.classify("slurmstepd: error: Detected 1 oom_kill event in StepId=5.batch. ... exceeded memory limit")[0] == (
-        "slurm_memory_limit"
+    assert (
+        runstate.classify("peftlab.train.Diverged: training diverged: loss is nan at step 40")[0] == "non_finite_loss"
     )
+    assert (
+        runstate.classify("RuntimeError: mat1 and mat2 shapes cannot be multiplied (4x64 and 32x8)")[0]
+        == "shape_mismatch"
+    )
+    assert runstate.classify("peftlab.checkpoints.CheckpointsInUse: x is in use by another trainer")[0] == "lock"
+    assert runstate.classify(
+        "slurmstepd: error: Detected 1 oom_kill event in StepId=5.batch. ... exceeded memory limit"
+    )[0] == ("slurm_memory_limit")
     runs = [
-        runstate.Run("a/m/lora/r8-s1", "failed", "train_run", reason="torch.OutOfMemoryError: ...", cause="out_of_memory", lines=["x"]),
+        runstate.Run(
+            "a/m/lora/r8-s1",
+            "failed",
+            "train_run",
+            reason="torch.OutOfMemoryError: ...",
+            cause="out_of_memory",
+            lines=["x"],
+        ),
         runstate.Run("a/m/lora/r8-s2", "failed", "train_run", reason="...", cause="out_of_memory", lines=["y"]),
         runstate.Run("b/m/lora/r8-s1", "failed", "train_run", reason="DataError", cause="missing_column", lines=["z"]),
         runstate.Run("b/m/lora/r8-s2", "done"),

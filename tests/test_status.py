@@ -20,12 +20,14 @@ Traceback (most recent call last):
     record, predictions = evaluate(spec, args.adapter)
   File "/x/peftlab/models.py", line 111, in check_trained_by
     raise StaleAdapter(
-peftlab.models.StaleAdapter: {RUN}: the adapter in results/loop/runs/{RUN}/adapter was trained from other settings (fingerprint a, the spec's is b); retrain it
+peftlab.models.StaleAdapter: {RUN}: the adapter in results/loop/runs/{RUN}/adapter was trained from other settings \
+(fingerprint a, the spec's is b); retrain it
 """
 
 
 def failed_after_an_edit(tmp_path: Path, monkeypatch) -> Path:
-    """A matrix whose one run trained, then failed in evaluate_run: its eval.json gone, its log ending in a traceback."""
+    """A matrix whose one run trained, then failed in evaluate_run: its eval.json gone, its log ending in a
+    traceback."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "loop.yaml").write_text(CONFIG)
     root = paths.root("loop")
@@ -49,5 +51,7 @@ def test_a_stage_that_fails_after_an_edit_is_named_with_its_error_and_what_to_do
 
 
 def test_the_time_limit_fix_names_the_runtime_key():
-    cause, _, fix = runstate.classify("slurmstepd: error: *** JOB 7 ON n1 CANCELLED AT 2026-11-26T10:00:00 DUE TO TIME LIMIT ***")
+    cause, _, fix = runstate.classify(
+        "slurmstepd: error: *** JOB 7 ON n1 CANCELLED AT 2026-11-26T10:00:00 DUE TO TIME LIMIT ***"
+    )
     assert cause == "slurm_time_limit" and "resources.runtime" in fix and "resources.time " not in fix

@@ -21,7 +21,18 @@ BASE = next(r for r in plan(load_test_config())[1].values() if r["task"]["name"]
 SFT = next(r for r in plan(load_test_config())[1].values() if r["task"]["name"] == "arith")
 
 
-def record(root, method: str, seed: int, value, base=BASE, finished: bool = True, tracked: bool = True, loss=1.0, r=8, verdict=None):
+def record(
+    root,
+    method: str,
+    seed: int,
+    value,
+    base=BASE,
+    finished: bool = True,
+    tracked: bool = True,
+    loss=1.0,
+    r=8,
+    verdict=None,
+):
     """A run's files as the stages write them, its main metric `value` (any float, or None) on every example;
     `verdict`: its health's status (peftlab.health), none recorded when None."""
     spec = copy.deepcopy(base)
@@ -48,11 +59,29 @@ def record(root, method: str, seed: int, value, base=BASE, finished: bool = True
     )
     if tracked:  # the tracker's record (peftlab.tracking): every ΔW quantity of two layers at the last step is `value`
         (run / "tracking").mkdir()
-        info = {"enabled": True, "frequency": 10, "layers": 2, "low_rank_layers": 2, "reason": None, "steps": [10], "subspace_k": 8}
-        artifacts.write_json(run / "tracking/tracking.json", {"run_id": spec["run_id"], "final_step": 10, "spectral": info})
+        info = {
+            "enabled": True,
+            "frequency": 10,
+            "layers": 2,
+            "low_rank_layers": 2,
+            "reason": None,
+            "steps": [10],
+            "subspace_k": 8,
+        }
+        artifacts.write_json(
+            run / "tracking/tracking.json", {"run_id": spec["run_id"], "final_step": 10, "spectral": info}
+        )
         pd.DataFrame(
             [
-                {"step": 10, "layer": f"layers.{d}.q_proj", "depth": d, "module": "q_proj", "kind": "delta", "quantity": q, "value": value}
+                {
+                    "step": 10,
+                    "layer": f"layers.{d}.q_proj",
+                    "depth": d,
+                    "module": "q_proj",
+                    "kind": "delta",
+                    "quantity": q,
+                    "value": value,
+                }
                 for d in (0, 1)
                 for q in ("rel_norm", "effective_rank", "stable_rank", "numerical_rank", "align_top", "align_bottom")
             ]
@@ -63,7 +92,10 @@ def record(root, method: str, seed: int, value, base=BASE, finished: bool = True
     artifacts.write_json(run / "eval.json", {"spec": spec, "metrics": {metric: value}})
     artifacts.write_jsonl(
         run / "predictions.jsonl",
-        [{"id": i, "split": "eval", "prediction": 1, "reference": 1, "correct": bool(ok and value > 0.5)} for i in range(10)],
+        [
+            {"id": i, "split": "eval", "prediction": 1, "reference": 1, "correct": bool(ok and value > 0.5)}
+            for i in range(10)
+        ],
     )
     artifacts.write_json(run / "merge_check.json", {"mergeable": True, "max_abs_logit_diff": 0.0})
     return run
@@ -112,7 +144,8 @@ def test_a_loss_near_the_largest_float_is_left_out_of_the_loss_plots_with_the_re
     out, dirs = build(tmp_path, [("lora", 1, 0.7), ("pissa", 1, 0.6)], loss=1.7e308)
     check(out, dirs)
     assert (
-        "loss.png, panel sentiment / minilm: not drawn: a logged loss of 1.7e+308 is too large to draw" in (out / "summary.md").read_text()
+        "loss.png, panel sentiment / minilm: not drawn: a logged loss of 1.7e+308 is too large to draw"
+        in (out / "summary.md").read_text()
     )
 
 
@@ -130,14 +163,19 @@ def test_a_plot_that_cannot_be_drawn_on_a_log_axis_is_drawn_on_a_linear_one_or_l
     """Reproduction: a collapsed run's effective rank of 0 took down every table ("Data cannot be log-scaled")."""
     out, dirs = build(tmp_path, [("lora", 1, 0.0), ("lora", 2, 0.0), ("pissa", 1, 0.0)])
     check(out, dirs)
-    md = (out / "summary.md").read_text() + ((out / "tracking.md").read_text() if (out / "tracking.md").exists() else "")
+    md = (out / "summary.md").read_text() + (
+        (out / "tracking.md").read_text() if (out / "tracking.md").exists() else ""
+    )
     for png in ("tracking_effective_rank.png", "tracking_alignment.png", "tracking_depth.png"):
         assert (out / png).exists() or f"{png}: not drawn" in md, png
 
 
 values = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0.0, 1.0, 0.5]))
 matrices = st.lists(
-    st.tuples(st.sampled_from(["lora", "pissa", "dora"]), st.integers(1, 3), values), min_size=1, max_size=7, unique_by=lambda r: r[:2]
+    st.tuples(st.sampled_from(["lora", "pissa", "dora"]), st.integers(1, 3), values),
+    min_size=1,
+    max_size=7,
+    unique_by=lambda r: r[:2],
 )
 
 
@@ -194,5 +232,6 @@ def test_a_task_whose_every_run_is_flagged_still_gets_its_declared_files(tmp_pat
     assert "Every finished run of arith is flagged by its health" in (out / "tasks/arith.md").read_text()
     assert (out / "metrics.png").exists() and (out / "loss.png").exists() and (out / "plots").is_dir()
     assert (
-        "metrics.png, panel arith / tiny-llama: not drawn: every finished run is flagged by its health" in (out / "summary.md").read_text()
+        "metrics.png, panel arith / tiny-llama: not drawn: every finished run is flagged by its health"
+        in (out / "summary.md").read_text()
     )

@@ -51,7 +51,8 @@ def test_suffix_check_uses_the_family():
 
 
 def test_empty_target_modules_is_every_linear_layer_and_default_is_the_methods(in_tiny):
-    """As in the PEFT Playground, an empty `target_modules:` adapts every linear layer; `default` or no key is peft's choice."""
+    """As in the PEFT Playground, an empty `target_modules:` adapts every linear layer; `default` or no key is peft's
+    choice."""
     import dataclasses
 
     import yaml
@@ -62,7 +63,9 @@ def test_empty_target_modules_is_every_linear_layer_and_default_is_the_methods(i
 
     def planned(peft_yaml: str):
         raw = load_test_config()
-        raw["peft"] = {k: v for k, v in raw.get("peft", {}).items() if k != "target_modules"} | (yaml.safe_load(peft_yaml) or {})
+        raw["peft"] = {k: v for k, v in raw.get("peft", {}).items() if k != "target_modules"} | (
+            yaml.safe_load(peft_yaml) or {}
+        )
         return plan(raw).runs["arith/tiny-llama/lora/r8-s1"]["peft"]["target_modules"]
 
     assert planned("target_modules:\n") == "all-linear"  # the bare key, YAML's null
@@ -140,7 +143,11 @@ def test_the_seeds_families_target_lists_are_accepted_and_adapt_real_layers(fam,
     assert set(targets.LINEAR[fam]) <= linear  # every suffix the family lists is a real Linear of it
     for preset in fam, f"{fam}-attn":
         peft_model = get_peft_model(
-            transformers.AutoModel.from_config(model.config), LoraConfig(r=2, target_modules=targets.resolve(None, preset))
+            transformers.AutoModel.from_config(model.config),
+            LoraConfig(r=2, target_modules=targets.resolve(None, preset)),
         )
         adapted = {n.split(".lora_A")[0] for n, _ in peft_model.named_parameters() if ".lora_A." in n}
-        assert adapted and all(any(n.endswith(s) for s in targets.PRESETS[preset]) for n in adapted), (preset, sorted(adapted))
+        assert adapted and all(any(n.endswith(s) for s in targets.PRESETS[preset]) for n in adapted), (
+            preset,
+            sorted(adapted),
+        )

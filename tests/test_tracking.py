@@ -1,8 +1,10 @@
 """Mechanistic tracking (peftlab.tracking): the spectral quantities against values computed by hand,
-the low-rank path against a dense SVD, the physics of real methods at initialisation, and the config."""
+the low-rank path against a dense SVD, the physics of real methods at initialisation, the config,
+and intruder dimensions (planted by hand, and counted per layer by the tracker)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import types
@@ -12,7 +14,7 @@ import pytest
 import torch
 
 from conftest import load_test_config
-from peftlab import methods
+from peftlab import artifacts, methods
 from peftlab.config import ConfigError, plan
 from peftlab.methods import targets
 from peftlab.models import load_model, load_tokenizer
@@ -105,7 +107,9 @@ def attached(spec):
     """The tiny Llama with the run's method attached, as training starts."""
     method = methods.get(spec.peft.type)
     base = load_model(spec.model, spec.task, load_tokenizer(spec.model))
-    ctx = methods.Context("CAUSAL_LM", total_steps=10, targets=targets.resolve(base, spec.peft.target_modules, method.default_targets))
+    ctx = methods.Context(
+        "CAUSAL_LM", total_steps=10, targets=targets.resolve(base, spec.peft.target_modules, method.default_targets)
+    )
     return methods.attach(base, spec.peft, ctx), method
 
 
@@ -169,13 +173,111 @@ def test_layer_averages_and_images_go_to_wandb_when_it_is_on(monkeypatch, tmp_pa
     fake = types.SimpleNamespace(run=object(), log=lambda d: logged.append(d), Image=lambda path: ("image", path))
     monkeypatch.setitem(sys.modules, "wandb", fake)
     tracker = Tracker.__new__(Tracker)
-    tracker.spectral_rows = [(5, "l.0.q", 0, "q", "delta", "rel_norm", 0.2), (5, "l.1.q", 1, "q", "delta", "rel_norm", 0.4)]
+    tracker.spectral_rows = [
+        (5, "l.0.q", 0, "q", "delta", "rel_norm", 0.2),
+        (5, "l.1.q", 1, "q", "delta", "rel_norm", 0.4),
+    ]
     tracker._to_wandb(types.SimpleNamespace(report_to=["wandb"]), 5)
     assert logged == [{"tracking/rel_norm": pytest.approx(0.3), "train/global_step": 5}]
     tracker._to_wandb(types.SimpleNamespace(report_to=[]), 5)
     assert len(logged) == 1
-    tracker.gradient_rows = [(1, "l.0.q", 0, "q", "lora_B", "grad_norm", 2.0), (1, "l.1.q", 1, "q", "lora_B", "grad_norm", 4.0)]
+    tracker.gradient_rows = [
+        (1, "l.0.q", 0, "q", "lora_B", "grad_norm", 2.0),
+        (1, "l.1.q", 1, "q", "lora_B", "grad_norm", 4.0),
+    ]
     tracker._to_wandb(types.SimpleNamespace(report_to=["wandb"]), 1, gradients=True)
     assert logged[-1] == {"tracking/grad_norm/lora_B": 3.0, "train/global_step": 1}
     report._images_to_wandb(tmp_path, ["heatmap_rel_norm.png", "heatmap_grad_lora_B.png"], True, False)
     assert logged[-1] == {"tracking/heatmap_rel_norm": ("image", str(tmp_path / "heatmap_rel_norm.png"))}
+
+
+# --- intruder dimensions (Shuttleworth et al. 2024): spectra.intruders and the tracker's per-layer count
+def planted(
+    w: torch.Tensor, u_w: torch.Tensor, v_w: torch.Tensor, s: float, seed: int = 2
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(u, v) for W' = W + s·u vᵀ: u a unit vector orthogonal to every left singular vector of W (columns of u_w),
+    v = W's last right singular vector (its smallest singular value σ_n)."""
+    r = torch.randn(w.shape[0], generator=torch.Generator().manual_seed(seed), dtype=w.dtype)
+    u = r - u_w @ (u_w.T @ r)
+    return u / u.norm(), v_w[:, -1]
+
+
+@pytest.mark.numerics
+def test_one_planted_new_direction_is_exactly_one_intruder():
+    u_w, s_w, v_w, w = known_weight()  # 48 × 32, σ = 10 … 1: W's left vectors leave 16 output directions free
+    k, eps, s = 10, 0.5, 20.0  # s is above W's 10th singular value (7.39): the new direction is the top one
+    u, v = planted(w, u_w, v_w, s)
+    # W' = Σ_{i<n} σ_i u_i v_iᵀ + (σ_n u_n + s u) v_nᵀ: one new left vector (σ_n u_n + s u)/√(σ_n² + s²), the top one
+    # (singular value √401 > 10), whose largest |cos| with W's is σ_n/√(σ_n² + s²); then W's own u_1 … u_9
+    hand = torch.tensor([s_w[-1] / math.sqrt(s_w[-1] ** 2 + s**2)] + [1.0] * 9, dtype=torch.float64)
+    for delta in (s * torch.outer(u, v), (s * u[:, None], v[None, :])):  # dense, and as factors B A
+        cast = delta.float() if torch.is_tensor(delta) else tuple(x.float() for x in delta)
+        torch.testing.assert_close(spectra.intruder_similarity(w.float(), cast, k).double(), hand, atol=1e-5, rtol=0)
+        assert spectra.intruders(w.float(), cast, k, eps) == 1
+    # below W's 10th singular value the same direction is no longer among the top 10: no intruder
+    assert spectra.intruders(w.float(), (2.0 * u[:, None]).float() @ v[None, :].float(), k, eps) == 0
+
+
+@pytest.mark.numerics
+def test_rescaling_ws_own_singular_values_makes_no_intruder_even_when_it_reorders_them():
+    u_w, s_w, v_w, w = known_weight()
+    # W' = U diag(c·σ) Vᵀ with c = 100/σ²: W' = U diag(100/σ) Vᵀ, W's bottom directions now its top ones
+    tuned = (u_w * (100 / s_w)) @ v_w.T
+    similarity = spectra.intruder_similarity(w.float(), (tuned - w).float(), 10)
+    torch.testing.assert_close(similarity.double(), torch.ones(10, dtype=torch.float64), atol=1e-5, rtol=0)
+    assert spectra.intruders(w.float(), (tuned - w).float(), 10, 0.5) == 0
+    assert spectra.intruders(w.float(), torch.zeros(48, 32), 10, 0.5) == 0  # no change at all
+
+
+def test_the_tracker_counts_intruders_per_layer_at_the_end(in_tiny, tmp_path):
+    """LoRA on the tiny Llama's up_proj (256 × 64: W's left vectors leave 192 output directions free); layer 0's
+    adapter is set to one planted new direction, layer 1's left at B = 0."""
+    spec = in_tiny("lora")
+    spec = dataclasses.replace(spec, peft=dataclasses.replace(spec.peft, target_modules=["up_proj"]))
+    model, method = attached(spec)
+    tracker = Tracker(spec.tracker, model, method, k=spec.peft.r, max_steps=10)
+    assert [layer.name for layer in tracker.layers] == ["model.layers.0.mlp.up_proj", "model.layers.1.mlp.up_proj"]
+    tracker.log_intruders(3)  # B = 0 in every layer: W' = W, nothing new
+    first = tracker.layers[0]
+    w = first.weight().double()
+    u_w, s_w, vh_w = torch.linalg.svd(w, full_matrices=False)
+    s = 2 * float(s_w[0])  # above W's largest: the planted direction is the top singular vector
+    u, v = planted(w, u_w, vh_w.T, s)
+    with torch.no_grad():  # ΔW = scaling · B A = s u v_nᵀ
+        m = first.module
+        m.lora_A["default"].weight.zero_()
+        m.lora_B["default"].weight.zero_()
+        m.lora_A["default"].weight[0] = v.float()
+        m.lora_B["default"].weight[:, 0] = (s / m.scaling["default"]) * u.float()
+    tracker.finish(7)
+    spectral, _ = tracker.frames()
+    counts = spectral[spectral["quantity"] == "intruders"]
+    assert set(counts["kind"]) == {"delta"} and (counts.loc[counts["step"] == 3, "value"] == 0).all()
+    final = counts[counts["step"] == 7].set_index("layer")["value"].to_dict()
+    assert final == {"model.layers.0.mlp.up_proj": 1.0, "model.layers.1.mlp.up_proj": 0.0}
+    info = tracker.summary()["spectral"]["intruders"]
+    assert info == {"k": 10, "threshold": 0.5, "steps": [3, 7]} and tracker.seconds["intruders"] > 0
+    # the run's tracking folder and the matrix row: per layer mean and the total over the layers
+    record = report.write_run(tracker, tmp_path / "tracking", spec.run_id, "f")
+    assert "heatmap_intruders.png" in record["plots"]  # counted at two steps (at the end only, no heatmap is drawn)
+    artifacts.write_json(tmp_path / "train.json", {"spec": spec.to_dict()})
+    row = report.run_final(tmp_path)
+    assert (row["intruders"], row["intruders_total"], row["step"]) == (0.5, 1.0, 7)
+
+
+def test_intruders_are_counted_at_their_own_frequency_and_can_be_turned_off(in_tiny):
+    spec = in_tiny("lora")
+    model, method = attached(spec)
+    every = Tracker(dataclasses.replace(spec.tracker, intruder_log_frequency=5), model, method, k=8, max_steps=10)
+    assert [s for s in range(11) if every.intruders_due(s)] == [5, 10]
+    assert not any(
+        Tracker(spec.tracker, model, method, k=8, max_steps=10).intruders_due(s) for s in range(11)
+    )  # null: the end only
+    off = Tracker(dataclasses.replace(spec.tracker, intruder_k=0), model, method, k=8, max_steps=10)
+    off.finish(10)
+    spectral, _ = off.frames()
+    assert (
+        len(spectral)
+        and "intruders" not in set(spectral["quantity"])
+        and off.summary()["spectral"]["intruders"]["steps"] == []
+    )

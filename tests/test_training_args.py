@@ -53,7 +53,9 @@ def test_in_training_evaluation_keeps_the_best_checkpoint(in_tiny, tmp_path):
     tokenizer = load_tokenizer(spec.model)
     kept = load_trained(spec, tmp_path / "adapter", tokenizer)
     # evaluated on the validation share held out of the training split, never on the evaluation split
-    validation = holdout(datasets.load_from_disk(spec.data_dir)["train"], spec.training.validation_share, spec.training.validation_seed)[1]
+    validation = holdout(
+        datasets.load_from_disk(spec.data_dir)["train"], spec.training.validation_share, spec.training.validation_seed
+    )[1]
     assert record["validation"] == {"split": "train", "held_out": len(validation), "used_for": "in-training evaluation"}
     assert record["examples"] == len(datasets.load_from_disk(spec.data_dir)["train"]) - len(validation)
     again = tasks.of(spec.task).evaluate(spec.task, kept, tokenizer, validation)["eval_loss"]
@@ -81,7 +83,10 @@ def test_choosing_the_best_checkpoint_never_opens_the_evaluation_split(in_tiny, 
 @pytest.mark.parametrize(
     "training,message",
     [
-        ({"extra": {"learning_rate": 0.1}}, r"training.extra.learning_rate: set by training.learning_rate; set it there"),
+        (
+            {"extra": {"learning_rate": 0.1}},
+            r"training.extra.learning_rate: set by training.learning_rate; set it there",
+        ),
         (
             {"extra": {"optimm": "adafactor"}},
             r"training.extra.optimm: not an argument of transformers' TrainingArguments; did you mean optim\?",
@@ -110,12 +115,24 @@ def test_extra_reaches_the_training_arguments_and_the_dry_run_prints_them(tmp_pa
     run = RunSpec.from_dict(plan(raw).runs["arith/tiny-llama/lora/r8-s1"])
     args = trainers.arguments(run, "out")
     assert (args["optim"], args["adam_beta2"]) == ("adafactor", 0.95)
-    assert (args["eval_strategy"], args["metric_for_best_model"], args["greater_is_better"]) == ("steps", "eval_exact_match", True)
+    assert (args["eval_strategy"], args["metric_for_best_model"], args["greater_is_better"]) == (
+        "steps",
+        "eval_exact_match",
+        True,
+    )
 
     config = tmp_path / "knobs.yaml"
     config.write_text(json.dumps(raw))
     proc = subprocess.run(
-        [sys.executable, "-m", "peftlab.config", str(config), "--training-args", "--only", "arith/tiny-llama/lora/r8-s1"],
+        [
+            sys.executable,
+            "-m",
+            "peftlab.config",
+            str(config),
+            "--training-args",
+            "--only",
+            "arith/tiny-llama/lora/r8-s1",
+        ],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -123,7 +140,11 @@ def test_extra_reaches_the_training_arguments_and_the_dry_run_prints_them(tmp_pa
     assert proc.returncode == 0, proc.stderr[-2000:]
     printed = json.loads(proc.stdout)
     resolved = printed["arith/tiny-llama/lora/r8-s1"]
-    assert resolved["optim"] == "adafactor" and resolved["adam_beta2"] == 0.95 and resolved["learning_rate"] == run.training.learning_rate
+    assert (
+        resolved["optim"] == "adafactor"
+        and resolved["adam_beta2"] == 0.95
+        and resolved["learning_rate"] == run.training.learning_rate
+    )
     assert resolved["per_device_train_batch_size"] == run.training.batch_size and resolved["eval_steps"] == 10
     assert resolved["output_dir"].endswith("checkpoints/arith/tiny-llama/lora/r8-s1")
 

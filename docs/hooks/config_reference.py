@@ -1,9 +1,8 @@
 """The config reference (docs/config-reference.md), rendered from the schema peftlab validates against.
 
 Every key's type, allowed values, default and description come from `peftlab.validate.config_schema()`
-(src/peftlab/config.schema.yaml, with the allowed values it leaves to a registry filled in: a task's
-type from peftlab.tasks): a definition's type and description and the default given
-further down under `properties:` are merged into one row, so the page cannot drift from the schema.
+(src/peftlab/config.schema.yaml, where they are written together, with the allowed values it leaves to
+a registry filled in: a task's type from peftlab.tasks), so the page cannot drift from the schema.
 
 - As a MkDocs hook (mkdocs.yml `hooks:`), it replaces the page's text with a fresh rendering at
   build time, and `mkdocs build --strict` fails while the committed file differs from it.
@@ -43,24 +42,13 @@ def _definition(root: dict, ref: str) -> tuple[str, dict]:
     return name, (root.get("definitions") or root.get("$defs") or {})[name]
 
 
-def _combine(own: dict, other: dict) -> dict:
-    """Two nodes of one key as one: `own`'s words win, and their `properties` are combined key by key (a default
-    given under the top-level `properties:` joins the type and description of its definition)."""
-    out = {**other, **own}
-    if "properties" in own and "properties" in other:
-        props = dict(other["properties"])
-        for name, sub in own["properties"].items():
-            props[name] = _combine(sub, props[name]) if name in props else sub
-        out["properties"] = props
-    return out
-
-
 def _merge(root: dict, node: dict) -> dict:
-    """`node` with its `$ref` and `allOf` parts folded in (its children keep their own `$ref`s)."""
+    """`node` with its `$ref` and `allOf` parts folded in, its own words winning (its children keep their own
+    `$ref`s)."""
     out = {k: v for k, v in node.items() if k not in ("$ref", "allOf")}
     parts = [_definition(root, node["$ref"])[1]] if "$ref" in node else []
     for part in parts + node.get("allOf", []):
-        out = _combine(out, _merge(root, part))
+        out = {**_merge(root, part), **out}
     return out
 
 
@@ -71,7 +59,9 @@ def _bounds(node: dict) -> list[str]:
             words.append(f"{sign} {node[key]}")
     if "minItems" in node or "maxItems" in node:
         low = node.get("minItems", 0)
-        words.append(f"{low}–{node['maxItems']} items" if "maxItems" in node else f"at least {low} item{'s' * (low != 1)}")
+        words.append(
+            f"{low}–{node['maxItems']} items" if "maxItems" in node else f"at least {low} item{'s' * (low != 1)}"
+        )
     if "minProperties" in node:
         low = node["minProperties"]
         words.append(f"at least {low} entr{'ies' if low != 1 else 'y'}")
@@ -113,6 +103,11 @@ def _default(node: dict, required: bool) -> str:
     return "**required**" if required else ""
 
 
+def _refs(node: dict) -> list[str]:
+    """The `$ref`s of a node: its own, and its allOf's and oneOf's."""
+    return [r for r in [node.get("$ref"), *(b.get("$ref") for k in ("allOf", "oneOf") for b in node.get(k, []))] if r]
+
+
 class _Renderer:
     def __init__(self, root: dict):
         self.root = root
@@ -120,15 +115,15 @@ class _Renderer:
 
     def _shared(self, node: dict) -> str | None:
         """The name of the object definition `node` is (a `$ref`, directly, in allOf or in oneOf), if any."""
-        for ref in [node.get("$ref"), *(b.get("$ref") for k in ("allOf", "oneOf") for b in node.get(k, []))]:
-            if ref:
-                name, target = _definition(self.root, ref)
-                if "properties" in target or any("$ref" in b for b in target.get("oneOf", [])):
-                    return name
+        for ref in _refs(node):
+            name, target = _definition(self.root, ref)
+            if "properties" in target or any("$ref" in b for b in target.get("oneOf", [])):
+                return name
         return None
 
     def _children(self, node: dict) -> tuple[dict, list, str]:
-        """(properties, required keys, path suffix) of the objects a node holds: its own, a map's values, a list's items."""
+        """(properties, required keys, path suffix) of the objects a node holds: its own, a map's values, a list's
+        items."""
         node = _merge(self.root, node)
         if "properties" in node:
             return node["properties"], node.get("required", []), ""
@@ -150,7 +145,18 @@ class _Renderer:
         desc = "" if top else merged.get("description", "")
         if shared and self.home.get(shared, path) != path:
             home = self.home[shared]
-            words = f"the keys of [`{home}`](#{home}), without defaults here: a key left out comes from the level above"
+            # `#/overrides/<name>`: the definition without its defaults (peftlab.schema.schema), what an override refers
+            # to
+            ref = _refs(node)[0]
+            defaults = any("default" in p for p in _definition(self.root, ref)[1].get("properties", {}).values())
+            if defaults and not ref.startswith(
+                "#/overrides/"
+            ):  # a whole section of its own, such as a sweep block's lr_search
+                words = f"the keys of [`{home}`](#{home}), with their defaults"
+            else:
+                words = (
+                    f"the keys of [`{home}`](#{home}), without defaults here: a key left out comes from the level above"
+                )
             if merged.get("required"):
                 words += f" (required here: {', '.join(merged['required'])})"
             desc = f"{desc}; {words}" if desc else words
@@ -169,10 +175,14 @@ class _Renderer:
         root = self.root
         parts = [HEADER]
         top_required = root.get("required", [])
-        for key, node in root["properties"].items():  # a definition's keys are listed under the top-level key made of it
+        for key, node in root[
+            "properties"
+        ].items():  # a definition's keys are listed under the top-level key made of it
             if shared := self._shared(node):
                 self.home.setdefault(shared, key)
-                for branch in _definition(root, f"#/definitions/{shared}")[1].get("oneOf", []):  # resources: a preset or resourceKeys
+                for branch in _definition(root, f"#/definitions/{shared}")[1].get(
+                    "oneOf", []
+                ):  # resources: a preset or resourceKeys
                     if "$ref" in branch:
                         self.home.setdefault(_definition(root, branch["$ref"])[0], key)
         for key, node in root["properties"].items():
@@ -198,7 +208,8 @@ def render() -> str:
     return _Renderer(config_schema()).page()
 
 
-# MkDocs hooks: the page is rendered afresh at build time, and a stale committed copy is a warning (an error under --strict).
+# MkDocs hooks: the page is rendered afresh at build time, and a stale committed copy is a warning (an error under
+# --strict).
 def on_page_markdown(markdown: str, page, **kwargs) -> str:
     if page.file.src_uri != PAGE:
         return markdown

@@ -2,7 +2,7 @@
 
 Commands, each `python -m peftlab.<name>`, thin entry points over a library layer: the
 workflow's stages (data, build, train, evaluate, merge, lr_search, tables), infer (new inputs
-through a finished run), status, plan (cost) and config (checks). No command imports another;
+through a finished run), status, cost (the cost plan) and config (checks). No command imports another;
 what two share lives in the library below them (matrix, dataset, search, runstate, tiny,
 models, tasks, methods, ...). docs/how-it-is-built.md lists the layers, and
 tests/test_registries.py holds the code to that list.

@@ -1,8 +1,10 @@
-"""peftlab from Python: run a matrix (or a selection of it) through Snakemake's API, and load a finished run in one call.
+"""peftlab from Python: run a matrix (or a selection of it) through Snakemake's API, and load a finished run in one
+call.
 
     from peftlab.api import load, run
 
-    run("config/config.yaml", only="sentiment/minilm/lora/*", cores=2)        # as `snakemake --cores 2 --config only=...`
+    run("config/config.yaml", only="sentiment/minilm/lora/*", cores=2)        # as `snakemake --cores 2 --config
+                                                                              # only=...`
     model, tokenizer = load("results/default/runs/sentiment/minilm/lora/r8-s1")   # base + adapter, in eval mode
     merged, tokenizer = load("results/default/runs/sentiment/minilm/lora/r8-s1", merged=True)
 
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]  # an editable install: the checkout that holds the Snakefile
+REPO = Path(__file__).resolve().parents[2]  # an editable install: the checkout that holds workflow/Snakefile
 
 
 class RunFailed(RuntimeError):
@@ -40,13 +42,24 @@ def run(
     is refused (the message names the key), or if any job fails, after the others have finished.
     """
     from snakemake.api import SnakemakeApi
-    from snakemake.settings.types import ConfigSettings, DAGSettings, ExecutionSettings, OutputSettings, ResourceSettings
+    from snakemake.settings.types import (
+        ConfigSettings,
+        DAGSettings,
+        ExecutionSettings,
+        OutputSettings,
+        ResourceSettings,
+    )
 
     workdir = Path(workdir).resolve()
-    snakefile = Path(snakefile) if snakefile else next((p for p in (workdir / "Snakefile", REPO / "Snakefile") if p.exists()), None)
+    candidates = (workdir / "workflow/Snakefile", workdir / "Snakefile", REPO / "workflow/Snakefile")
+    snakefile = Path(snakefile) if snakefile else next((p for p in candidates if p.exists()), None)
     if snakefile is None:
-        raise FileNotFoundError(f"no Snakefile in {workdir} or {REPO}; pass snakefile= (the peftlab checkout's Snakefile)")
-    config = {k: ",".join(v) if isinstance(v, list) else v for k, v in (("only", only), ("exclude", exclude)) if v is not None}
+        raise FileNotFoundError(
+            f"no workflow/Snakefile in {workdir} or {REPO}; pass snakefile= (the checkout's workflow/Snakefile)"
+        )
+    config = {
+        k: ",".join(v) if isinstance(v, list) else v for k, v in (("only", only), ("exclude", exclude)) if v is not None
+    }
     try:
         with SnakemakeApi(OutputSettings(dryrun=dry_run, printshellcmds=True, show_failed_logs=True)) as api:
             workflow = api.workflow(
@@ -56,7 +69,9 @@ def run(
                 workdir=workdir,
             )
             dag = workflow.dag(DAGSettings(targets=set(targets or ["all"]), force_incomplete=True))
-            dag.execute_workflow(executor="dryrun" if dry_run else "local", execution_settings=ExecutionSettings(keep_going=True))
+            dag.execute_workflow(
+                executor="dryrun" if dry_run else "local", execution_settings=ExecutionSettings(keep_going=True)
+            )
     except Exception as e:  # snakemake's WorkflowError (a config refused, a failed job) and friends
         raise RunFailed(f"{configfile}: {e}") from e
 

@@ -101,7 +101,9 @@ def git_commit() -> str:
     """The commit of the peftlab checkout (with -dirty for local edits), or 'unknown'."""
     here = Path(__file__).resolve().parent
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True
+        ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True
         ).stdout.strip()
@@ -110,11 +112,28 @@ def git_commit() -> str:
         return "unknown"
 
 
-def peak_memory_mb() -> dict[str, float]:
-    out = {"cpu_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+def _cuda_used():
+    """torch, when this process has used a CUDA device (torch imported, CUDA there and initialised); else None."""
     torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        out["gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return torch if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized() else None
+
+
+def reset_peak_memory() -> None:
+    """Start the CUDA device's peak count afresh (train: the peak of training, not of loading); no-op without CUDA.
+
+    The process's peak RSS cannot be reset: it counts from the process's start."""
+    if torch := _cuda_used():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory_mb() -> dict[str, float]:
+    """The process's peak memory in MiB, each kind named: `cpu_rss_mb`, the peak resident set size since the
+    process started (getrusage's ru_maxrss; kibibytes on Linux); and, when the process used a CUDA device,
+    `cuda_max_allocated_mb`, torch.cuda.max_memory_allocated on its current device since the process
+    started or since reset_peak_memory (tensors torch allocated, not the caching allocator's reserve)."""
+    out = {"cpu_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if torch := _cuda_used():
+        out["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out
 
 

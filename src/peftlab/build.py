@@ -1,4 +1,5 @@
-"""Build the tiny offline model (peftlab.tiny): a tokenizer trained on a task's texts and a small Llama (or T5), briefly pretrained.
+"""Build the tiny offline model (peftlab.tiny): a tokenizer trained on a task's texts and a small Llama (or T5), briefly
+pretrained.
 
 python -m peftlab.build --spec results/default/specs/model_build/tiny-llama.json --out results/default/models/tiny-llama
 """

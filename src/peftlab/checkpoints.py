@@ -35,7 +35,8 @@ def step_of(checkpoint: Path) -> int:
 
 
 def kept_steps(steps: list[int], keep: str | int, best: int | None = None) -> set[int]:
-    """Which of a run's checkpoint steps `outputs.checkpoints` keeps: none, the last, or every N and the last (and the best one, while training)."""
+    """Which of a run's checkpoint steps `outputs.checkpoints` keeps: none, the last, or every N and the last (and the
+    best one, while training)."""
     if keep == "none" or not steps:
         return set()
     last = {max(steps)} | ({best} if best is not None else set())

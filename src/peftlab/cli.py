@@ -11,7 +11,8 @@ from peftlab import artifacts
 
 
 class ClearError(Exception):
-    """An error whose message names what failed and what to do: an entry point prints it as one line, without a traceback."""
+    """An error whose message names what failed and what to do: an entry point prints it as one line, without a
+    traceback."""
 
 
 def one_line_errors() -> None:
@@ -31,7 +32,10 @@ def parser(doc: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--spec", required=True, help="the step's resolved spec (JSON), written by the workflow")
     p.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads of the job, shared by the processes torchrun starts on this node"
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads of the job, shared by the processes torchrun starts on this node",
     )
     return p
 

@@ -77,7 +77,8 @@ def mean_loss(losses: list[tuple[float, int]]) -> float:
 
 @torch.no_grad()
 def generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int, batch_size: int) -> list[str]:
-    """Greedy continuations of each prompt, batched; decoders get left padding, so every prompt ends where generation starts."""
+    """Greedy continuations of each prompt, batched; decoders get left padding, so every prompt ends where generation
+    starts."""
     encoder_decoder = model.config.is_encoder_decoder
     tokenizer.padding_side = "right" if encoder_decoder else "left"
     outputs = []

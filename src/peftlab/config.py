@@ -37,7 +37,8 @@ def main(argv=None):
     """Validate configs.
 
     python -m peftlab.config CONFIG.yaml [--only GLOBS] [--exclude GLOBS]   # print its run ids, one per line
-    python -m peftlab.config CONFIG.yaml --training-args                      # print each run's TrainingArguments (JSON)
+    python -m peftlab.config CONFIG.yaml --training-args                      # print each run's TrainingArguments
+                                                                              # (JSON)
     python -m peftlab.config --all                                            # validate every config under config/
     """
     import argparse
@@ -47,10 +48,14 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=main.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("configs", nargs="*", help="config file(s)")
     p.add_argument("--all", action="store_true", help="every *.yaml under config/ (or under the folders given)")
-    p.add_argument("--only", help="keep runs whose id or name matches one of these comma-separated globs (as --config only=...)")
+    p.add_argument(
+        "--only", help="keep runs whose id or name matches one of these comma-separated globs (as --config only=...)"
+    )
     p.add_argument("--exclude", help="drop runs whose id or name matches one of these comma-separated globs")
     p.add_argument(
-        "--training-args", action="store_true", help="print every run's resolved TrainingArguments (GRPOConfig for rlvr) as JSON"
+        "--training-args",
+        action="store_true",
+        help="print every run's resolved TrainingArguments (GRPOConfig for rlvr) as JSON",
     )
     args = p.parse_args(argv)
     files = [Path(c) for c in args.configs]

@@ -5,7 +5,7 @@
 
 Tokenised data is a DatasetDict on disk with splits `train` and `eval` plus `meta.json`; it is
 shared by every run on that task and model.
-"""
+"""  # noqa: E501
 
 from __future__ import annotations
 

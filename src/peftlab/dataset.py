@@ -44,8 +44,20 @@ _FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".p
 
 
 def load_raw(task: TaskSpec) -> datasets.DatasetDict:
-    """The task's train and eval splits, from local files or the hub, with `columns` renamed."""
-    return _load_splits(task).rename_columns(task.columns) if task.columns else _load_splits(task)
+    """The task's train and eval splits, from local files or the hub, with `columns` renamed in each split that has
+    them (the held-out split may come from another dataset with its own names: MetaMathQA's query, GSM8K's question)."""
+    splits = _load_splits(task)
+    unused = [c for c in task.columns if not any(c in part.column_names for part in splits.values())]
+    if unused:
+        raise DataError(
+            f"tasks.{task.name}.columns: no split has column(s) {unused}; the data has {splits.column_names}"
+        )
+    return datasets.DatasetDict(
+        {
+            split: part.rename_columns({a: b for a, b in task.columns.items() if a in part.column_names})
+            for split, part in splits.items()
+        }
+    )
 
 
 def eval_names(task: TaskSpec) -> dict[str, str | None]:
@@ -73,9 +85,17 @@ def _load_splits(task: TaskSpec) -> datasets.DatasetDict:
     sources = {**_sources(task, "train"), **_sources(task, "eval")}
     if "hub" in d:
         h = d["hub"]
-        return datasets.DatasetDict({split: datasets.load_dataset(h["id"], h["subset"], split=source) for split, source in sources.items()})
+        eval_from = (h["eval_id"], h["eval_subset"]) if h.get("eval_id") else (h["id"], h["subset"])
+        return datasets.DatasetDict(
+            {
+                split: datasets.load_dataset(*((h["id"], h["subset"]) if split == "train" else eval_from), split=source)
+                for split, source in sources.items()
+            }
+        )
     fmt = d.get("format")
-    return datasets.DatasetDict({split: load_file(file, f"tasks.{task.name}.data.files", fmt) for split, file in sources.items()})
+    return datasets.DatasetDict(
+        {split: load_file(file, f"tasks.{task.name}.data.files", fmt) for split, file in sources.items()}
+    )
 
 
 class DataError(ValueError):
@@ -96,7 +116,8 @@ def load_file(file: str | Path, where: str, fmt: str | None = None) -> datasets.
         raise DataError(f"{where}: {file} does not exist")
     if "." + kind not in _FORMATS:
         raise DataError(
-            f"{where}: {file}: unsupported file type {path.suffix!r}; allowed: {', '.join(_FORMATS)}, or set the task's data.format"
+            f"{where}: {file}: unsupported file type {path.suffix!r}; allowed: {', '.join(_FORMATS)}, or set "
+            "the task's data.format"
         )
     if path.stat().st_size == 0:
         raise DataError(f"{where}: {file} is empty")
@@ -106,12 +127,16 @@ def load_file(file: str | Path, where: str, fmt: str | None = None) -> datasets.
                 try:
                     line.strip() and json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise DataError(f"{where}: {file} line {n}: not valid JSON ({e.msg}): {line.strip()[:80]!r}") from None
+                    raise DataError(
+                        f"{where}: {file} line {n}: not valid JSON ({e.msg}): {line.strip()[:80]!r}"
+                    ) from None
     kwargs = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if kind == "tsv" else {}  # GLUE TSVs hold bare quotes
     try:
         ds = datasets.load_dataset(_FORMATS["." + kind], data_files=str(path), split="train", **kwargs)
     except Exception as e:  # the loaders' own errors bury the file in a traceback
-        raise DataError(f"{where}: {file} cannot be read as {kind}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+        raise DataError(
+            f"{where}: {file} cannot be read as {kind}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from e
     if len(ds) == 0:
         raise DataError(f"{where}: {file} has no rows")
     return ds
@@ -127,7 +152,8 @@ def check_columns(task: TaskSpec, ds: datasets.DatasetDict) -> None:
         if missing:
             renamed = f" (after renaming {task.columns})" if task.columns else ""
             raise DataError(
-                f"task {task.name!r}, split {split}: missing column(s) {missing}; the data has {part.column_names}{renamed}; "
+                f"task {task.name!r}, split {split}: missing column(s) {missing}; the data has "
+                f"{part.column_names}{renamed}; "
                 "set the task's text_fields / label_field / prompt_field / response_field, or rename with `columns:`"
             )
 
@@ -161,7 +187,8 @@ def check_rows(task: TaskSpec, ds: datasets.DatasetDict, names: list[str] | None
     texts = [c for c in required_columns(task) if c != label]
     if names is not None and len(names) != task.num_labels:
         raise DataError(
-            f"task {task.name!r}: the labels name {len(names)} classes {names}, but num_labels is {task.num_labels}; set num_labels or label_names"
+            f"task {task.name!r}: the labels name {len(names)} classes {names}, but num_labels is "
+            f"{task.num_labels}; set num_labels or label_names"
         )
     for split, part in ds.items():
         source = _source(task, split)
@@ -176,7 +203,9 @@ def check_rows(task: TaskSpec, ds: datasets.DatasetDict, names: list[str] | None
         bad, allowed = ttype.label_problems(task, values, names)
         if bad:
             shown = ", ".join(repr(values[i]) for i in bad[:5])
-            raise DataError(f"{where}: column {label!r} holds {shown} on {_lines(task, source, bad)}; a label is {allowed}")
+            raise DataError(
+                f"{where}: column {label!r} holds {shown} on {_lines(task, source, bad)}; a label is {allowed}"
+            )
 
 
 def check_lengths(task: TaskSpec, limit: int | None) -> None:
@@ -205,7 +234,10 @@ def tokenize(task: TaskSpec, tokenizer, raw: datasets.DatasetDict) -> datasets.D
     return datasets.DatasetDict(
         {
             split: part.map(
-                with_length, batched=True, remove_columns=[c for c in part.column_names if c not in keep], desc=f"tokenize {split}"
+                with_length,
+                batched=True,
+                remove_columns=[c for c in part.column_names if c not in keep],
+                desc=f"tokenize {split}",
             )
             for split, part in raw.items()
         }
@@ -213,7 +245,8 @@ def tokenize(task: TaskSpec, tokenizer, raw: datasets.DatasetDict) -> datasets.D
 
 
 def split(data_dir: str | Path, name: str = "train") -> datasets.Dataset:
-    """One split of a run's tokenised data, opening that split's files only (a search run never opens the evaluation split's)."""
+    """One split of a run's tokenised data, opening that split's files only (a search run never opens the evaluation
+    split's)."""
     return datasets.load_from_disk(str(Path(data_dir) / name))
 
 
@@ -227,6 +260,9 @@ def holdout(ds: datasets.Dataset, share: float, seed: int) -> tuple[datasets.Dat
     n = len(ds)
     k = HoldoutSpec(share, seed).size(n)
     if not 0 < k < n:
-        raise ValueError(f"lr_search.validation_share={share} of {n} training examples holds out {k}; it must leave both parts non-empty")
+        raise ValueError(
+            f"lr_search.validation_share={share} of {n} training examples holds out {k}; it must leave both "
+            "parts non-empty"
+        )
     order = random.Random(seed).sample(range(n), n)
     return ds.select(sorted(order[k:])), ds.select(sorted(order[:k]))

@@ -13,19 +13,24 @@ metrics are the task type's (peftlab.tasks; generation is greedy and batched):
 - seq2seq: ROUGE-1/2/L of the generations, eval loss and perplexity;
 - rlvr: accuracy (the first reward scores 1 on the greedy answer), the share in
   the answer format, and the mean of every reward.
+
+A task with a `reference:` also records `forgetting` (peftlab.forgetting): the rise in
+cross-entropy on the reference texts from the base to the tuned model, or for a classifier
+1 − linear CKA of the two models' final hidden states.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import datasets
 
-from peftlab import artifacts, cli, observe, tasks
+from peftlab import artifacts, cli, forgetting, methods, observe, tasks
 from peftlab.compute import place
 from peftlab.dataset import eval_names, holdout, split
-from peftlab.models import RUN_FILE, load_tokenizer, load_trained, trained_spec
+from peftlab.models import RUN_FILE, load_model, load_tokenizer, load_trained, trained_label_names, trained_spec
 from peftlab.spec import RunSpec
 
 log = logging.getLogger(__name__)
@@ -78,9 +83,26 @@ def evaluate(spec: RunSpec, adapter: str) -> tuple[dict, list[dict]]:
         "task_type": spec.task.type,
         "examples": examples,
         "metrics": result,
-        **prov.record(),
     }
-    return record, predictions
+    if spec.task.reference is not None and spec.holdout is None:  # a search run is scored on its metric alone
+        record["forgetting"] = forgotten(spec, model, tokenizer)
+    return {**record, **prov.record()}, predictions
+
+
+def forgotten(spec: RunSpec, model, tokenizer) -> dict:
+    """eval.json's `forgetting`: the tuned model against its base on the task's reference texts (peftlab.forgetting),
+    with the seconds it took. A peft model's base is itself with the adapter disabled; `full` loads the base beside
+    it."""
+    start = time.perf_counter()
+    texts = forgetting.reference_texts(spec.task.reference, spec.model)
+    base = None
+    if methods.get(spec.peft.type).impl is None:  # full fine-tuning: the tuned weights replaced the base's
+        base = place(load_model(spec.model, spec.task, tokenizer, label_names=trained_label_names(spec)).eval())
+    out = forgetting.measure(
+        model, tokenizer, texts, base=base, max_length=spec.task.max_length, batch_size=spec.task.eval_batch_size
+    )
+    log.info("%s: forgetting (%s) %.4g on %d reference texts", spec.run_id, out["measure"], out["value"], out["texts"])
+    return {**out, "seconds": round(time.perf_counter() - start, 3)}
 
 
 def main(argv=None):
@@ -91,7 +113,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     spec = RunSpec.from_dict(cli.start(args))
     record, predictions = evaluate(spec, args.adapter)
-    artifacts.write_jsonl(args.predictions or Path(args.out).with_name(PREDICTIONS), predictions)  # before eval.json, which says done
+    artifacts.write_jsonl(
+        args.predictions or Path(args.out).with_name(PREDICTIONS), predictions
+    )  # before eval.json, which says done
     artifacts.write_json(args.out, record)
     if "diverged" in record:
         log.info("%s: training diverged, nothing to evaluate", record["run_id"])

@@ -13,10 +13,12 @@ _SUBJECTS = (
     "the seats|the ending|the plot"
 ).split("|")
 _POSITIVE = (
-    "wonderful excellent delightful fantastic great superb enjoyable charming brilliant lovely amazing pleasant impressive perfect fun"
+    "wonderful excellent delightful fantastic great superb enjoyable charming brilliant lovely amazing pleasant "
+    "impressive perfect fun"
 ).split(" ")
 _NEGATIVE = (
-    "terrible awful boring disappointing horrible dreadful mediocre annoying poor bland painful frustrating dull broken useless"
+    "terrible awful boring disappointing horrible dreadful mediocre annoying poor bland painful frustrating "
+    "dull broken useless"
 ).split(" ")
 _TEMPLATES = (
     "{s} was {a}.|i thought {s} was really {a}.|honestly, {s} is {a}!|{s} felt {a} to me.|"
@@ -35,7 +37,10 @@ def sentiment(n: int, rng: random.Random) -> list[dict]:
         negate = rng.random() < 0.125
         adjective = rng.choice(_POSITIVE if label != negate else _NEGATIVE)
         text = rng.choice(_TEMPLATES).format(
-            s=rng.choice(_SUBJECTS), a=("not " if negate else "") + adjective, tail=rng.choice(_TAILS), adv=rng.choice(_ADVERBS)
+            s=rng.choice(_SUBJECTS),
+            a=("not " if negate else "") + adjective,
+            tail=rng.choice(_TAILS),
+            adv=rng.choice(_ADVERBS),
         )
         rows.append({"text": text[0].upper() + text[1:], "label": label})
     return rows

@@ -83,7 +83,13 @@ def _longest_run(flags: list[bool]) -> int:
     return best
 
 
-def assess(values: list[float], grad_norms: list[float | None], moved: float | None, weight_norm: float | None, name: str = "loss") -> dict:
+def assess(
+    values: list[float],
+    grad_norms: list[float | None],
+    moved: float | None,
+    weight_norm: float | None,
+    name: str = "loss",
+) -> dict:
     """A run's health from its logged series (lower is better), the gradient norm at each log,
     its weights' relative movement from initialisation and their norm (see the module's docstring).
 
@@ -103,7 +109,10 @@ def assess(values: list[float], grad_norms: list[float | None], moved: float | N
         measures["vanished_grad_logs"] = longest
         if longest >= COLLAPSED_LOGS:
             flags.append(COLLAPSED)
-            reasons.append(f"the gradient norm was {'0' if min(grads) == 0 else f'<= {floor:.2g}'} for {longest} logged intervals in a row")
+            reasons.append(
+                f"the gradient norm was {'0' if min(grads) == 0 else f'<= {floor:.2g}'} for {longest} logged "
+                "intervals in a row"
+            )
     if len(values) >= MIN_LOGS and all(math.isfinite(v) for v in values):
         w = max(1, len(values) // 4)
         start, final = values[0], sum(values[-w:]) / w
@@ -115,25 +124,42 @@ def assess(values: list[float], grad_norms: list[float | None], moved: float | N
             reasons.append(f"the {name} rose from {start:.4g} to {final:.4g} (margin {margin:.2g})")
         elif final - lowest > max(margin, REBOUND * (start - lowest)):
             flags.append(BLEW_UP)
-            reasons.append(f"the {name} climbed back from its lowest {lowest:.4g} to {final:.4g}, having started at {start:.4g}")
+            reasons.append(
+                f"the {name} climbed back from its lowest {lowest:.4g} to {final:.4g}, having started at {start:.4g}"
+            )
         elif start - final <= margin:
             flags.append(NO_LEARNING)
-            reasons.append(f"the {name} went from {start:.4g} to {final:.4g}, not down by more than the margin {margin:.2g}")
+            reasons.append(
+                f"the {name} went from {start:.4g} to {final:.4g}, not down by more than the margin {margin:.2g}"
+            )
     elif len(values) < MIN_LOGS:
-        measures["unjudged"] = f"{len(values)} logged value(s), {MIN_LOGS} needed to judge the loss: lower training.logging_steps"
+        measures["unjudged"] = (
+            f"{len(values)} logged value(s), {MIN_LOGS} needed to judge the loss: lower training.logging_steps"
+        )
     if moved is not None and math.isfinite(moved) and moved < STILL:
         flags.append(NO_LEARNING)
         reasons.append(f"the trainable weights moved {moved:.2g} of their norm from their initialisation")
     flags = [f for f in FLAGS if f in flags]  # worst first, each once
-    return {"status": flags[0] if flags else OK, "flags": flags, "reasons": reasons, "measures": measures, "thresholds": THRESHOLDS}
+    return {
+        "status": flags[0] if flags else OK,
+        "flags": flags,
+        "reasons": reasons,
+        "measures": measures,
+        "thresholds": THRESHOLDS,
+    }
 
 
-def from_history(log_history: list[dict], moved: float | None, weight_norm: float | None, rewarded: bool = False) -> dict:
-    """`assess` on a Trainer's log history: the losses (a rewarded run's rewards, negated) and the gradient norms logged with them."""
+def from_history(
+    log_history: list[dict], moved: float | None, weight_norm: float | None, rewarded: bool = False
+) -> dict:
+    """`assess` on a Trainer's log history: the losses (a rewarded run's rewards, negated) and the gradient norms logged
+    with them."""
     key = "reward" if rewarded else "loss"
     logs = [e for e in log_history if key in e]
     values = [-e[key] if rewarded else e[key] for e in logs]
-    return assess(values, [e.get("grad_norm") for e in logs], moved, weight_norm, "negated mean reward" if rewarded else "loss")
+    return assess(
+        values, [e.get("grad_norm") for e in logs], moved, weight_norm, "negated mean reward" if rewarded else "loss"
+    )
 
 
 class Movement:
@@ -159,7 +185,9 @@ class Movement:
             return None
         after = [self._sample(p) for p in self.params]
         change = math.sqrt(sum(float((a - b).pow(2).sum()) for a, b in zip(after, self.before)))
-        scale = math.sqrt(sum(float(b.pow(2).sum()) for b in self.before)) or math.sqrt(sum(float(a.pow(2).sum()) for a in after))
+        scale = math.sqrt(sum(float(b.pow(2).sum()) for b in self.before)) or math.sqrt(
+            sum(float(a.pow(2).sum()) for a in after)
+        )
         return change / scale if scale else 0.0
 
     def norm(self) -> float:

@@ -53,11 +53,18 @@ def answer(spec: RunSpec, model, tokenizer, items: list, max_new_tokens: int | N
     """One answer per input: the input and what the task type answers (a label, or generated text)."""
     task = spec.task
     rows = [as_row(task, item) for item in items]
-    missing = sorted({c for r in rows for c in dataset.required_columns(task) if c not in r} - {task.label_field, task.response_field})
+    missing = sorted(
+        {c for r in rows for c in dataset.required_columns(task) if c not in r}
+        - {task.label_field, task.response_field}
+    )
     if missing:
-        raise SystemExit(f"an input lacks the column(s) {missing} that task {task.name!r} reads; give a JSON object with them")
+        raise SystemExit(
+            f"an input lacks the column(s) {missing} that task {task.name!r} reads; give a JSON object with them"
+        )
     model = place(model)
-    answers = tasks.of(task).answer(task, model, tokenizer, rows, trained_label_names(spec), max_new_tokens or task.max_new_tokens)
+    answers = tasks.of(task).answer(
+        task, model, tokenizer, rows, trained_label_names(spec), max_new_tokens or task.max_new_tokens
+    )
     return [{"input": item, **a} for item, a in zip(items, answers)]
 
 
@@ -67,7 +74,9 @@ def main(argv=None):
     p.add_argument("--merged", action="store_true", help="use the merged model (merged/) instead of base + adapter")
     src = p.add_mutually_exclusive_group(required=True)
     # lora-ns' inference.py spells them --input_text, --input_file and --output_file: both spellings work
-    src.add_argument("--input", "--input-text", "--input_text", help="one input: text, or a JSON object of the task's columns")
+    src.add_argument(
+        "--input", "--input-text", "--input_text", help="one input: text, or a JSON object of the task's columns"
+    )
     src.add_argument(
         "--inputs",
         "--input-file",
@@ -75,7 +84,9 @@ def main(argv=None):
         type=Path,
         help="a file of inputs: .txt (one per line), .jsonl, .json, .csv, .tsv, .parquet",
     )
-    p.add_argument("--out", "--output-file", "--output_file", type=Path, help="JSON file for the answers (default: stdout)")
+    p.add_argument(
+        "--out", "--output-file", "--output_file", type=Path, help="JSON file for the answers (default: stdout)"
+    )
     p.add_argument("--max-new-tokens", type=int, help="generation budget (default: the task's max_new_tokens)")
     args = p.parse_args(argv)
     cli.one_line_errors()

@@ -99,7 +99,9 @@ SLURM_KEYS = (
 )
 
 
-def resolve(value: str | dict | None, base: Resources = Resources(), presets: dict[str, Resources] | None = None) -> Resources:
+def resolve(
+    value: str | dict | None, base: Resources = Resources(), presets: dict[str, Resources] | None = None
+) -> Resources:
     """A config's resources value over `base`: a preset name, or keys, one of which may be `preset`.
 
     A preset replaces everything `base` set; keys next to it override the preset.
@@ -169,7 +171,8 @@ PACKED_RULES = ("train_run", "evaluate_run", "merge_run")
 
 
 def pack_group(r: Resources) -> str | None:
-    """The job group of a run's train, evaluate and merge jobs when packing, so that one sbatch call holds only runs with equal resources.
+    """The job group of a run's train, evaluate and merge jobs when packing, so that one sbatch call holds only runs
+    with equal resources.
 
     Snakemake asks for one request per group: a string resource (partition, QoS,
     constraint, GPU model) must be the same in all its jobs, and numbers are summed or
@@ -213,11 +216,16 @@ def check_packing(by_run: dict[str, Resources], groups: Mapping[str, str], caps:
     for r, ids in runs.items():
         for stage in ("train", "evaluate", "merge"):
             asked = slurm_resources(for_stage(r, stage))
-            over = [f"{key}={asked[key]} (cap {cap})" for key, cap in caps.items() if isinstance(asked.get(key), int) and asked[key] > cap]
+            over = [
+                f"{key}={asked[key]} (cap {cap})"
+                for key, cap in caps.items()
+                if isinstance(asked.get(key), int) and asked[key] > cap
+            ]
             if over:
                 more = f" and {len(ids) - 1} more run(s) with its resources" if len(ids) > 1 else ""
                 raise ResourcesError(
-                    f"run {ids[0]}{more}: its {stage} job asks for {', '.join(over)}, more than the profile's `resources:` "
+                    f"run {ids[0]}{more}: its {stage} job asks for {', '.join(over)}, more than the profile's "
+                    "`resources:` "
                     "allow a packed job, and Snakemake would shrink the request to the cap; raise the cap, "
                     "or lower the run's `resources`"
                 )
@@ -250,7 +258,8 @@ def slurm_resources(r: Resources, attempt: int = 1) -> dict:
 
 
 def launcher(r: Resources, stage: str) -> str:
-    """The shell words that start `python -m peftlab.<stage>` on `r` (the workflow's train_run: stage "train"); the stage's arguments follow them."""
+    """The shell words that start `python -m peftlab.<stage>` on `r` (the workflow's train_run: stage "train"); the
+    stage's arguments follow them."""
     module = ["-m", f"peftlab.{stage}"]
     if r.world_size == 1:
         return shlex.join(["python", *module])
@@ -276,7 +285,8 @@ def launcher(r: Resources, stage: str) -> str:
     )
     return " ".join(
         [
-            ': "${SLURM_JOB_ID:?a multi-node run needs a Slurm allocation: use --profile profiles/slurm, or nodes: 1}" &&',
+            ': "${SLURM_JOB_ID:?a multi-node run needs a Slurm allocation: use --profile profiles/slurm, or '
+            'nodes: 1}" &&',
             'srun --jobid="$SLURM_JOB_ID"',
             f"--nodes={r.nodes} --ntasks={r.nodes} --ntasks-per-node=1",
             "bash -c",

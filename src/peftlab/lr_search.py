@@ -37,7 +37,12 @@ def main(argv=None):
     result = select(spec, records)
     if result["at_edge"]:
         end = "lowest" if result["best_rate"] == result["rates"][0] else "highest"
-        log.warning("%s: the best rate %g is the grid's %s; widen lr_search's grid past it", spec["cell"], result["best_rate"], end)
+        log.warning(
+            "%s: the best rate %g is the grid's %s; widen lr_search's grid past it",
+            spec["cell"],
+            result["best_rate"],
+            end,
+        )
     artifacts.write_json(args.out, result)
     log.info("%s: best rate %g (%s %.4g)", spec["cell"], result["best_rate"], spec["metric"], result["best_score"])
 

@@ -32,7 +32,11 @@ from peftlab.validate import AXES, check_cell, check_holdout, load_config, task_
 def _deep_merge(base: dict, over: dict) -> dict:
     out = copy.deepcopy(base)
     for k, v in over.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "options" else copy.deepcopy(v)
+        out[k] = (
+            _deep_merge(out[k], v)
+            if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "options"
+            else copy.deepcopy(v)
+        )
     return out
 
 
@@ -41,7 +45,8 @@ def _as_list(v) -> list:
 
 
 def _cells(cfg: dict):
-    """Yield (where, cell, axes shown in the run id or None for a named experiment, resources levels, lr_search or None) for every run.
+    """Yield (where, cell, axes shown in the run id or None for a named experiment, resources levels, lr_search or None)
+    for every run.
 
     The resources levels are the (key path, value) pairs that override the model's
     resources, outermost first: a preset in one replaces what the levels before it set.
@@ -53,12 +58,15 @@ def _cells(cfg: dict):
             section, *rest = AXES[axis]
             if rest and rest[0] in block.get(section, {}):
                 raise ConfigError(
-                    f"sweep[{i}]: both the axis {axis!r} and {section}.{rest[0]} are set; the axis would silently win, so keep one of them"
+                    f"sweep[{i}]: both the axis {axis!r} and {section}.{rest[0]} are set; the axis would "
+                    "silently win, so keep one of them"
                 )
         search = block["lr_search"] if "lr_search" in block else cfg["lr_search"]
         if search is not None and ("lr" in axes or "learning_rate" in block.get("training", {})):
             key = "the lr axis" if "lr" in axes else "training.learning_rate"
-            raise ConfigError(f"sweep[{i}]: both lr_search and {key} are set; the search picks each cell's rate, so keep one of them")
+            raise ConfigError(
+                f"sweep[{i}]: both lr_search and {key} are set; the search picks each cell's rate, so keep one of them"
+            )
         fixed = _deep_merge(defaults, {k: block[k] for k in ("peft", "training", "tracker", "outputs") if k in block})
         levels = [(f"sweep[{i}].resources", block.get("resources"))]
         for values in itertools.product(*axes.values()):
@@ -72,7 +80,8 @@ def _cells(cfg: dict):
             yield f"sweep[{i}]", cell, [a for a in ("lr", "train_size") if a in axes], levels, search
     if cfg["lr_search"] is not None and cfg.get("experiments"):
         raise ConfigError(
-            "lr_search: a learning-rate search runs per sweep block; named experiments (base, experiments) set their own "
+            "lr_search: a learning-rate search runs per sweep block; named experiments (base, experiments) set "
+            "their own "
             "training.learning_rate, so write the matrix as sweep blocks to search it"
         )
     base = cfg.get("base", {})
@@ -83,7 +92,13 @@ def _cells(cfg: dict):
         common = cell.pop("common", {})
         if "seed" in common:
             cell["training"]["seed"] = common["seed"]
-        yield f"experiments[{i}]", cell, None, [*base_levels, (f"experiments[{i}].resources", exp.get("resources"))], None
+        yield (
+            f"experiments[{i}]",
+            cell,
+            None,
+            [*base_levels, (f"experiments[{i}].resources", exp.get("resources"))],
+            None,
+        )
 
 
 def _parts(cell: dict, method: methods.Method, shown_axes, seed: bool = True) -> list[str]:
@@ -118,9 +133,13 @@ def _search_metric(where: str, search: dict, task: str, cfg: dict) -> str:
     return metric
 
 
-def _searched(where: str, cell: dict, method, shown_axes, search: dict, cfg: dict) -> tuple[dict, list[tuple[str, dict]]]:
+def _searched(
+    where: str, cell: dict, method, shown_axes, search: dict, cfg: dict
+) -> tuple[dict, list[tuple[str, dict]]]:
     """A cell under a learning-rate search: (the final run's lr_search spec, [(search run id, its cell)])."""
-    cell_name = lr_search.cell_id(cell["task"], cell["model"], method.name, _parts(cell, method, shown_axes, seed=False))
+    cell_name = lr_search.cell_id(
+        cell["task"], cell["model"], method.name, _parts(cell, method, shown_axes, seed=False)
+    )
     search = lr_search.resolved(search)
     check_holdout(where, cell, search["validation_share"], cfg["tasks"][cell["task"]])
     final = {
@@ -136,7 +155,10 @@ def _searched(where: str, cell: dict, method, shown_axes, search: dict, cfg: dic
         for rate in search["rates"]:
             c = json_copy(cell)
             c["training"].update(seed=seed, learning_rate=rate, eval_steps=None, load_best_model_at_end=False)
-            c["outputs"] = {"merge": "none", "checkpoints": "none"}  # a search run's adapter is scored, never merged or kept
+            c["outputs"] = {
+                "merge": "none",
+                "checkpoints": "none",
+            }  # a search run's adapter is scored, never merged or kept
             c["tracker"].update(enable_spectral_tracking=False, enable_gradient_tracking=False)
             c["holdout"] = {"share": search["validation_share"], "seed": search["validation_seed"]}
             runs.append((lr_search.search_run_id(cell_name, seed, rate), c))
@@ -154,7 +176,11 @@ def site_presets(cfg: dict) -> dict[str, launch.Resources]:
 def run_resources(cfg: dict, model: str, levels, presets: dict[str, launch.Resources]) -> launch.Resources:
     """Top-level resources, then the model's, then each level's (a sweep block's, or base's and an experiment's)."""
     r = launch.Resources()
-    for where, value in [("resources", cfg["resources"]), (f"models.{model}.resources", cfg["models"][model].get("resources")), *levels]:
+    for where, value in [
+        ("resources", cfg["resources"]),
+        (f"models.{model}.resources", cfg["models"][model].get("resources")),
+        *levels,
+    ]:
         try:
             r = launch.resolve(value, r, presets)
         except launch.ResourcesError as e:
@@ -182,19 +208,23 @@ def expand(cfg: dict, root: str = paths.RESULTS) -> tuple[dict[str, dict], dict[
         if ".." in run_id.split("/") or not all(SAFE_NAME.match(p) for p in run_id.split("/")):
             raise ConfigError(f"{where}: run id {run_id!r} is not path-safe")
         task, model = cell["task"], cell["model"]
-        # GRPO settings (defaults from the schema) belong to runs of rewarded task types only, so a top-level `rl` reruns nothing else
+        # GRPO settings (defaults from the schema) belong to runs of rewarded task types only, so a top-level `rl`
+        # reruns nothing else
         if not tasks.TASK_TYPES[cfg["tasks"][task]["type"]].rewarded:
             cell["training"]["rl"] = {}
         t = cell["training"]
         if t["eval_steps"]:  # the spec records which metric picks the best evaluation, and which way
-            t["metric_for_best_model"] = t["metric_for_best_model"] or tasks.main_metric(task_spec(task, cfg["tasks"][task]))
+            t["metric_for_best_model"] = t["metric_for_best_model"] or tasks.main_metric(
+                task_spec(task, cfg["tasks"][task])
+            )
             if t["greater_is_better"] is None:
                 t["greater_is_better"] = metrics.metric(t["metric_for_best_model"]).higher_is_better
         res = run_resources(cfg, model, levels, presets)
         rl, t = cell["training"]["rl"], cell["training"]
         if rl and (t["batch_size"] * t["grad_accum"] * res.world_size) % rl["num_generations"]:
             raise ConfigError(
-                f"{where}.training: GRPO samples rl.num_generations={rl['num_generations']} completions per prompt, so batch_size x grad_accum x "
+                f"{where}.training: GRPO samples rl.num_generations={rl['num_generations']} completions per "
+                "prompt, so batch_size x grad_accum x "
                 f"processes ({t['batch_size']} x {t['grad_accum']} x {res.world_size}) must be a multiple of it"
             )
         found = [(run_id, cell)]
@@ -225,7 +255,8 @@ def expand(cfg: dict, root: str = paths.RESULTS) -> tuple[dict[str, dict], dict[
             spec = RunSpec.from_dict(spec).to_dict()  # canonical form: exactly what the stages read and record
             if rid in runs and (runs[rid], resources[rid]) != (spec, res):
                 raise ConfigError(
-                    f"{where}: run id {rid!r} appears twice with different settings; add the differing value as a sweep axis (lr, train_size) or split it into a named experiment"
+                    f"{where}: run id {rid!r} appears twice with different settings; add the differing value as "
+                    "a sweep axis (lr, train_size) or split it into a named experiment"
                 )
             runs[rid], resources[rid] = spec, res
     # only/exclude pick final runs; a kept final run keeps its cell's search runs
@@ -264,7 +295,10 @@ def selected(run_ids: list[str], only=None, exclude=None) -> list[str]:
             raise ConfigError(f"{key}: {', '.join(map(repr, unmatched))} matches no run of {len(run_ids)}; {example}")
     keep = [r for r in run_ids if (not only or hit(r, only)) and not hit(r, exclude)]
     if not keep:
-        raise ConfigError(f"only={','.join(only) or '-'} exclude={','.join(exclude) or '-'}: no run is left of {len(run_ids)}; {example}")
+        raise ConfigError(
+            f"only={','.join(only) or '-'} exclude={','.join(exclude) or '-'}: no run is left of "
+            f"{len(run_ids)}; {example}"
+        )
     return keep
 
 
@@ -273,7 +307,13 @@ def expand_matrix(cfg: dict, root: str = paths.RESULTS) -> dict[str, dict]:
     return expand(cfg, root)[0]
 
 
-LOADING = ("dtype", "attn_implementation", "revision", "tokenizer_name", "trust_remote_code")  # how a model's weights load
+LOADING = (
+    "dtype",
+    "attn_implementation",
+    "revision",
+    "tokenizer_name",
+    "trust_remote_code",
+)  # how a model's weights load
 
 
 def model_spec(cfg: dict, name: str, root: str = paths.RESULTS) -> dict:
@@ -336,7 +376,8 @@ class Plan(NamedTuple):
 
 
 def matrix_name(cfg: dict, configfile: str | Path = DEFAULT_CONFIG) -> str:
-    """The matrix's `name:`, else its config file's name (config/test.yaml: test), and `default` for config/config.yaml."""
+    """The matrix's `name:`, else its config file's name (config/test.yaml: test), and `default` for
+    config/config.yaml."""
     if cfg.get("name"):
         return cfg["name"]
     stem = Path(configfile).stem
@@ -352,7 +393,9 @@ def plan(raw: dict, configfile: str | Path = DEFAULT_CONFIG) -> Plan:
     cfg = load_config(raw)
     name = matrix_name(cfg, configfile)
     if not SAFE_NAME.match(name):
-        raise ConfigError(f"name: {name!r} is not path-safe (it names the folder results/<name>); set `name:` in the config")
+        raise ConfigError(
+            f"name: {name!r} is not path-safe (it names the folder results/<name>); set `name:` in the config"
+        )
     root = paths.root(name)
     runs, resources = expand(cfg, root)
     return Plan(cfg, runs, step_specs(cfg, runs, root), resources, root)

@@ -15,7 +15,8 @@ The run's `outputs.merge` says what to keep:
 
 The check, in two parts: (1) the merge itself, in float32 (QLoRA's and a bfloat16
 model's too): the merged model's logits against the adapter model's, on a fixed batch
-of training examples (the evaluation split is evaluate's alone), within `numerics.MERGE_ULPS` float32 epsilons of the logits' scale;
+of training examples (the evaluation split is evaluate's alone), within `numerics.MERGE_ULPS` float32 epsilons of the
+logits' scale;
 (2) the copy written to disk, reloaded in float32, against the merged model with its
 weights rounded to the saved dtype, within `numerics.RELOAD_ULPS` (the same weights: it
 catches weights that the architecture's config cannot hold and so silently drop on load). A NaN fails both, and
@@ -61,11 +62,21 @@ def merge(spec: RunSpec, adapter: str, merged: Path) -> dict:
     spec = trained_spec(spec, adapter, "merge_run")
     prov = artifacts.Provenance(spec.to_dict())
     method, mode = methods.get(spec.peft.type), spec.outputs.merge
-    record = {"run_id": spec.run_id, "trained_fingerprint": artifacts.read_json(Path(adapter) / RUN_FILE)["fingerprint"], "merge": mode}
+    record = {
+        "run_id": spec.run_id,
+        "trained_fingerprint": artifacts.read_json(Path(adapter) / RUN_FILE)["fingerprint"],
+        "merge": mode,
+    }
     with artifacts.atomic_dir(merged) as tmp:
         if not method.mergeable:
             (tmp / "NOT_MERGED.txt").write_text(method.not_mergeable_reason + "\n")
-            return {**record, "mergeable": False, "reason": method.not_mergeable_reason, "merged_bytes": 0, **prov.record()}
+            return {
+                **record,
+                "mergeable": False,
+                "reason": method.not_mergeable_reason,
+                "merged_bytes": 0,
+                **prov.record(),
+            }
         if mode == "none":
             (tmp / NOT_SAVED).write_text("outputs.merge: none: this run was not merged\n")
             return {**record, "mergeable": True, "checked": False, "saved": False, "merged_bytes": 0, **prov.record()}
@@ -88,13 +99,24 @@ def merge(spec: RunSpec, adapter: str, merged: Path) -> dict:
             (tmp / "model").rmdir()
         else:
             shutil.rmtree(tmp / "model")
-            (tmp / NOT_SAVED).write_text(f"outputs.merge: {mode}: the merge was checked exact (merge_check.json) and its copy deleted\n")
+            (tmp / NOT_SAVED).write_text(
+                f"outputs.merge: {mode}: the merge was checked exact (merge_check.json) and its copy deleted\n"
+            )
         size = artifacts.disk_bytes(tmp)
-    return {**record, **checked, "mergeable": True, "checked": True, "saved": keep, "merged_bytes": size if keep else 0, **prov.record()}
+    return {
+        **record,
+        **checked,
+        "mergeable": True,
+        "checked": True,
+        "saved": keep,
+        "merged_bytes": size if keep else 0,
+        **prov.record(),
+    }
 
 
 def _merge_and_check(spec: RunSpec, method, adapter: str, out: Path) -> dict:
-    """Merge in float32, compare with the adapter model, save in the model's dtype to `out`, reload and compare; raise MergeMismatch."""
+    """Merge in float32, compare with the adapter model, save in the model's dtype to `out`, reload and compare; raise
+    MergeMismatch."""
     tokenizer = load_tokenizer(spec.model)
     model = load_trained(spec, adapter, tokenizer, float32=True)
     probe = probe_batch(
@@ -103,7 +125,8 @@ def _merge_and_check(spec: RunSpec, method, adapter: str, out: Path) -> dict:
     before = logits(model, probe)
     if not numerics.finite(before):
         raise MergeMismatch(
-            f"{spec.run_id}: the adapter model itself gives non-finite logits on the probe batch: the adapter is broken "
+            f"{spec.run_id}: the adapter model itself gives non-finite logits on the probe batch: the adapter "
+            "is broken "
             "(did training diverge?), so there is nothing sound to merge"
         )
     tol = numerics.tolerance(before, numerics.MERGE_ULPS)
@@ -129,8 +152,10 @@ def _merge_and_check(spec: RunSpec, method, adapter: str, out: Path) -> dict:
     reload_tol = numerics.tolerance(expected, numerics.RELOAD_ULPS)
     if not numerics.within(reload_diff, reload_tol):
         raise MergeMismatch(
-            f"{spec.run_id}: the merged model, reloaded, differs from the merged model in memory by {reload_diff:.3g} > {reload_tol:.3g}: "
-            "the saved weights do not load as they were merged (does the architecture's config hold every merged weight?)"
+            f"{spec.run_id}: the merged model, reloaded, differs from the merged model in memory by "
+            f"{reload_diff:.3g} > {reload_tol:.3g}: "
+            "the saved weights do not load as they were merged (does the architecture's config hold every "
+            "merged weight?)"
         )
     return {
         "max_abs_logit_diff": diff,
@@ -157,7 +182,9 @@ def main(argv=None):
         sys.exit(f"merge check failed: {e}")
     artifacts.write_json(args.check, record)
     log.info(
-        "%s: %s", record["run_id"], {k: record[k] for k in ("merge", "mergeable", "saved", "max_abs_logit_diff", "reason") if k in record}
+        "%s: %s",
+        record["run_id"],
+        {k: record[k] for k in ("merge", "mergeable", "saved", "max_abs_logit_diff", "reason") if k in record},
     )
 
 

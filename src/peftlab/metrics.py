@@ -219,11 +219,19 @@ def register(m: Metric) -> Metric:
 for _m in (
     Metric("accuracy", "accuracy", bounds=SHARE, per_example=column("correct")),
     Metric("exact_match", "exact match", bounds=SHARE, per_example=column("correct")),
-    Metric("macro_f1", "macro-F1", bounds=SHARE, per_example=pairs, statistic=_sklearn("f1_score", average="macro", zero_division=0)),
+    Metric(
+        "macro_f1",
+        "macro-F1",
+        bounds=SHARE,
+        per_example=pairs,
+        statistic=_sklearn("f1_score", average="macro", zero_division=0),
+    ),
     Metric("f1", "F1", bounds=SHARE),
     Metric("precision", "precision", bounds=SHARE),
     Metric("recall", "recall", bounds=SHARE),
-    Metric("mcc", "Matthews correlation", bounds=CORRELATION, per_example=pairs, statistic=_sklearn("matthews_corrcoef")),
+    Metric(
+        "mcc", "Matthews correlation", bounds=CORRELATION, per_example=pairs, statistic=_sklearn("matthews_corrcoef")
+    ),
     Metric("pearson", "Pearson r", bounds=CORRELATION, per_example=pairs, statistic=pearson_pairs),
     Metric("spearman", "Spearman rho", bounds=CORRELATION, per_example=pairs, statistic=spearman_pairs),
     Metric(
@@ -234,7 +242,9 @@ for _m in (
         per_example=pairs,
         statistic=lambda x: float(((x[:, 0] - x[:, 1]) ** 2).mean()),
     ),
-    Metric("eval_loss", "eval loss", higher_is_better=False, bounds=POSITIVE, per_example=loss_rows, statistic=mean_loss),
+    Metric(
+        "eval_loss", "eval loss", higher_is_better=False, bounds=POSITIVE, per_example=loss_rows, statistic=mean_loss
+    ),
     Metric(
         "perplexity",
         "perplexity",
@@ -250,5 +260,6 @@ for _m in (
 
 
 def metric(name: str) -> Metric:
-    """A metric's row; a name with none (a reward's mean, a custom task's metric) is higher-is-better, unbounded, untested."""
+    """A metric's row; a name with none (a reward's mean, a custom task's metric) is higher-is-better, unbounded,
+    untested."""
     return METRICS.get(name) or Metric(name, name)

@@ -24,7 +24,8 @@ from peftlab.spec import ModelSpec, RunSpec, TaskSpec, read_by, read_by_only, wi
 
 log = logging.getLogger(__name__)
 
-RUN_FILE = "peftlab_run.json"  # written into every trained adapter folder: the run, its training fingerprint and spec (run_marker)
+# written into every trained adapter folder: the run, its training fingerprint and spec (run_marker)
+RUN_FILE = "peftlab_run.json"
 
 
 class StaleAdapter(RuntimeError):
@@ -32,11 +33,13 @@ class StaleAdapter(RuntimeError):
 
 
 class ModelFilesError(cli.ClearError, OSError):
-    """A model's files could not be read: a hub id with no network and no cached copy, a missing or gated repository, a folder without them."""
+    """A model's files could not be read: a hub id with no network and no cached copy, a missing or gated repository, a
+    folder without them."""
 
 
 class NotMerged(RuntimeError):
-    """A run without a merged model: its method cannot merge (merged/NOT_MERGED.txt), or outputs.merge kept none (merged/NOT_SAVED.txt)."""
+    """A run without a merged model: its method cannot merge (merged/NOT_MERGED.txt), or outputs.merge kept none
+    (merged/NOT_SAVED.txt)."""
 
 
 def resolve_path(path: str) -> str:
@@ -48,7 +51,9 @@ def resolve_path(path: str) -> str:
     for candidate in (root / "model", root):
         if (candidate / "config.json").exists():
             return str(candidate)
-    raise FileNotFoundError(f"package {module.__name__} ships no Hugging Face model folder (no config.json under {root})")
+    raise FileNotFoundError(
+        f"package {module.__name__} ships no Hugging Face model folder (no config.json under {root})"
+    )
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -61,8 +66,8 @@ def hub_kwargs(model: ModelSpec) -> dict:
 
 @contextlib.contextmanager
 def model_files(model: ModelSpec, name: str | None = None):
-    """Reading the files of `model` (or of `name`: its tokenizer's, a merged folder): an OSError of transformers or its hub client
-    (some 40 lines of traceback) becomes a ModelFilesError, one line that names the model and what to do."""
+    """Reading the files of `model` (or of `name`: its tokenizer's, a merged folder): an OSError of transformers or its
+    hub client (some 40 lines of traceback) becomes a ModelFilesError, one line that names the model and what to do."""
     name = name or model.path
     try:
         yield
@@ -74,7 +79,8 @@ def model_files(model: ModelSpec, name: str | None = None):
             todo = "check that the folder exists and holds the model's files (config.json, weights, tokenizer)"
         else:
             todo = (
-                f"give models.{model.name}.path a local model folder, or fill the Hugging Face cache (HF_HOME) where the hub "
+                f"give models.{model.name}.path a local model folder, or fill the Hugging Face cache (HF_HOME) "
+                "where the hub "
                 "is reachable and set HF_HUB_OFFLINE=1 to read it without network"
             )
         raise ModelFilesError(f"model {model.name!r}: cannot read the files of {name!r} ({first}); {todo}") from e
@@ -103,7 +109,14 @@ def load_tokenizer(model: ModelSpec):
 
 
 def load_model(
-    model: ModelSpec, task: TaskSpec, tokenizer=None, *, quantization=None, path: str | None = None, label_names=None, float32: bool = False
+    model: ModelSpec,
+    task: TaskSpec,
+    tokenizer=None,
+    *,
+    quantization=None,
+    path: str | None = None,
+    label_names=None,
+    float32: bool = False,
 ):
     """An untouched base model with the head the task's type needs, in the model's dtype.
 
@@ -193,7 +206,9 @@ def load_trained(spec: RunSpec, folder: str | Path, tokenizer=None, float32: boo
     bnb = None if float32 else methods.quantization(spec.peft)
     names = trained_label_names(spec)
     if methods.get(spec.peft.type).impl is None:
-        model = load_model(spec.model, spec.task, tokenizer, quantization=bnb, path=str(folder), label_names=names, float32=float32)
+        model = load_model(
+            spec.model, spec.task, tokenizer, quantization=bnb, path=str(folder), label_names=names, float32=float32
+        )
     else:
         from peft import PeftModel
 
@@ -210,7 +225,9 @@ def load_run(run: Path, merged: bool = False):
         return spec, load_trained(spec, str(run / "adapter"), tokenizer), tokenizer
     for why in ("NOT_MERGED.txt", "NOT_SAVED.txt"):  # a method that cannot merge; outputs.merge: check or none
         if (run / "merged" / why).exists():
-            raise NotMerged(f"{run}/merged: {(run / 'merged' / why).read_text().strip()}; use the adapter (drop --merged)")
+            raise NotMerged(
+                f"{run}/merged: {(run / 'merged' / why).read_text().strip()}; use the adapter (drop --merged)"
+            )
     if (run / "merged" / "SAME_AS_ADAPTER.txt").exists():  # full fine-tuning: the adapter folder is the whole model
         tokenizer = load_tokenizer(spec.model)
         return spec, load_trained(spec, str(run / "adapter"), tokenizer), tokenizer
@@ -226,5 +243,9 @@ def probe_batch(ds: datasets.Dataset, tokenizer, task: TaskSpec, n: int = 8) -> 
     rows = ds.select(range(min(n, len(ds))))
     keep_labels = tasks.of(task).encoder_decoder
     columns = [c for c in model_columns(rows) if c != "labels" or keep_labels]
-    pad = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100) if keep_labels else DataCollatorWithPadding(tokenizer)
+    pad = (
+        DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
+        if keep_labels
+        else DataCollatorWithPadding(tokenizer)
+    )
     return dict(pad(rows.select_columns(columns).to_list()))

@@ -49,7 +49,9 @@ class Progress(TrainerCallback):
         elapsed = time.monotonic() - (self.start or time.monotonic())
         done = step - self.first_step
         eta = elapsed / done * (total - step) if done > 0 else None
-        shown = " ".join(f"{k} {v:.4g}" for k, v in logs.items() if k in ("loss", "learning_rate", "grad_norm", "reward"))
+        shown = " ".join(
+            f"{k} {v:.4g}" for k, v in logs.items() if k in ("loss", "learning_rate", "grad_norm", "reward")
+        )
         return (
             f"{self.PREFIX} {self.run_id}: step {step}/{total} ({100 * step / total:.0f}%) {shown} | "
             f"{_clock(elapsed)} elapsed, ETA {_clock(eta) if eta is not None else '?'}"
@@ -61,7 +63,9 @@ class Progress(TrainerCallback):
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if state.is_world_process_zero and metrics:
-            shown = ", ".join(f"{k.removeprefix('eval_')} {v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))
+            shown = ", ".join(
+                f"{k.removeprefix('eval_')} {v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float))
+            )
             log.info("evaluation %s at step %d/%d: %s", self.run_id, state.global_step, state.max_steps, shown)
 
 
@@ -147,9 +151,13 @@ def log_eval(spec, fingerprint: str, record: dict) -> None:
 
     _environment(spec.wandb, spec.run_id, fingerprint)
     run = wandb.init(id=os.environ["WANDB_RUN_ID"], resume="allow", project=spec.wandb.project, name=spec.run_id)
-    found = {f"eval/{k}": v for k, v in record["metrics"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    found = {
+        f"eval/{k}": v for k, v in record["metrics"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
     for split, m in record["metrics"].get("splits", {}).items():
-        found.update({f"eval/{split}/{k}": v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        found.update(
+            {f"eval/{split}/{k}": v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        )
     run.log(found)
     run.summary.update(found)
     run.finish()

@@ -17,7 +17,7 @@ and uses TrainingArguments' and GRPOConfig's names for training:
 calls it on every config, so `snakemake --configfile <a PeRL file>` runs it. Every key
 is mapped or refused with the reason: none is dropped. Keys the file leaves out take
 peftlab's defaults (config.schema.yaml), not PeRL's runner's.
-"""
+"""  # noqa: E501
 
 from __future__ import annotations
 
@@ -30,11 +30,15 @@ from peftlab.schema import ConfigError
 DATASETS = {
     "Jiayi-Pan/Countdown-Tasks-3to4": {
         "type": "rlvr",
-        "data": {"hub": {"id": "Jiayi-Pan/Countdown-Tasks-3to4", "train_split": "train[1000:]", "eval_split": "train[:200]"}},
+        "data": {
+            "hub": {"id": "Jiayi-Pan/Countdown-Tasks-3to4", "train_split": "train[1000:]", "eval_split": "train[:200]"}
+        },
         "prompt_field": "target",
         "prompt_template": (
-            "Using the numbers {nums}, create an equation that equals {target}. You can use basic arithmetic operations "
-            "(+, -, *, /) and each number can only be used once. Show your work in <think> </think> tags. And return the "
+            "Using the numbers {nums}, create an equation that equals {target}. You can use basic arithmetic "
+            "operations "
+            "(+, -, *, /) and each number can only be used once. Show your work in <think> </think> tags. And "
+            "return the "
             "final answer in <answer> </answer> tags, for example <answer> (1 + 2) / 3 </answer>."
         ),
         "chat_template": True,
@@ -70,7 +74,15 @@ TRAINING_KEYS = {  # TrainingArguments' names -> peftlab's training keys
     "gradient_checkpointing": "gradient_checkpointing",
     "seed": "seed",
 }
-RL_KEYS = ("num_generations", "loss_type", "max_completion_length", "beta", "temperature", "epsilon", "scale_rewards")  # GRPOConfig's
+RL_KEYS = (
+    "num_generations",
+    "loss_type",
+    "max_completion_length",
+    "beta",
+    "temperature",
+    "epsilon",
+    "scale_rewards",
+)  # GRPOConfig's
 OFF_ONLY = {  # accepted when off (what peftlab does anyway), refused when on
     "use_vllm": "peftlab's GRPO samples with transformers' generate; vLLM generation is not supported",
     "use_liger_kernel": "Liger kernels are not installed with peftlab",
@@ -78,7 +90,8 @@ OFF_ONLY = {  # accepted when off (what peftlab does anyway), refused when on
 
 
 def is_perl(raw: dict) -> bool:
-    """Whether a raw config is in PeRL's layout: a `base` naming its model or dataset inline, or carrying PeRL's sections."""
+    """Whether a raw config is in PeRL's layout: a `base` naming its model or dataset inline, or carrying PeRL's
+    sections."""
     base = raw.get("base")
     return isinstance(base, dict) and (
         isinstance(base.get("model"), dict) or any(k in base for k in ("dataset", "tracker", "wandb", "description"))
@@ -96,7 +109,10 @@ def translate(raw: dict) -> dict:
     if "description" in base:
         out["description"] = base.pop("description")
     _wandb(out, base.pop("wandb", None), base.get("training", {}).get("report_to"))
-    for where, part in [("base", base), *((f"experiments[{i}]", e) for i, e in enumerate(out.get("experiments") or []))]:
+    for where, part in [
+        ("base", base),
+        *((f"experiments[{i}]", e) for i, e in enumerate(out.get("experiments") or [])),
+    ]:
         if not isinstance(part, dict):
             continue
         if isinstance(part.get("model"), dict):
@@ -113,7 +129,9 @@ def translate(raw: dict) -> dict:
 def _model(where: str, model: dict, models: dict) -> str:
     unknown = sorted(set(model) - set(MODEL_KEYS))
     if unknown:
-        raise ConfigError(f"{where}.model.{unknown[0]}: not a model key peftlab knows; allowed: {', '.join(MODEL_KEYS)}")
+        raise ConfigError(
+            f"{where}.model.{unknown[0]}: not a model key peftlab knows; allowed: {', '.join(MODEL_KEYS)}"
+        )
     entry = {MODEL_KEYS[k]: v for k, v in model.items()}
     if "path" not in entry:
         raise ConfigError(f"{where}.model.model_name_or_path: required (a hub id or a local folder)")
@@ -137,7 +155,8 @@ def _dataset(where: str, dataset, tasks: dict) -> str:
             return task_name
     if name not in DATASETS:
         raise ConfigError(
-            f"{where}.dataset.dataset_name_or_path: peftlab has no task for {name!r}; PeRL datasets it knows: {', '.join(DATASETS)}; "
+            f"{where}.dataset.dataset_name_or_path: peftlab has no task for {name!r}; PeRL datasets it knows: "
+            f"{', '.join(DATASETS)}; "
             f"or define one under tasks: with data.hub.id: {name}"
         )
     task_name = re.sub(r"[^A-Za-z0-9._+-]", "-", name.rsplit("/", 1)[-1])
@@ -154,15 +173,31 @@ def _training(where: str, training: dict) -> dict:
             rl[key] = value
         elif key in OFF_ONLY:
             if value:
-                raise ConfigError(f"{where}.training.{key}: {value!r} is not supported: {OFF_ONLY[key]}; set it to false")
+                raise ConfigError(
+                    f"{where}.training.{key}: {value!r} is not supported: {OFF_ONLY[key]}; set it to false"
+                )
         elif key == "report_to":
             if where != "base":
-                raise ConfigError(f"{where}.training.report_to: set it in base.training; wandb settings are one per file")
-        elif key in ("batch_size", "grad_accum", "epochs", "lr_scheduler", "rl", "train_size", "data_seed", "warmup_ratio", "check_reload"):
+                raise ConfigError(
+                    f"{where}.training.report_to: set it in base.training; wandb settings are one per file"
+                )
+        elif key in (
+            "batch_size",
+            "grad_accum",
+            "epochs",
+            "lr_scheduler",
+            "rl",
+            "train_size",
+            "data_seed",
+            "warmup_ratio",
+            "check_reload",
+        ):
             out[key] = value  # peftlab's own names are fine in a PeRL file too
         else:
             allowed = [*TRAINING_KEYS, *RL_KEYS, *OFF_ONLY, "report_to"]
-            raise ConfigError(f"{where}.training.{key}: no peftlab equivalent; allowed in a PeRL file: {', '.join(allowed)}")
+            raise ConfigError(
+                f"{where}.training.{key}: no peftlab equivalent; allowed in a PeRL file: {', '.join(allowed)}"
+            )
     if rl:
         out["rl"] = {**out.get("rl", {}), **rl}
     return out
@@ -173,7 +208,9 @@ def _wandb(out: dict, wandb, report_to) -> None:
     if report_to is not None:
         targets = [report_to] if isinstance(report_to, str) else list(report_to)
         if set(targets) - {"wandb", "none"}:
-            raise ConfigError(f"base.training.report_to: {report_to!r}; peftlab reports to wandb or nothing ([wandb], [] or none)")
+            raise ConfigError(
+                f"base.training.report_to: {report_to!r}; peftlab reports to wandb or nothing ([wandb], [] or none)"
+            )
         if "wandb" not in targets:
             out["wandb"] = {**out.get("wandb", {}), "mode": "disabled"}
     if wandb is None:
@@ -192,6 +229,7 @@ def _wandb(out: dict, wandb, report_to) -> None:
             settings[key] = value
         else:
             raise ConfigError(
-                f"base.wandb.{key}: no peftlab equivalent; allowed: use_wandb, offline, project, entity, log_spectral_images, log_gradient_images"
+                f"base.wandb.{key}: no peftlab equivalent; allowed: use_wandb, offline, project, entity, "
+                "log_spectral_images, log_gradient_images"
             )
     out["wandb"] = settings

@@ -2,7 +2,8 @@
 
 Per task and model, in <tables>/plots/<task>/<model>/:
 - metric.png: the main metric per method and setting, every seed a dot, the mean with its 95% interval;
-- params.png: the metric against trainable parameters, the Pareto front marked;
+- params.png, memory.png, time.png, forgetting.png: the metric against a cost (FRONTS: trainable
+  parameters, peak memory, training time per example, forgetting), the Pareto front marked;
 - rank.png, train_size.png, lr.png: the metric along that axis, one curve per method (and per
   value of the other varying axes), wherever the matrix varies the axis within a method;
 - loss.png: training loss per method and setting, the mean over seeds with a band from the lowest to the highest seed;
@@ -16,6 +17,7 @@ is left out, and the tables say why (`attempt`): the tables themselves always co
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -51,7 +53,10 @@ def varying(part: pd.DataFrame, axis: str) -> bool:
 
 def setting_label(row, axes: list[str]) -> str:
     names = {"r": "r", "train_size": "n", "lr": "lr"}
-    return " ".join(f"{names[a]}{row[a]:g}" if isinstance(row[a], (int, float)) and pd.notna(row[a]) else f"{names[a]}-" for a in axes)
+    return " ".join(
+        f"{names[a]}{row[a]:g}" if isinstance(row[a], (int, float, np.number)) and pd.notna(row[a]) else f"{names[a]}-"
+        for a in axes
+    )
 
 
 def _save(fig, path: Path) -> Path:
@@ -82,10 +87,17 @@ def cells(part: pd.DataFrame, metric: str) -> pd.DataFrame:
                 **dict(zip(["method", "r", "lr", "train_size"], key)),
                 **s,
                 "values": g[metric].tolist(),
-                "trainable_params": g["trainable_params"].mean(),
+                # each cost's mean over the seeds that recorded it (NaN when none did)
+                **{c.column: _numbers(g[c.column]).mean() for c in FRONTS.values() if c.column in g},
             }
         )
     return pd.DataFrame(rows)
+
+
+def _numbers(column: pd.Series) -> pd.Series:
+    """A column's finite numbers (None, text and infinities dropped)."""
+    v = pd.to_numeric(column, errors="coerce").astype(float)
+    return v[np.isfinite(v)]
 
 
 def _metric(ax, part: pd.DataFrame, metric: str, title: str) -> None:
@@ -98,13 +110,20 @@ def _metric(ax, part: pd.DataFrame, metric: str, title: str) -> None:
         col = colour(row.method)
         ax.scatter([x] * len(row.values), row.values, color=col, s=14, alpha=0.7, zorder=3)
         if row.ci_low is not None and pd.notna(row.ci_low):
-            below, above = max(row.mean - row.ci_low, 0), max(row.ci_high - row.mean, 0)  # a mean outside the range: the clipped side is 0
+            below, above = (
+                max(row.mean - row.ci_low, 0),
+                max(row.ci_high - row.mean, 0),
+            )  # a mean outside the range: the clipped side is 0
             ax.errorbar([x], [row.mean], yerr=[[below], [above]], fmt="_", color="black", capsize=5, ms=14)
         else:
             ax.plot([x], [row.mean], "_", color="black", ms=14)
     ax.set_xticks(range(len(c)), c["label"], rotation=30, ha="right", fontsize=7)
     ax.set_xlim(-0.6, len(c) - 0.4)
-    _fit(ax, [v for vs in c["values"] for v in vs] + [v for v in c["ci_low"].tolist() + c["ci_high"].tolist() if v is not None])
+    _fit(
+        ax,
+        [v for vs in c["values"] for v in vs]
+        + [v for v in c["ci_low"].tolist() + c["ci_high"].tolist() if v is not None],
+    )
     ax.set_ylabel(metric)
     ax.set_title(f"{title}\nmean, 95% t interval (n ≥ 2), seeds as dots", fontsize=9)
 
@@ -112,45 +131,162 @@ def _metric(ax, part: pd.DataFrame, metric: str, title: str) -> None:
 def metric_plot(part: pd.DataFrame, metric: str, task: str, model: str, path: Path) -> Path:
     if not finite(part[metric]):
         raise NotDrawn(f"no run of {task} / {model} has a finite {metric}")
-    fig, ax = plt.subplots(figsize=(max(5, 0.7 * part.groupby(["method", "r", "lr", "train_size"], dropna=False).ngroups + 2), 4))
+    fig, ax = plt.subplots(
+        figsize=(max(5, 0.7 * part.groupby(["method", "r", "lr", "train_size"], dropna=False).ngroups + 2), 4)
+    )
     _metric(ax, part, metric, f"{task} / {model}: {metric}")
     return _save(fig, path)
 
 
 def pareto(points: list[tuple[float, float]], metric: str) -> list[int]:
-    """Indices of the points no other point beats on both fewer parameters and a better metric."""
+    """Indices of the points no other point beats on both a lower cost and a better metric (by its direction)."""
     front = []
     for i, (p, m) in enumerate(points):
         dominated = any(
-            (q <= p and not better(metric, m, n) and (q < p or better(metric, n, m))) for j, (q, n) in enumerate(points) if j != i
+            (q <= p and not better(metric, m, n) and (q < p or better(metric, n, m)))
+            for j, (q, n) in enumerate(points)
+            if j != i
         )
         if not dominated:
             front.append(i)
     return sorted(front, key=lambda i: points[i][0])
 
 
-def params_plot(part: pd.DataFrame, metric: str, task: str, model: str, path: Path) -> Path:
+@dataclass(frozen=True)
+class Cost:
+    """What a Pareto front trades the metric against: a column of the run rows (peftlab.tables.run_row), lower is
+    better."""
+
+    column: str
+    name: str  # the cost, in the plot's title
+    axis: str  # the x axis, in words, with its unit
+    missing: str  # why no run has a value: the reason a front is left out when none does
+    kind: str | None = None  # the column naming what was measured: one kind per front, named on its axis
+    unit: str | None = None  # ticks with SI prefixes (1k, 5 ms) on a log axis; None: plain numbers
+    log: bool | None = (
+        None  # True: a log axis always (positive values only); None: when all are positive and span 10x or more
+    )
+
+
+FRONTS = {  # the plot's file name: its cost
+    "params": Cost(
+        "trainable_params",
+        "trainable parameters",
+        "trainable parameters",
+        "no run recorded a positive count of trainable parameters",
+        unit="",
+        log=True,
+    ),
+    "memory": Cost(
+        "peak_memory_mb",
+        "peak memory",
+        "peak memory (MiB)",
+        "no run recorded its peak memory (train.json's peak_memory)",
+        kind="peak_memory_kind",
+    ),
+    "time": Cost(
+        "train_s_per_example",
+        "training time per example",
+        "training time per example, s (Trainer runtime / (examples × epochs))",
+        "no run recorded its training runtime with its epochs (train.json's train_runtime_s; a resumed run has none)",
+        unit="s",
+    ),
+    "forgetting": Cost(
+        "forgetting",
+        "forgetting",
+        "forgetting",
+        "no run's eval.json has a forgetting record",
+        kind="forgetting_measure",
+    ),
+}
+KINDS = {  # what each kind of a cost measured, on the axis
+    "cuda_max_allocated": "torch.cuda.max_memory_allocated during training",
+    "cpu_rss": "the training process's peak resident set size",
+    "loss_rise": "tuned − base mean token cross-entropy on the reference texts",  # peftlab.forgetting
+    "cka_drift": "1 − linear CKA of base and tuned final hidden states on the reference texts",
+}
+
+
+def front(part: pd.DataFrame, metric: str, name: str) -> tuple[pd.DataFrame, list[int], str | None, int]:
+    """The settings (seeds averaged, cells) with a finite mean metric and cost FRONTS[name], the indices of the Pareto
+    front among them (a lower cost and a better metric), the kind the runs measured (one per front) and how many
+    settings with a metric had no cost. NotDrawn when no run has the cost, or the runs measured different kinds."""
+    cost = FRONTS[name]
+    values = _numbers(part[cost.column]) if cost.column in part else pd.Series(dtype=float)
+    values = values[values > 0] if cost.log else values
+    if values.empty:
+        raise NotDrawn(cost.missing)
+    check_drawable(sorted(values.tolist(), key=abs, reverse=True), f"a {cost.name}")
+    kinds = sorted(set(part.loc[values.index, cost.kind].dropna())) if cost.kind else []
+    if len(kinds) > 1:
+        counts = part.loc[values.index, cost.kind].value_counts()
+        raise NotDrawn(
+            f"its runs measured {cost.name} as {', '.join(f'{k} ({counts[k]} run(s))' for k in kinds)}: one "
+            "axis cannot compare them"
+        )
     c = cells(part, metric)
-    c = c[[m is not None and np.isfinite(m) and p > 0 for m, p in zip(c["mean"], c["trainable_params"])]]
+    c = c[[m is not None and np.isfinite(m) for m in c["mean"]]]
     if c.empty:
-        raise NotDrawn(f"no setting of {task} / {model} has a finite {metric} and trainable parameters")
+        raise NotDrawn(f"no setting has a finite {metric}")
+    has = c[cost.column].notna() & ((c[cost.column] > 0) if cost.log else True)
+    c = c[has].reset_index(drop=True)
+    if c.empty:
+        raise NotDrawn(f"no setting with a finite {metric} has a {cost.name}")
+    return c, pareto(list(zip(c[cost.column], c["mean"])), metric), kinds[0] if kinds else None, int((~has).sum())
+
+
+def cost_label(name: str, kind: str | None) -> str:
+    """A front's x label: the cost and the kind its runs measured."""
+    cost = FRONTS[name]
+    if kind is None:
+        return cost.axis
+    return f"{cost.axis}: {kind}" + (f"\n({KINDS[kind]})" if kind in KINDS else "")
+
+
+def _cost_axis(ax, x: pd.Series, cost: Cost) -> None:
+    """Log when the cost asks or its positive values span a decade or more; SI prefixes (1k, 5 ms) where it has a
+    unit."""
+    lo, hi = x.min(), x.max()
+    if cost.log or (cost.log is None and lo > 0 and hi / lo >= 10):
+        ax.set_xscale("log")
+        plain = FuncFormatter(lambda v, _: f"{v:g}")
+        label = EngFormatter(unit=cost.unit, sep=" " if cost.unit else "") if cost.unit is not None else plain
+        ax.xaxis.set_major_formatter(label)
+        # between the decades, label 2x and 5x when the data spans under two decades, nothing when more
+        minor = FuncFormatter(lambda v, _: label(v) if f"{v:.0e}"[0] in "25" else "")
+        ax.xaxis.set_minor_formatter(NullFormatter() if np.log10(hi / lo) > 2 else minor)
+    else:
+        if cost.unit:
+            ax.xaxis.set_major_formatter(EngFormatter(unit=cost.unit, sep=" "))
+        else:
+            ax.ticklabel_format(axis="x", style="plain", useOffset=False)
+        if lo == hi:  # one value: a window around it, not matplotlib's ±0.05 of nothing
+            pad = abs(lo) * 0.1 or 0.1
+            ax.set_xlim(lo - pad, hi + pad)
+
+
+def front_plot(part: pd.DataFrame, metric: str, name: str, task: str, model: str, path: Path) -> Path:
+    """The metric against the cost FRONTS[name], a point per method and setting (the mean over seeds), the Pareto front
+    dashed."""
+    cost = FRONTS[name]
+    try:
+        c, idx, kind, missing = front(part, metric, name)
+    except NotDrawn as e:
+        raise NotDrawn(f"{task} / {model}: {e}") from None
+    x = c[cost.column]
     fig, ax = plt.subplots(figsize=(6, 4))
     for method, g in c.groupby("method", sort=False):
-        ax.scatter(g["trainable_params"], g["mean"], color=colour(method), label=method, s=30, zorder=3)
-    front = pareto(list(zip(c["trainable_params"], c["mean"])), metric)
-    f = c.iloc[front]
-    ax.step(f["trainable_params"], f["mean"], where="post", color="black", lw=1, ls="--", label="Pareto front")
-    ax.scatter(f["trainable_params"], f["mean"], facecolors="none", edgecolors="black", s=90, zorder=4)
-    ax.set_xscale("log")
-    eng = EngFormatter(sep="")  # 1k, 10k, 1M
-    ax.xaxis.set_major_formatter(eng)
-    span = np.log10(c["trainable_params"].max() / max(c["trainable_params"].min(), 1))
-    # between the decades, label 2x and 5x when the data spans under two decades, nothing when more
-    ax.xaxis.set_minor_formatter(NullFormatter() if span > 2 else FuncFormatter(lambda x, _: eng(x) if f"{x:.0e}"[0] in "25" else ""))
+        ax.scatter(g[cost.column], g["mean"], color=colour(method), label=method, s=30, zorder=3)
+    f = c.iloc[idx]
+    ax.step(f[cost.column], f["mean"], where="post", color="black", lw=1, ls="--", label="Pareto front")
+    ax.scatter(f[cost.column], f["mean"], facecolors="none", edgecolors="black", s=90, zorder=4)
+    _cost_axis(ax, x, cost)
     _fit(ax, c["mean"])
-    ax.set_xlabel("trainable parameters")
-    ax.set_ylabel(f"{metric} (mean over seeds)")
-    ax.set_title(f"{task} / {model}: {metric} against trainable parameters", fontsize=9)
+    ax.set_xlabel(cost_label(name, kind), fontsize=8)
+    direction = "higher" if metrics.metric(metric).higher_is_better else "lower"
+    ax.set_ylabel(f"{metric} (mean over seeds; {direction} is better)")
+    left = f"; {missing} setting(s) without it left out" if missing else ""
+    ax.set_title(f"{task} / {model}: {metric} against {cost.name}\n(lower cost is better{left})", fontsize=9)
     ax.legend(fontsize=7)
     return _save(fig, path)
 
@@ -196,13 +332,17 @@ def _curves(ax, part: pd.DataFrame, column: str, key: str) -> None:
     """Per method and setting: the mean curve over seeds, and a band from the lowest to the highest seed."""
     axes = [a for a in AXES if varying(part, a)]
     for i, (setting, g) in enumerate(part.groupby(["method", "r", "lr", "train_size"], dropna=False, sort=False)):
-        curves = [pd.Series({p["step"]: p[key] for p in h if key in p}, dtype=float) for h in g[column] if isinstance(h, list)]
+        curves = [
+            pd.Series({p["step"]: p[key] for p in h if key in p}, dtype=float) for h in g[column] if isinstance(h, list)
+        ]
         curves = [c for c in curves if len(c)]
         if not curves:
             continue
         table = pd.concat(curves, axis=1).sort_index().interpolate(limit_area="inside")
         method = setting[0]
-        label = method + (" " + setting_label(dict(zip(["method", "r", "lr", "train_size"], setting)), axes) if axes else "")
+        label = method + (
+            " " + setting_label(dict(zip(["method", "r", "lr", "train_size"], setting)), axes) if axes else ""
+        )
         label += f" (n={len(curves)})"
         style = STYLES[i % len(STYLES)] if axes else "-"
         ax.plot(table.index, table.mean(axis=1), style, color=colour(method), lw=1.2, label=label)
@@ -213,7 +353,9 @@ def _curves(ax, part: pd.DataFrame, column: str, key: str) -> None:
 def _flagged_curves(ax, flagged: pd.DataFrame) -> None:
     """Each run the comparisons leave out (peftlab.health), dotted, labelled with its health."""
     for _, run in flagged.iterrows():
-        points = [(p["step"], p["loss"]) for p in run["losses"] if "loss" in p] if isinstance(run["losses"], list) else []
+        points = (
+            [(p["step"], p["loss"]) for p in run["losses"] if "loss" in p] if isinstance(run["losses"], list) else []
+        )
         if points:
             steps, losses = zip(*points)
             label = f"{run['method']} s{run['seed']}: {run.get('health', 'flagged')}"
@@ -257,16 +399,21 @@ def by_task_model(runs: pd.DataFrame, out: Path, notes: list[str]) -> list[Path]
         folder = out / task / model
         written += [
             attempt(notes, folder / "metric.png", metric_plot, part, metric, task, model),
-            attempt(notes, folder / "params.png", params_plot, part, metric, task, model),
+            *(attempt(notes, folder / f"{name}.png", front_plot, part, metric, name, task, model) for name in FRONTS),
             attempt(notes, folder / "loss.png", loss_plot, part, task, model),
         ]
-        written += [attempt(notes, folder / f"{FILES[a]}.png", axis_plot, part, metric, a, task, model) for a in AXES if varying(part, a)]
+        written += [
+            attempt(notes, folder / f"{FILES[a]}.png", axis_plot, part, metric, a, task, model)
+            for a in AXES
+            if varying(part, a)
+        ]
         written.append(attempt(notes, folder / "eval.png", eval_plot, part, metric, task, model))
     return [w for w in written if w is not None]
 
 
 def overview(runs: pd.DataFrame, out: Path, notes: list[str], flagged: pd.DataFrame | None = None) -> None:
-    """metrics.png and loss.png: every task and model as a facet; a facet the data cannot give says why, in its panel and in `notes`.
+    """metrics.png and loss.png: every task and model as a facet; a facet the data cannot give says why, in its panel
+    and in `notes`.
 
     `flagged`: finished runs the comparisons leave out (peftlab.health): their losses are drawn (that is
     where a collapse shows), their metrics are not."""
@@ -309,15 +456,26 @@ def lr_search_plot(rows: pd.DataFrame, path: Path) -> Path:
     for ax, ((task, model, metric), part) in zip(axes[0], panels):
         styles = {}
         for (method, setting), g in part.groupby(["method", "setting"], sort=False):
-            style = STYLES[styles.setdefault(method, len(styles)) % len(STYLES)] if part["setting"].nunique() > 1 else "-"
+            style = (
+                STYLES[styles.setdefault(method, len(styles)) % len(STYLES)] if part["setting"].nunique() > 1 else "-"
+            )
             ok = g[g["score"].notna()]
             label = method + (f" {setting}" if setting != "-" else "")
-            ax.plot(ok["rate"], ok["score"], style, marker="o", color=colour(method), label=label)
             best = g[g["chosen"]]
+            if "sharpness" in best and best["sharpness"].notna().any():  # tracker.sharpness_probe's λ_max at init
+                label += f" (λ_max {best['sharpness'].dropna().iloc[0]:.3g})"
+            ax.plot(ok["rate"], ok["score"], style, marker="o", color=colour(method), label=label)
             ax.plot(best["rate"], best["score"], "*", ms=14, color=colour(method), markeredgecolor="black")
             bad = g[g["score"].isna()]
             if len(bad):
-                ax.plot(bad["rate"], [0] * len(bad), "x", color=colour(method), transform=ax.get_xaxis_transform(), clip_on=False)
+                ax.plot(
+                    bad["rate"],
+                    [0] * len(bad),
+                    "x",
+                    color=colour(method),
+                    transform=ax.get_xaxis_transform(),
+                    clip_on=False,
+                )
         ax.set_xscale("log")
         rates = sorted(part["rate"].unique())
         if len(rates) <= 12:

@@ -19,11 +19,13 @@ from peftlab import artifacts, paths
 
 STATES = ("done", "running", "failed", "pending")
 PROGRESS = re.compile(
-    r"progress (?P<run>\S+): step (?P<step>\d+)/(?P<total>\d+) .*?\| (?P<elapsed>[\d:, a-z]+) elapsed, ETA (?P<eta>[\d:, a-z?]+)"
+    r"progress (?P<run>\S+): step (?P<step>\d+)/(?P<total>\d+) .*?\| (?P<elapsed>[\d:, a-z]+) elapsed, ETA "
+    r"(?P<eta>[\d:, a-z?]+)"
 )
 # a line that says a job failed: a traceback's start or its exception line, or Slurm's or the kernel's kill
 TRACEBACK = re.compile(
-    r"^(Traceback \(most recent call last\):?|[\w.]*(Error|Exception|Diverged|Degenerate|Mismatch|InUse|Adapter)\b.*:.*|merge check failed:.*"
+    r"^(Traceback \(most recent call last\):?|[\w.]*(Error|Exception|Diverged|Degenerate|Mismatch|InUse|Adapter)"
+    r"\b.*:.*|merge check failed:.*"
     r"|.*CANCELLED AT .*|.*oom.kill.*|Killed)$"
 )
 
@@ -33,7 +35,8 @@ CAUSES = (
         "slurm_time_limit",
         "Slurm stopped the job at its time limit",
         [r"DUE TO TIME LIMIT", r"TIMEOUT"],
-        "raise the run's resources.runtime, in minutes (or its preset's); a retried job gets attempt x the time, so check --retries",
+        "raise the run's resources.runtime, in minutes (or its preset's); a retried job gets attempt x the "
+        "time, so check --retries",
     ),
     (
         "slurm_memory_limit",
@@ -44,7 +47,13 @@ CAUSES = (
     (
         "out_of_memory",
         "the GPU or host ran out of memory",
-        [r"CUDA out of memory", r"OutOfMemoryError", r"\bMemoryError\b", r"Cannot allocate memory", r"DefaultCPUAllocator: can't allocate"],
+        [
+            r"CUDA out of memory",
+            r"OutOfMemoryError",
+            r"\bMemoryError\b",
+            r"Cannot allocate memory",
+            r"DefaultCPUAllocator: can't allocate",
+        ],
         "lower training.batch_size and raise grad_accum (same effective batch), set gradient_checkpointing: true, "
         "shorten max_length, or use qlora; or give the run a larger GPU preset",
     ),
@@ -52,13 +61,16 @@ CAUSES = (
         "non_finite_loss",
         "the loss or the logits became NaN or infinite",
         [r"Diverged", r"loss is nan", r"non-finite", r"\bnan\b.*loss", r"inf(inite)? loss"],
-        "lower training.learning_rate, add warmup (warmup_ratio), keep max_grad_norm, or train in bf16 rather than fp16",
+        "lower training.learning_rate, add warmup (warmup_ratio), keep max_grad_norm, or train in bf16 rather "
+        "than fp16",
     ),
     (
         "degenerate",
-        "training ended, but the run learned nothing or went wrong (peftlab.health), and training.on_degenerate is fail",
+        "training ended, but the run learned nothing or went wrong (peftlab.health), and training.on_degenerate "
+        "is fail",
         [r"Degenerate", r"run health is (collapsed|blew up|no learning)"],
-        "the error line says what was seen: lower training.learning_rate (blew up, collapsed) or raise it (no learning), "
+        "the error line says what was seen: lower training.learning_rate (blew up, collapsed) or raise it (no "
+        "learning), "
         "or train longer; training.on_degenerate: warn keeps such a run, flagged and out of the comparisons",
     ),
     (
@@ -71,8 +83,15 @@ CAUSES = (
     (
         "shape_mismatch",
         "tensor shapes do not fit (a head, an adapter or a checkpoint of another model)",
-        [r"size mismatch", r"shape mismatch", r"shapes cannot be multiplied", r"The size of tensor a", r"Expected .* to have .* size"],
-        "check the model and num_labels against the adapter or checkpoint; target_modules may name layers of another architecture",
+        [
+            r"size mismatch",
+            r"shape mismatch",
+            r"shapes cannot be multiplied",
+            r"The size of tensor a",
+            r"Expected .* to have .* size",
+        ],
+        "check the model and num_labels against the adapter or checkpoint; target_modules may name layers of "
+        "another architecture",
     ),
     (
         "stale_adapter",
@@ -139,7 +158,8 @@ def slurm_logs(workdir: Path, stage: str, run_id: str) -> list[Path]:
 
 OTHER = (
     "an error peftlab does not recognise",
-    "read the error in the run's log (--diagnose prints its last lines), fix its cause, and run the same snakemake command again",
+    "read the error in the run's log (--diagnose prints its last lines), fix its cause, and run the same "
+    "snakemake command again",
 )
 
 
@@ -175,9 +195,15 @@ def error_line(text: str) -> str | None:
 
 
 def run_state(
-    root: str, run_id: str, workdir: Path = Path("."), stale_s: float = 3600, now: float | None = None, search: bool = False
+    root: str,
+    run_id: str,
+    workdir: Path = Path("."),
+    stale_s: float = 3600,
+    now: float | None = None,
+    search: bool = False,
 ) -> Run:
-    """A run's state from its files and logs; a learning-rate search's run (`search`) is done once evaluated (it is never merged)."""
+    """A run's state from its files and logs; a learning-rate search's run (`search`) is done once evaluated (it is
+    never merged)."""
     now = time.time() if now is None else now
     run_dir = Path(paths.run(root, run_id))
     for stage, output in paths.RUN_OUTPUTS[:2] if search else paths.RUN_OUTPUTS:
@@ -191,7 +217,10 @@ def run_state(
         text = log_file.read_text(errors="replace") if log_file.exists() else ""
         slurm_text = slurm[-1].read_text(errors="replace") if slurm else ""
         newest = max([p.stat().st_mtime for p in [log_file, *slurm[-1:]] if p.exists()])
-        errored = any(TRACEBACK.match(x.strip()) for x in (text + "\n" + slurm_text).splitlines()) or "Error in rule" in slurm_text
+        errored = (
+            any(TRACEBACK.match(x.strip()) for x in (text + "\n" + slurm_text).splitlines())
+            or "Error in rule" in slurm_text
+        )
         if not errored and now - newest < stale_s:
             run = Run(run_id, "running", stage, log=str(log_file))
             found = list(PROGRESS.finditer(text))
@@ -201,20 +230,36 @@ def run_state(
             return run
         both = text + "\n" + slurm_text
         cause, _, _ = classify(both)
-        reason = error_line(both) if errored else f"no output, and the log has not changed for {(now - newest) / 60:.0f} min (killed?)"
+        reason = (
+            error_line(both)
+            if errored
+            else f"no output, and the log has not changed for {(now - newest) / 60:.0f} min (killed?)"
+        )
         lines = relevant_lines(text if errored and TRACEBACK.search(text or "") else both)
-        return Run(run_id, "failed", stage, reason=reason, cause=cause, log=str(slurm[-1] if slurm and not text else log_file), lines=lines)
+        return Run(
+            run_id,
+            "failed",
+            stage,
+            reason=reason,
+            cause=cause,
+            log=str(slurm[-1] if slurm and not text else log_file),
+            lines=lines,
+        )
     seconds, rss = _benchmarks(root, run_id)
     gpu = verdict = None
     train = run_dir / "train.json"
     if train.exists():
         record = artifacts.read_json(train)
         peak = record.get("peak_memory", {})
-        gpu = peak.get("gpu_mb")
+        gpu = peak.get(
+            "cuda_max_allocated_mb", peak.get("gpu_mb")
+        )  # gpu_mb: the same count, recorded before it was named
         rss = rss or peak.get("cpu_rss_mb")
         verdict = (record.get("health") or {}).get("status")
     return Run(run_id, "done", wall_time_s=seconds, peak_rss_mb=rss, peak_gpu_mb=gpu, health=verdict)
 
 
-def matrix_status(root: str, run_ids: list[str], workdir: Path = Path("."), stale_s: float = 3600, search_runs=frozenset()) -> list[Run]:
+def matrix_status(
+    root: str, run_ids: list[str], workdir: Path = Path("."), stale_s: float = 3600, search_runs=frozenset()
+) -> list[Run]:
     return [run_state(root, r, workdir, stale_s, search=r in search_runs) for r in run_ids]

@@ -1,7 +1,9 @@
 """Reading a config: YAML that refuses duplicate keys, exponent-notation numbers, and the JSON schema with its defaults.
 
-The schema (config.schema.yaml beside this file) is the one home of every key's
-default, description and allowed values; `validate` fills the defaults in.
+The schema (config.schema.yaml beside this file) is the one home of every key: its type, allowed
+values, default and description, written once. `schema()` adds what a per-run override refers to:
+each definition without its defaults (`overrides:`). `validate` fills the defaults in, and the
+typed run spec (peftlab.spec) takes its fields from `keys_of`.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ class ConfigError(ValueError):
 
 
 def _with_defaults(validator_class):
-    """jsonschema validator that also fills in `default:` values."""
+    """jsonschema validator that also fills in `default:` values (jsonschema's FAQ recipe). Not
+    snakemake.utils.validate's copy of it: that one takes a schema file, not this derived schema, stops at the first
+    error, puts the schema's own default objects into the config, and importing snakemake costs 0.2 s."""
     validate_properties = validator_class.VALIDATORS["properties"]
 
     def set_defaults(validator, properties, instance, schema):
@@ -71,7 +75,10 @@ def _describe(error: jsonschema.ValidationError) -> str:
         meant = [e for e in error.context if e.validator != "type"] or error.context
         return _describe(jsonschema.exceptions.best_match(meant))
     if error.validator == "pattern":
-        return f"{where}: {error.instance!r} is not path-safe; use letters, digits, '.', '_', '+', '-' (no '/', no leading '.')"
+        return (
+            f"{where}: {error.instance!r} is not path-safe; use letters, digits, '.', '_', '+', '-' (no '/', no "
+            "leading '.')"
+        )
     return f"{where}: {error.message}"
 
 
@@ -85,7 +92,8 @@ def _mapping(loader, node, deep=False):
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise ConfigError(
-                f"{Path(node.start_mark.name).name} line {key_node.start_mark.line + 1}: key {key!r} appears twice in one section "
+                f"{Path(node.start_mark.name).name} line {key_node.start_mark.line + 1}: key {key!r} appears "
+                "twice in one section "
                 f"(first on line {seen[key] + 1}); YAML would silently keep only the last"
             )
         seen[key] = key_node.start_mark.line
@@ -117,21 +125,39 @@ def _numbers(obj):
     return obj
 
 
+def _without_defaults(node):
+    if isinstance(node, dict):
+        return {k: _without_defaults(v) for k, v in node.items() if k != "default"}
+    if isinstance(node, list):
+        return [_without_defaults(v) for v in node]
+    return node
+
+
 @functools.lru_cache(maxsize=1)
 def schema() -> dict:
-    return load_yaml(SCHEMA_PATH)
+    """The config schema: config.schema.yaml, plus `overrides:`, its definitions without their defaults. A sweep block's
+    or an experiment's peft, training, ... refer to those: a key an override leaves out comes from the level above."""
+    root = load_yaml(SCHEMA_PATH)
+    root["overrides"] = _without_defaults(root["definitions"])
+    return root
+
+
+def keys_of(section: str) -> dict:
+    """A top-level section's keys, {key: its schema}, in the file's order (tasks: and models: of each entry)."""
+    root = schema()
+    node = root["definitions"].get(section) or root["properties"][section]
+    return node["additionalProperties"]["properties"] if section in ("tasks", "models") else node["properties"]
 
 
 def schema_default(section: str, key: str):
-    """The schema's default of `key` in a top-level section (tasks: of every task's keys)."""
-    node = schema()["properties"][section]
-    props = node["additionalProperties"]["properties"] if section in ("tasks", "models") else node["properties"]
-    return props[key]["default"]
+    """The schema's default of `key` in a top-level section."""
+    return keys_of(section)[key]["default"]
 
 
 def validate(raw: dict, against: dict | None = None) -> dict:
     """A copy of a raw config with exponent-notation numbers read and every schema default filled in; ConfigError
-    lists every schema problem. `against`: the schema with the registries' names filled in (peftlab.validate.config_schema)."""
+    lists every schema problem. `against`: the schema with the registries' names filled in
+    (peftlab.validate.config_schema)."""
     cfg = _numbers(copy.deepcopy(raw))
     errors = sorted(_Validator(against or schema()).iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path)))
     if errors:

@@ -29,7 +29,6 @@ from peftlab import artifacts, metrics
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = {"seeds": [0], "validation_share": 0.1, "validation_seed": 0, "metric": "main"}
 LOSS = "eval_loss"  # `metric: loss` selects on the validation loss
 SEARCH_KEYS = ("cell", "rates", "seeds", "validation_share", "validation_seed", "metric")  # what a selection is of
 
@@ -44,8 +43,8 @@ def candidates(search: dict) -> list[float]:
 
 
 def resolved(search: dict) -> dict:
-    """A config's lr_search with its defaults filled in and its candidates listed."""
-    out = {**DEFAULTS, **{k: v for k, v in search.items() if k not in ("rates", "range")}}
+    """A validated config's lr_search (the schema's defaults filled in) with its candidates listed."""
+    out = {k: v for k, v in search.items() if k not in ("rates", "range")}
     out["rates"] = candidates(search)
     return out
 
@@ -66,8 +65,13 @@ def cell_of(run_id: str) -> str:
 
 
 def select_spec(search: dict) -> dict:
-    """The selection step's spec of a cell, from its final runs' lr_search: the metric, its direction, and the search runs."""
-    runs = {search_run_id(search["cell"], seed, rate): {"rate": rate, "seed": seed} for seed in search["seeds"] for rate in search["rates"]}
+    """The selection step's spec of a cell, from its final runs' lr_search: the metric, its direction, and the search
+    runs."""
+    runs = {
+        search_run_id(search["cell"], seed, rate): {"rate": rate, "seed": seed}
+        for seed in search["seeds"]
+        for rate in search["rates"]
+    }
     return {**search, "greater_is_better": metrics.metric(search["metric"]).higher_is_better, "runs": runs}
 
 
@@ -118,7 +122,9 @@ def chosen_rate(selection_file: str | Path, lr_search) -> float:
     expected = {k: getattr(lr_search, k) for k in SEARCH_KEYS}
     found = {k: sel.get(k) for k in SEARCH_KEYS}
     if found != expected:
-        raise RuntimeError(f"{selection_file} is the selection of another search ({found}), not of this run's ({expected})")
+        raise RuntimeError(
+            f"{selection_file} is the selection of another search ({found}), not of this run's ({expected})"
+        )
     return sel["best_rate"]
 
 
@@ -128,8 +134,24 @@ def coordinates(cell: str) -> tuple[str, str, str, str]:
     return task, model, method, last.removeprefix("search").lstrip("-") or "-"
 
 
-def table(selections: list[dict]) -> list[dict]:
-    """best_lr.csv's rows: one per cell and candidate rate, with its mean score, every seed's, and the winner marked."""
+def sharpness_by_cell(records: list[dict]) -> dict[str, float]:
+    """Each searched cell's top Hessian eigenvalue at initialisation (train.json's `sharpness`,
+    tracker.sharpness_probe): the mean over the cell's final runs, one per final seed, which trained at its chosen rate.
+    The probe runs before the first optimiser step, so the rate does not enter it; the search runs, which hold out the
+    validation share, are not read."""
+    values: dict[str, list[float]] = {}
+    for rec in records:
+        cell = ((rec.get("spec") or {}).get("lr_search") or {}).get("cell")
+        value = (rec.get("sharpness") or {}).get("top_eigenvalue")
+        if cell is not None and value is not None and math.isfinite(value):
+            values.setdefault(cell, []).append(float(value))
+    return {cell: sum(v) / len(v) for cell, v in values.items()}
+
+
+def table(selections: list[dict], sharpness: dict[str, float] | None = None) -> list[dict]:
+    """best_lr.csv's rows: one per cell and candidate rate, with its mean score, every seed's, and the winner marked;
+    the chosen rate's row also holds the cell's `sharpness` (sharpness_by_cell), empty where no final run probed it."""
+    sharpness = sharpness or {}
     rows = []
     for sel in selections:
         task, model, method, setting = coordinates(sel["cell"])
@@ -143,24 +165,38 @@ def table(selections: list[dict]) -> list[dict]:
                     "metric": sel["metric"],
                     "rate": c["rate"],
                     "score": c["mean"],
-                    "seeds": " ".join(f"s{k}={'diverged' if v is None else f'{v:.4g}'}" for k, v in c["scores"].items()),
+                    "seeds": " ".join(
+                        f"s{k}={'diverged' if v is None else f'{v:.4g}'}" for k, v in c["scores"].items()
+                    ),
                     "chosen": c["rate"] == sel["best_rate"],
                     "at_edge": sel["at_edge"] and c["rate"] == sel["best_rate"],
+                    "sharpness": sharpness.get(sel["cell"]) if c["rate"] == sel["best_rate"] else None,
                 }
             )
     return rows
 
 
-def markdown(selections: list[dict]) -> str:
-    """best_lr.md: per cell, the chosen rate and every candidate's score (the winner in bold, an edge winner flagged)."""
+def markdown(selections: list[dict], sharpness: dict[str, float] | None = None) -> str:
+    """best_lr.md: per cell, the chosen rate and every candidate's score (the winner in bold, an edge winner flagged),
+    and beside the rate the cell's top Hessian eigenvalue at initialisation when its final runs probed it
+    (sharpness_by_cell)."""
+    sharpness = {cell: v for cell, v in (sharpness or {}).items() if cell in {sel["cell"] for sel in selections}}
+    column = "λ_max at init | " if sharpness else ""
     lines = [
         "# Learning-rate search\n",
         "Each cell's candidates, scored on the validation share held out of its training data (the mean over the "
         "search seeds); its final runs trained at the chosen rate. *edge*: the best rate is the grid's lowest or "
         "highest, so a better one may lie outside the grid.\n",
-        "| task | model | method | setting | metric | chosen rate | " + "candidates (rate: score) |",
-        "|---|---|---|---|---|---|---|",
+        "| task | model | method | setting | metric | chosen rate | " + column + "candidates (rate: score) |",
+        "|---|---|---|---|---|---|" + ("---|" if sharpness else "") + "---|",
     ]
+    if sharpness:
+        lines.insert(
+            2,
+            "λ_max at init: the largest eigenvalue of the training loss's Hessian in the method's trainable parameters "
+            "before the first step (tracker.sharpness_probe), the mean over the cell's final runs; gradient descent is "
+            "stable below a rate of about 2 / λ_max.\n",
+        )
     for sel in selections:
         task, model, method, setting = coordinates(sel["cell"])
         cands = ", ".join(
@@ -170,5 +206,9 @@ def markdown(selections: list[dict]) -> str:
             for c in sel["candidates"]
         )
         edge = " (edge)" if sel["at_edge"] else ""
-        lines.append(f"| {task} | {model} | {method} | {setting} | {sel['metric']} | {sel['best_rate']:g}{edge} | {cands} |")
+        probed = (f"{sharpness[sel['cell']]:.4g} | " if sel["cell"] in sharpness else " | ") if sharpness else ""
+        lines.append(
+            f"| {task} | {model} | {method} | {setting} | {sel['metric']} | {sel['best_rate']:g}{edge} | "
+            f"{probed}{cands} |"
+        )
     return "\n".join(lines) + "\n"

@@ -2,163 +2,143 @@
 
 `peftlab.matrix.plan` validates a user's config (schema, defaults) and expands it into
 these; `RunSpec.from_dict` is strict, so a spec file with a missing or unknown
-key fails when it is read, not halfway through a job.
+key fails when it is read, not halfway through a job. The fields of a config section's
+spec are the schema's keys of that section (`config_keys`), so a key, its type, default
+and description have one home: config.schema.yaml.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
+import operator
 from dataclasses import dataclass, field
 from typing import Any
 
-from peftlab.schema import json_copy, schema_default
+from peftlab.schema import json_copy, keys_of, schema_default
 
 
 class _Strict:
     def to_dict(self) -> dict:
         """The plain dict: what dataclasses.asdict gives, without its deepcopy of every leaf."""
-        return {f.name: v.to_dict() if isinstance(v := getattr(self, f.name), _Strict) else json_copy(v) for f in dataclasses.fields(self)}
+        return {
+            f.name: v.to_dict() if isinstance(v := getattr(self, f.name), _Strict) else json_copy(v)
+            for f in dataclasses.fields(self)
+        }
 
     @classmethod
     def from_dict(cls, d: dict):
-        """Build from a dict that has every required key and no unknown one."""
+        """Build from a dict that has every required key and no unknown one. (The dataclass's own __init__ refuses
+        them too, but one at a time, as a TypeError; this names the spec and every unknown and missing key at once.)"""
         fields = dataclasses.fields(cls)
         names = {f.name for f in fields}
-        required = {f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+        required = {
+            f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        }
         unknown, missing = set(d) - names, required - set(d)
         if unknown or missing:
-            raise ValueError(f"{cls.__name__}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}; expected {sorted(names)}")
+            raise ValueError(
+                f"{cls.__name__}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}; expected "
+                f"{sorted(names)}"
+            )
         return cls(**d)
 
 
-def _default(*path: str):
-    """A dataclass field whose default is the schema's (copied per instance), so a default has one home."""
-    value = schema_default(*path)
+def _default(section: str, key: str):
+    """A dataclass field whose default is the schema's (copied per instance)."""
+    value = schema_default(section, key)
     return field(default_factory=lambda: copy.deepcopy(value))
 
 
-def _task(key: str):
-    return _default("tasks", key)
+_TYPES = {
+    "string": str,
+    "integer": int,
+    "number": float,
+    "boolean": bool,
+    "array": list,
+    "object": dict,
+    "null": type(None),
+}
 
 
-def _model(key: str):
-    return _default("models", key)
+def _type(node: dict):
+    """A key's Python type, from its schema `type` (Any where it has none, as in a oneOf)."""
+    kinds = node.get("type", [])
+    kinds = [kinds] if isinstance(kinds, str) else kinds
+    return functools.reduce(operator.or_, [_TYPES[k] for k in kinds]) if kinds else Any
 
 
-@dataclass(frozen=True)
+def config_keys(section: str, optional_from: str | None = None, skip: tuple[str, ...] = (), first: str | None = None):
+    """Class decorator: a frozen dataclass whose fields are the schema's keys of a config section.
+
+    The fields, in this order (the order of to_dict and of the spec files): the class's own field `first`;
+    the section's keys before `optional_from`, which a spec must hold; the class's other own fields; then
+    the keys from `optional_from` on, which a spec written before they existed lacks: it reads as their
+    schema default. `skip`: keys of the config section that a run spec does not hold.
+    """
+
+    def make(cls):
+        keys = {k: node for k, node in keys_of(section).items() if k not in skip}
+        names = list(keys)
+        cut = names.index(optional_from) if optional_from else len(names)
+        own = dict(cls.__dict__.get("__annotations__", {}))
+        fields = {first: own.pop(first)} if first else {}
+        fields |= {k: _type(keys[k]) for k in names[:cut]} | own | {k: _type(keys[k]) for k in names[cut:]}
+        for k in names[cut:]:
+            setattr(cls, k, _default(section, k))
+        cls.__annotations__ = fields
+        return dataclass(frozen=True)(cls)
+
+    return make
+
+
+@config_keys("tasks", first="name", optional_from="columns")
 class TaskSpec(_Strict):
+    """A task of the config's `tasks:`, under its name."""
+
     name: str
-    type: str  # a task type of peftlab.tasks.TASK_TYPES: classification | sft | lm | seq2seq | rlvr
-    data: dict[str, Any]  # {generator: ...} | {files: {train, eval}} | {hub: {...}}
-    columns: dict[str, str] = _task("columns")  # renames applied on loading: {name in the data: name used here}
-    text_fields: list[str] = _task("text_fields")
-    label_field: str = _task("label_field")
-    num_labels: int = _task("num_labels")  # 1: regression (STS-B)
-    label_names: list[str] | None = _task("label_names")  # class names in id order (string labels map to their position)
-    prompt_field: str = _task("prompt_field")
-    response_field: str = _task("response_field")
-    prompt_template: str = _task("prompt_template")
-    chat_template: bool = _task("chat_template")  # wrap the prompt in the tokenizer's chat template
-    packing: bool = _task("packing")  # sft/lm: padding-free batches (DataCollatorWithFlattening)
-    answer_format: str = _task("answer_format")  # gsm8k | boxed | last_number | text | none
-    rouge: bool = _task("rouge")  # sft: also ROUGE of the generations (seq2seq always)
-    rewards: list[str] = _task("rewards")  # rlvr: reward functions by name; the first is the correctness reward
-    metric: str | None = _task("metric")  # the main metric in tables and plots; None: the task type's
-    max_length: int = _task("max_length")
-    max_new_tokens: int = _task("max_new_tokens")
-    eval_batch_size: int = _task("eval_batch_size")
 
 
-@dataclass(frozen=True)
+@config_keys("models", first="name", optional_from="dtype", skip=("resources", "build"))
 class ModelSpec(_Strict):
+    """A model of the config's `models:`, under its name (`path` of a built model: where the pipeline writes it)."""
+
     name: str
-    path: str  # hub id, local folder, or package:<module>
-    build: dict[str, Any] | None = None  # set for models the pipeline builds
-    dtype: str = _model("dtype")  # float32 | bfloat16 | float16: what the weights load in
-    attn_implementation: str | None = _model("attn_implementation")  # None: transformers' choice
-    revision: str | None = _model("revision")  # hub branch, tag or commit
-    tokenizer_name: str | None = _model("tokenizer_name")  # None: the model's own tokenizer
-    trust_remote_code: bool = _model("trust_remote_code")
+    build: dict[str, Any] | None = None  # the config's build section, for models the pipeline builds
 
 
-@dataclass(frozen=True)
+@config_keys("peft", optional_from="loraplus_lr_ratio")
 class PeftSpec(_Strict):
-    type: str
-    r: int | None
-    lora_alpha: float
-    lora_dropout: float
-    target_modules: str | list[str] | None
-    options: dict[str, Any]
-    loraplus_lr_ratio: float = _default("peft", "loraplus_lr_ratio")  # lora_plus: B's learning rate / A's
+    """The method and its hyperparameters (r None: a method without a rank)."""
 
 
-@dataclass(frozen=True)
+@config_keys("training", optional_from="bf16")
 class TrainingSpec(_Strict):
-    seed: int
-    learning_rate: float | None  # None: a final run whose lr_search picks it (RunSpec.with_learning_rate)
-    epochs: float
-    max_steps: int | None
-    batch_size: int
-    grad_accum: int
-    warmup_ratio: float
-    weight_decay: float
-    lr_scheduler: str
-    max_grad_norm: float
-    train_size: int | None
-    data_seed: int
-    save_steps: int
-    logging_steps: int
-    check_reload: bool
-    bf16: bool = _default("training", "bf16")  # bfloat16 mixed precision
-    gradient_checkpointing: bool = _default(
-        "training", "gradient_checkpointing"
-    )  # recompute activations in the backward pass (less memory, ~30% slower)
-    eval_steps: int | None = _default("training", "eval_steps")  # in-training evaluation every N steps, on the validation share
-    validation_share: float = _default("training", "validation_share")  # with eval_steps: held out of the training split
-    validation_seed: int = _default("training", "validation_seed")
-    metric_for_best_model: str | None = _default("training", "metric_for_best_model")  # None: the task's main metric
-    greater_is_better: bool | None = _default("training", "greater_is_better")  # None: by the metric
-    load_best_model_at_end: bool = _default("training", "load_best_model_at_end")  # keep the best evaluated checkpoint
-    on_degenerate: str = _default("training", "on_degenerate")  # warn | fail: a flagged run (peftlab.health) fails its job
-    extra: dict[str, Any] = _default("training", "extra")  # more TrainingArguments, as they are
-    rl: dict[str, Any] = field(default_factory=dict)  # rlvr: GRPO settings (num_generations, loss_type, beta, ...); {} for other types
+    """learning_rate None: a final run whose lr_search picks it (RunSpec.with_learning_rate); rl is {} but for rlvr
+    tasks."""
 
 
-@dataclass(frozen=True)
+@config_keys("wandb", optional_from="log_spectral_images")
 class WandbSpec(_Strict):
-    mode: str  # offline | online | disabled
-    project: str
-    entity: str | None
-    dir: str
-    log_spectral_images: bool = _default("wandb", "log_spectral_images")  # the tracker's ΔW heatmaps and spectra
-    log_gradient_images: bool = _default("wandb", "log_gradient_images")  # the tracker's gradient heatmaps
+    dir: str  # not a config key: the plan sets it to the matrix's folder (wandb writes to <dir>/wandb)
 
 
-@dataclass(frozen=True)
+@config_keys("tracker", optional_from="enable_spectral_tracking")
 class TrackerSpec(_Strict):
     """PeRL's tracker section (peftlab.tracking): what is recorded about each adapted layer while a run trains."""
-
-    enable_spectral_tracking: bool = _default("tracker", "enable_spectral_tracking")
-    enable_gradient_tracking: bool = _default("tracker", "enable_gradient_tracking")
-    spectral_log_frequency: int = _default("tracker", "spectral_log_frequency")
-    gradient_log_frequency: int = _default("tracker", "gradient_log_frequency")
-    subspace_k: int | None = _default("tracker", "subspace_k")  # None: the adapter's rank
-    singular_values: int = _default("tracker", "singular_values")  # how many of ΔW's largest are recorded
 
 
 AUTO_SAVE_BELOW = 1_000_000_000  # outputs.merge: auto keeps the merged model of a base smaller than this (parameters)
 
 
-@dataclass(frozen=True)
+@config_keys("outputs", optional_from="merge")
 class OutputsSpec(_Strict):
-    """What a run keeps on disk besides its adapter."""
-
-    merge: str = _default("outputs", "merge")  # auto | save | check | none (peftlab.merge)
-    checkpoints: str | int = _default("outputs", "checkpoints")  # none | last | every N steps (peftlab.checkpoints.kept_steps)
+    """What a run keeps on disk besides its adapter: merge (peftlab.merge) and checkpoints
+    (peftlab.checkpoints.kept_steps)."""
 
     def keeps_merged(self, params: int) -> bool:
-        """Whether the merge keeps its merged model of a base with `params` parameters (peftlab.plan asks too)."""
+        """Whether the merge keeps its merged model of a base with `params` parameters (peftlab.cost asks too)."""
         return self.merge == "save" or (self.merge == "auto" and params < AUTO_SAVE_BELOW)
 
 
@@ -171,21 +151,17 @@ class HoldoutSpec(_Strict):
     seed: int
 
     def size(self, n: int) -> int:
-        """How many of a training split's `n` examples are held out (peftlab.plan counts them too)."""
+        """How many of a training split's `n` examples are held out (peftlab.cost counts them too)."""
         return round(self.share * n) if self.share < 1 else int(self.share)
 
 
-@dataclass(frozen=True)
+@config_keys("lr_search", first="cell", skip=("range",))
 class LrSearchSpec(_Strict):
     """A final run's learning-rate search (peftlab.lr_search): the cell whose selection sets
-    training.learning_rate (None in the spec until the train step reads the selection)."""
+    training.learning_rate (None in the spec until the train step reads the selection), and the
+    search's keys as peftlab.search.resolved gives them (`rates`: the candidates, a range's too)."""
 
     cell: str
-    rates: list[float]
-    seeds: list[int]
-    validation_share: float
-    validation_seed: int
-    metric: str  # the task metric selected on (eval_loss: the validation loss)
 
 
 @dataclass(frozen=True)
@@ -216,7 +192,9 @@ class RunSpec(_Strict):
             "holdout": HoldoutSpec,
             "lr_search": LrSearchSpec,
         }
-        return super().from_dict({k: parts[k].from_dict(v) if k in parts and v is not None else v for k, v in d.items()})
+        return super().from_dict(
+            {k: parts[k].from_dict(v) if k in parts and v is not None else v for k, v in d.items()}
+        )
 
     def with_learning_rate(self, rate: float) -> RunSpec:
         """This spec at `rate`: a searched run as it trains, once its cell's selection is known."""
@@ -229,7 +207,14 @@ class RunSpec(_Strict):
 # spec without the keys below: keys the stage does not read, or that cannot change what
 # it writes. Editing one of them reruns nothing at that stage; editing any other key
 # reruns the stage and everything after it. The table in docs/config.md is made from this one.
-EVAL_ONLY = ("task.max_new_tokens", "task.eval_batch_size", "task.metric", "task.rouge", "task.answer_format")
+EVAL_ONLY = (
+    "task.max_new_tokens",
+    "task.eval_batch_size",
+    "task.metric",
+    "task.rouge",
+    "task.answer_format",
+    "task.reference",
+)
 NOT_READ: dict[str, tuple[str, ...]] = {
     "data_generate": (),  # its spec is the task's `data` section alone
     # a build writes float32 weights and its own tokenizer, whatever the model's loading keys say
@@ -239,7 +224,14 @@ NOT_READ: dict[str, tuple[str, ...]] = {
     # logging and checkpoint intervals, the reload check and wandb change no weight (the tracker
     # changes none either, but what it records is the train step's output, so it retrains)
     "train_run": EVAL_ONLY
-    + ("training.logging_steps", "training.save_steps", "training.check_reload", "training.on_degenerate", "wandb", "outputs.merge"),
+    + (
+        "training.logging_steps",
+        "training.save_steps",
+        "training.check_reload",
+        "training.on_degenerate",
+        "wandb",
+        "outputs.merge",
+    ),
     # a retrained adapter reruns both through the adapter itself
     "evaluate_run": ("training", "world_size", "wandb", "tracker", "outputs", "lr_search"),
     # outputs.merge is hashed even at its default: before it existed every merge was saved in
@@ -264,28 +256,12 @@ def rerun_table() -> str:
     return "\n".join(rows) + "\n"
 
 
-# Keys added to the spec after runs were recorded without them. Each is hashed only when it
-# differs from its default, the value that reproduces what peftlab did before the key
-# existed: upgrading peftlab reruns no finished run, and setting the key reruns its stages.
-HASHED_WHEN_SET = (
-    "model.dtype",
-    "model.attn_implementation",
-    "model.revision",
-    "model.tokenizer_name",
-    "model.trust_remote_code",
-    "training.eval_steps",
-    "training.metric_for_best_model",
-    "training.greater_is_better",
-    "training.load_best_model_at_end",
-    "training.extra",
-    "tracker.enable_spectral_tracking",
-    "tracker.enable_gradient_tracking",
-    "tracker.spectral_log_frequency",
-    "tracker.gradient_log_frequency",
-    "tracker.subspace_k",
-    "tracker.singular_values",
-    "outputs.checkpoints",
-)
+# Keys added to the spec since the last release that moved every fingerprint (the one whose stage rules
+# gained their fingerprints as params, so a finished matrix reran every stage once). Each is hashed only
+# when it differs from the default it was added with, the value that reproduces what peftlab did before
+# the key existed: upgrading reruns no finished run, and setting the key reruns its stages. Add a new
+# spec key here when its default keeps the old behaviour; empty it when a release moves every fingerprint.
+ADDED_KEYS: tuple[str, ...] = ()
 
 
 def reads(stage: str, path: str) -> bool:
@@ -294,7 +270,8 @@ def reads(stage: str, path: str) -> bool:
 
 
 def read_by_only(stage: str, other: str) -> tuple[str, ...]:
-    """The keys of NOT_READ[other] that `stage` reads: what `stage` takes from its own spec, not from `other`'s output."""
+    """The keys of NOT_READ[other] that `stage` reads: what `stage` takes from its own spec, not from `other`'s
+    output."""
     return tuple(k for k in NOT_READ[other] if reads(stage, k))
 
 
@@ -322,21 +299,20 @@ def _pop(tree: dict, path: str, only_if=dataclasses.MISSING) -> None:
 
 
 def read_by(spec: dict, *stages: str) -> dict:
-    """What every one of `stages` reads of `spec`: the spec less NOT_READ and keys at a HASHED_WHEN_SET default."""
+    """What every one of `stages` reads of `spec`: the spec less NOT_READ and the ADDED_KEYS at their default."""
     kept = json_copy(spec)
     for path in {p for stage in stages for p in NOT_READ[stage]}:
         _pop(kept, path)
-    for path in HASHED_WHEN_SET:
+    for path in ADDED_KEYS:
         section, key = path.split(".", 1)
         _pop(kept, path, schema_default("models" if section == "model" else section, key))
-    if not (kept.get("training") or {}).get("eval_steps"):  # the validation share is drawn for in-training evaluation only
+    if not (kept.get("training") or {}).get(
+        "eval_steps"
+    ):  # the validation share is drawn for in-training evaluation only
         for key in ("validation_share", "validation_seed"):
             _pop(kept, f"training.{key}")
     for section in ("holdout", "lr_search"):  # set on the runs of a learning-rate search only
         if section in kept and kept[section] is None:
-            del kept[section]
-    for section in ("tracker", "outputs"):
-        if kept.get(section) == {}:  # a section added later, all at its defaults, hashes as its absence did
             del kept[section]
     return kept
 

@@ -91,7 +91,9 @@ def example_test(a, b, statistic: Callable | None = None, resamples: int = RESAM
         moved = d[d != 0]  # an example both score alike adds the same 0 to every flip: leaving it out keeps p
         if len(moved) < 2:  # none, or one whose two signs are equally likely: p = 1
             return {**out, "p": 1.0}
-        r = stats.permutation_test((moved,), np.sum, permutation_type="samples", n_resamples=resamples, random_state=seed)
+        r = stats.permutation_test(
+            (moved,), np.sum, permutation_type="samples", n_resamples=resamples, random_state=seed
+        )
         return {**out, "p": float(r.pvalue)}
 
     def averaged(x, idx):
@@ -104,7 +106,13 @@ def example_test(a, b, statistic: Callable | None = None, resamples: int = RESAM
     diffs = diffs[np.isfinite(diffs)]
     below, above = ((diffs <= 0).sum() + 1) / (len(diffs) + 1), ((diffs >= 0).sum() + 1) / (len(diffs) + 1)
     p = 1.0 if observed == 0 or not len(diffs) else min(1.0, 2 * min(below, above))
-    return {"test": "paired bootstrap (examples, seeds averaged)", "n": n, "seeds": seeds, "diff": observed, "p": float(p)}
+    return {
+        "test": "paired bootstrap (examples, seeds averaged)",
+        "n": n,
+        "seeds": seeds,
+        "diff": observed,
+        "p": float(p),
+    }
 
 
 def holm(pvalues) -> list[float]:

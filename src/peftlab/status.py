@@ -69,7 +69,9 @@ def render(root: str, runs: list[Run], verbose: bool = False) -> str:
                 detail = f"{_clock(r.wall_time_s)}, {mem}" + (f", health: {r.health}" if flagged(r.health) else "")
             elif state == "running":
                 detail = f"{r.stage}" + (
-                    f", step {r.step}/{r.total}, {r.elapsed} elapsed, ETA {r.eta}" if r.step is not None else ", starting"
+                    f", step {r.step}/{r.total}, {r.elapsed} elapsed, ETA {r.eta}"
+                    if r.step is not None
+                    else ", starting"
                 )
             elif state == "failed":
                 detail = f"{r.stage}: [{r.cause}] {r.reason}"
@@ -85,7 +87,9 @@ def render(root: str, runs: list[Run], verbose: bool = False) -> str:
     if counts["failed"]:
         causes = dict.fromkeys(r.cause for r in runs if r.state == "failed")
         out += [f"what to do: [{cause}] {explain(cause)[1]}" for cause in causes]
-        out.append("Failed runs: python -m peftlab.status --diagnose (same arguments) groups them by cause, with their logs.")
+        out.append(
+            "Failed runs: python -m peftlab.status --diagnose (same arguments) groups them by cause, with their logs."
+        )
     return "\n".join(out)
 
 
@@ -108,14 +112,25 @@ def diagnose(runs: list[Run], n_lines: int = 12) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--configfile", default="config/config.yaml", help="the matrix's config (default: config/config.yaml)")
+    p.add_argument(
+        "--configfile", default="config/config.yaml", help="the matrix's config (default: config/config.yaml)"
+    )
     p.add_argument("--json", action="store_true", help="print every run's state as JSON")
     p.add_argument(
-        "--watch", type=float, nargs="?", const=30.0, help="refresh every N seconds (default 30) until no run is running or pending"
+        "--watch",
+        type=float,
+        nargs="?",
+        const=30.0,
+        help="refresh every N seconds (default 30) until no run is running or pending",
     )
-    p.add_argument("--diagnose", action="store_true", help="group the failed runs by cause, with log lines and a fix each")
     p.add_argument(
-        "--stale", type=float, default=60, help="minutes without log output before a run with no output counts as failed (default 60)"
+        "--diagnose", action="store_true", help="group the failed runs by cause, with log lines and a fix each"
+    )
+    p.add_argument(
+        "--stale",
+        type=float,
+        default=60,
+        help="minutes without log output before a run with no output counts as failed (default 60)",
     )
     p.add_argument("--lines", type=int, default=12, help="log lines per failed run in --diagnose (default 12)")
     p.add_argument("--verbose", action="store_true", help="list done and pending runs even when there are many")
@@ -129,7 +144,11 @@ def main(argv=None):
         runs = matrix_status(planned.root, list(planned.runs), Path("."), args.stale * 60, search)
         if args.json:
             text = json.dumps(
-                {"root": planned.root, "counts": {s: sum(r.state == s for r in runs) for s in STATES}, "runs": [asdict(r) for r in runs]},
+                {
+                    "root": planned.root,
+                    "counts": {s: sum(r.state == s for r in runs) for s in STATES},
+                    "runs": [asdict(r) for r in runs],
+                },
                 indent=2,
             )
         elif args.diagnose:

@@ -3,9 +3,10 @@
     python -m peftlab.tables --out results/default/tables [--reference lora] results/default/runs/<run_id> [...]
 
 Writes into --out:
-- summary.csv (one row per run, with every run's status), summary_grouped.csv (per setting
-  over seeds: n, mean, std and the 95% t interval of every metric), summary.md (per task
-  tables, the runs not done with their reason, every finished run) and summary.tex
+- summary.csv (one row per run, with every run's status and its costs: peak memory, training
+  seconds per example, forgetting), summary_grouped.csv (per setting over seeds: n, mean, std
+  and the 95% t interval of every metric, the costs' means), summary.md (per task tables, the
+  runs not done with their reason, every finished run, the Pareto fronts) and summary.tex
   (the per-task tables: booktabs, escaped, one page wide);
 - comparisons.csv: every setting against the reference method's (peftlab.stats: a paired
   t-test over shared seeds, none below 3 (`p_seeds_note` says why), and a test on the
@@ -31,6 +32,7 @@ import pandas as pd
 
 from peftlab import artifacts, health, metrics, paths, plots, stats, tasks
 from peftlab import search as lr_search
+from peftlab.drawing import NotDrawn
 from peftlab.runstate import run_state
 from peftlab.spec import TaskSpec
 from peftlab.tracking import report
@@ -51,8 +53,43 @@ def _number(x) -> float:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else float("nan")
 
 
+# train.json's peak_memory keys (artifacts.peak_memory_mb), in the order the tables prefer them, and the kind each
+# measured;
+# gpu_mb: the CUDA count under its older name, read at the end of the training job
+MEMORY = {"cuda_max_allocated_mb": "cuda_max_allocated", "gpu_mb": "cuda_max_allocated", "cpu_rss_mb": "cpu_rss"}
+
+
+def peak_memory(train: dict) -> dict:
+    """`peak_memory_mb` (MiB) and `peak_memory_kind`: the CUDA device's max allocated when the run recorded it,
+    else the process's peak RSS; both empty when train.json has neither."""
+    recorded = train.get("peak_memory") or {}
+    for key, kind in MEMORY.items():
+        if np.isfinite(value := _number(recorded.get(key))):
+            return {"peak_memory_mb": value, "peak_memory_kind": kind}
+    return {"peak_memory_mb": float("nan"), "peak_memory_kind": None}
+
+
+def seconds_per_example(train: dict) -> float:
+    """Training seconds per example trained on: the Trainer's train_runtime (train_runtime_s) over the examples
+    passed through (examples × epochs, the epochs as the Trainer counts them, fractional under max_steps).
+    NaN for a run resumed from a checkpoint (its runtime is its last session's) or recorded without train_runtime_s."""
+    runtime, examples, epochs = (_number(train.get(k)) for k in ("train_runtime_s", "examples", "epochs"))
+    if train.get("resumed_from") or not (runtime > 0 and examples > 0 and epochs > 0):
+        return float("nan")
+    return runtime / (examples * epochs)
+
+
+def forgetting(evaluation: dict) -> dict:
+    """`forgetting` (eval.json's forgetting.value; lower is better) and `forgetting_measure` (its measure); empty
+    without one."""
+    record = evaluation.get("forgetting")
+    record = record if isinstance(record, dict) else {}
+    return {"forgetting": _number(record.get("value")), "forgetting_measure": record.get("measure")}
+
+
 def run_row(run_dir: Path, columns: list[str]) -> dict | None:
-    """One table row from a run folder's JSON files, with a column per metric of `columns`, or None if the run has not finished."""
+    """One table row from a run folder's JSON files, with a column per metric of `columns`, or None if the run has not
+    finished."""
     if not (run_dir / "train.json").exists() or not (run_dir / "eval.json").exists():
         return None
     tr, ev = artifacts.read_json(run_dir / "train.json"), artifacts.read_json(run_dir / "eval.json")
@@ -78,6 +115,9 @@ def run_row(run_dir: Path, columns: list[str]) -> dict | None:
         "final_loss": tr["final_loss"],
         "tokens_per_s": round(tr["tokens_per_s"]) if tr["tokens_per_s"] is not None else None,
         "train_time_s": round(tr["wall_time_s"], 1),
+        **peak_memory(tr),
+        "train_s_per_example": seconds_per_example(tr),
+        **forgetting(ev),
         # what the run keeps on disk (None for runs recorded before peftlab recorded it)
         "adapter_bytes": tr.get("adapter_bytes"),
         "checkpoint_bytes": tr.get("checkpoint_bytes"),
@@ -86,7 +126,9 @@ def run_row(run_dir: Path, columns: list[str]) -> dict | None:
         "run_dir": Path(run_dir),  # where its predictions are
     }
     main = row["main_metric"]
-    for split, m in ev["metrics"].get("splits", {}).items():  # named held-out sets: MNLI's accuracy[matched], [mismatched]
+    for split, m in (
+        ev["metrics"].get("splits", {}).items()
+    ):  # named held-out sets: MNLI's accuracy[matched], [mismatched]
         row[f"{main}[{split}]"] = m.get(main)
     check = run_dir / "merge_check.json"
     if check.exists():
@@ -101,7 +143,9 @@ def collect(run_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     columns = tasks.all_metrics()  # asked at build time: a task type registered after import has its columns
     rows = [row for d in run_dirs if (row := run_row(Path(d), columns)) is not None]
     states = [run_state(*paths.split_run(d)) for d in run_dirs]
-    status = pd.DataFrame([(r.run_id, r.state, r.stage, r.reason) for r in states], columns=["run_id", "status", "stage", "reason"])
+    status = pd.DataFrame(
+        [(r.run_id, r.state, r.stage, r.reason) for r in states], columns=["run_id", "status", "stage", "reason"]
+    )
     for s in status[status["status"] != "done"].itertuples():
         log.warning("%s: %s at %s%s", s.run_id, s.status, s.stage, f": {s.reason}" if s.reason else "")
     table = pd.DataFrame(rows)
@@ -110,15 +154,29 @@ def collect(run_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     return table, status
 
 
+COSTS = {
+    "peak_memory_mb": "peak_memory_kind",
+    "train_s_per_example": None,
+    "forgetting": "forgetting_measure",
+}  # lower is better
+
+
 def grouped(runs: pd.DataFrame) -> pd.DataFrame:
     """Per setting (task, model, method, r, lr, train_size), over its seeds: for every metric n, mean, std
     and the 95% t interval (std and interval empty for one seed: never ± 0)."""
-    main = set(runs["main_metric"]) if "main_metric" in runs else set()  # a task's main metric has columns, even all missing
+    main = (
+        set(runs["main_metric"]) if "main_metric" in runs else set()
+    )  # a task's main metric has columns, even all missing
     reported = [m for m in tasks.all_metrics() if m in runs and (runs[m].notna().any() or m in main)]
     keys = [k for k in SETTING if k in runs]
     rows = []
     for key, g in runs.groupby(keys, dropna=False, sort=False):
         row = {**dict(zip(keys, key)), "seeds": g["seed"].nunique(), "trainable_pct": g["trainable_pct"].mean()}
+        for cost, kind in COSTS.items():  # each cost's mean over the seeds that recorded it, and what they measured
+            if cost in g:
+                row[cost] = pd.to_numeric(g[cost], errors="coerce").mean()
+            if kind and kind in g:
+                row[kind] = "; ".join(sorted(set(g[kind].dropna()))) or None
         for m in reported:
             s = stats.summary(g[m].tolist(), bounds=metrics.metric(m).bounds)
             row.update({f"{m}_{k}": s[k] for k in ("n", "mean", "std", "ci_low", "ci_high")})
@@ -141,7 +199,10 @@ def example_test(metric: str, a: list[list[dict]], b: list[list[dict]]) -> dict 
     if row.per_example is None or not ids or any([r["id"] for r in rows] != ids for rows in a_rows + b_rows):
         return None
     try:
-        x, y = np.stack([row.per_example(rows) for rows in a_rows]), np.stack([row.per_example(rows) for rows in b_rows])
+        x, y = (
+            np.stack([row.per_example(rows) for rows in a_rows]),
+            np.stack([row.per_example(rows) for rows in b_rows]),
+        )
     except (KeyError, TypeError, ValueError):  # a run recorded before its metric had a per-example column
         return None
     if row.statistic is None:
@@ -170,7 +231,9 @@ def comparisons(runs: pd.DataFrame, reference: str) -> pd.DataFrame:
         if ref.empty:
             continue
         means = ref.groupby(["r", "lr", "train_size"], dropna=False)[metric].mean()
-        for key, g in part[part["method"] != reference].groupby(["method", "r", "lr", "train_size"], dropna=False, sort=False):
+        for key, g in part[part["method"] != reference].groupby(
+            ["method", "r", "lr", "train_size"], dropna=False, sort=False
+        ):
             method, r, lr, size = key
             same = [(k, v) for k, v in means.items() if _eq(k[2], size)]
             closest = [(k, v) for k, v in same if _eq(k[0], r)] or same
@@ -181,13 +244,20 @@ def comparisons(runs: pd.DataFrame, reference: str) -> pd.DataFrame:
                 if plots.better(metric, v, best[1]):
                     best = (k, v)
             rk = best[0]
-            rg = ref[[_eq(a, rk[0]) and _eq(b, rk[1]) and _eq(c, rk[2]) for a, b, c in zip(ref["r"], ref["lr"], ref["train_size"])]]
+            rg = ref[
+                [
+                    _eq(a, rk[0]) and _eq(b, rk[1]) and _eq(c, rk[2])
+                    for a, b, c in zip(ref["r"], ref["lr"], ref["train_size"])
+                ]
+            ]
             a_by_seed, b_by_seed = dict(zip(g["seed"], g[metric])), dict(zip(rg["seed"], rg[metric]))
             shared = sorted(set(a_by_seed) & set(b_by_seed))
             seed = stats.seed_test(a_by_seed, b_by_seed)
             a_dirs, b_dirs = dict(zip(g["seed"], g["run_dir"])), dict(zip(rg["seed"], rg["run_dir"]))
             example = (
-                example_test(metric, [_predictions(a_dirs[s]) for s in shared], [_predictions(b_dirs[s]) for s in shared])
+                example_test(
+                    metric, [_predictions(a_dirs[s]) for s in shared], [_predictions(b_dirs[s]) for s in shared]
+                )
                 if shared
                 else None
             )
@@ -235,7 +305,8 @@ def _fmt(x, digits: int = 4) -> str:
 
 
 def _p(p, reference) -> str:
-    """A p-value as the tables show it: "n/a" for a comparison that has none (its note says why), empty for no comparison."""
+    """A p-value as the tables show it: "n/a" for a comparison that has none (its note says why), empty for no
+    comparison."""
     return _fmt(p, 3) if pd.notna(p) else ("n/a" if isinstance(reference, str) and reference else "")
 
 
@@ -253,7 +324,9 @@ def task_table(groups: pd.DataFrame, comps: pd.DataFrame, task: str) -> pd.DataF
     for _, idx in part.groupby("model").groups.items():
         sub = part.loc[idx, f"{metric}_mean"].dropna()
         if len(sub):  # every setting that ties for the best mean
-            part.loc[sub.index[sub == (sub.max() if metrics.metric(metric).higher_is_better else sub.min())], "best"] = True
+            part.loc[
+                sub.index[sub == (sub.max() if metrics.metric(metric).higher_is_better else sub.min())], "best"
+            ] = True
     cols = ["model", "method", "r", "lr", "train_size"]
     table = part[cols + ["seeds"]].rename(columns={"seeds": "n"})
     table[metric] = part[f"{metric}_mean"]
@@ -262,7 +335,9 @@ def task_table(groups: pd.DataFrame, comps: pd.DataFrame, task: str) -> pd.DataF
     table["trainable_pct"] = part["trainable_pct"]
     table["best"] = part["best"]
     if not comps.empty:
-        c = comps[comps["task"] == task][[*cols, "reference", "diff", "p_seeds_holm", "p_seeds_note", "example_test", "p_examples_holm"]]
+        c = comps[comps["task"] == task][
+            [*cols, "reference", "diff", "p_seeds_holm", "p_seeds_note", "example_test", "p_examples_holm"]
+        ]
         table = table.merge(c, on=cols, how="left")
     return table.reset_index(drop=True)
 
@@ -291,7 +366,8 @@ def _markdown(table: pd.DataFrame, metric: str) -> str:
         shown["p seeds (Holm)"] = [_p(x, ref) for x, ref in zip(table["p_seeds_holm"], table["reference"])]
         shown["why no p seeds"] = table["p_seeds_note"].fillna("")
         shown["p examples (Holm)"] = [
-            f"{_fmt(p, 3)} ({t})" if pd.notna(p) else "" for p, t in zip(table["p_examples_holm"], table["example_test"])
+            f"{_fmt(p, 3)} ({t})" if pd.notna(p) else ""
+            for p, t in zip(table["p_examples_holm"], table["example_test"])
         ]
     return shown.astype(object).where(shown.notna(), "").to_markdown(index=False)
 
@@ -338,13 +414,18 @@ def latex(table: pd.DataFrame, task: str, metric: str) -> str:
     if "reference" in table:
         body["$\\Delta$"] = table["diff"].map(lambda x: _fmt(x, 3))
         body["$p$ (Holm)"] = [
-            _p(b if pd.notna(b) else a, ref) for a, b, ref in zip(table["p_seeds_holm"], table["p_examples_holm"], table["reference"])
+            _p(b if pd.notna(b) else a, ref)
+            for a, b, ref in zip(table["p_seeds_holm"], table["p_examples_holm"], table["reference"])
         ]
     tabular = body.to_latex(index=False, escape=False, column_format="ll" + "r" * (len(body.columns) - 2))
-    caption = f"{latex_escape(task)}: {latex_escape(metric)}, mean over seeds with its 95\\% $t$ interval; best in bold." + (
-        " $\\Delta$ and $p$ against the reference method (Holm-corrected; per-example test where it exists, else seeds)."
-        if "reference" in table
-        else ""
+    caption = (
+        f"{latex_escape(task)}: {latex_escape(metric)}, mean over seeds with its 95\\% $t$ interval; best in bold."
+        + (
+            " $\\Delta$ and $p$ against the reference method (Holm-corrected; per-example test where it exists, "
+            "else seeds)."
+            if "reference" in table
+            else ""
+        )
     )
     return (
         # scaled down to the text width when wider, never up
@@ -368,20 +449,73 @@ def disk(table: pd.DataFrame) -> str:
     return f"## Disk\n\n{len(table)} finished runs keep {artifacts.human_bytes(sum(totals.values()))}: {parts}{note}.\n"
 
 
-def lr_tables(files: list[Path], out: Path) -> int:
-    """best_lr.csv, best_lr.md and lr_search.png from the learning-rate searches' selections that exist; how many there were."""
+def lr_tables(files: list[Path], out: Path, run_dirs: list[Path] = ()) -> int:
+    """best_lr.csv, best_lr.md and lr_search.png from the learning-rate searches' selections that exist, with each
+    cell's sharpness at initialisation from its final runs' train.json (`run_dirs`); how many selections there were."""
     selections = [artifacts.read_json(f) for f in files if Path(f).exists()]
     if not selections:
         return 0
-    rows = pd.DataFrame(lr_search.table(selections))
+    records = [artifacts.read_json(Path(d) / "train.json") for d in run_dirs if (Path(d) / "train.json").exists()]
+    sharpness = lr_search.sharpness_by_cell(records)
+    rows = pd.DataFrame(lr_search.table(selections, sharpness))
     rows.to_csv(out / "best_lr.csv", index=False)
-    (out / "best_lr.md").write_text(lr_search.markdown(selections))
+    (out / "best_lr.md").write_text(lr_search.markdown(selections, sharpness))
     plots.lr_search_plot(rows, out / "lr_search.png")
     return len(selections)
 
 
+def pareto_fronts(runs: pd.DataFrame) -> list[str]:
+    """summary.md's Pareto fronts: per task and model, the settings on each cost's front (peftlab.plots.FRONTS),
+    with the kind of memory and the forgetting measure the runs recorded. A front left out is listed with its reason
+    among the plots not drawn."""
+    lines = []
+    for (task, model), part in runs.groupby(["task", "model"], sort=True):
+        metric = part["main_metric"].iloc[0]
+        axes = [a for a in plots.AXES if plots.varying(part, a)]
+        rows = []
+        for name, cost in plots.FRONTS.items():
+            try:
+                c, front, kind, _ = plots.front(part, metric, name)
+            except NotDrawn:
+                continue
+            except Exception:  # noqa: BLE001  (as for a plot: never the tables)
+                log.exception("%s / %s: the %s front", task, model, name)
+                continue
+            for i in front:
+                cell = c.iloc[i]
+                rows.append(
+                    {
+                        "plot": f"{name}.png",
+                        "cost (lower is better)": plots.cost_label(name, kind).replace("\n", " "),
+                        "method": cell["method"],
+                        "setting": plots.setting_label(cell, axes) if axes else "",
+                        "cost": _fmt(cell[cost.column]),
+                        f"{metric} (mean)": _fmt(cell["mean"]),
+                    }
+                )
+        if rows:
+            shown = pd.DataFrame(rows).drop(columns=[] if axes else ["setting"])
+            lines += [f"### {task} / {model}: {metric}\n", shown.to_markdown(index=False), ""]
+    if not lines:
+        return []
+    intro = (
+        "Per task and model, the settings no other setting beats on both a lower cost and a better mean metric "
+        "over its seeds "
+        f"(plots/<task>/<model>/{{{','.join(plots.FRONTS)}}}.png draw them dashed). Peak memory is in MiB "
+        "(cuda_max_allocated: torch.cuda.max_memory_allocated during training; cpu_rss: the training process's "
+        "peak resident "
+        "set size); time is the Trainer's training runtime in seconds over examples × epochs; forgetting is "
+        "eval.json's "
+        "forgetting value (peftlab.forgetting; loss_rise: the tuned model's mean token cross-entropy on the "
+        "task's reference "
+        "texts minus the base's; cka_drift: 1 − linear CKA of the two models' final hidden states on them).\n"
+    )
+    return ["## Pareto fronts\n", intro, *lines]
+
+
 def left_out(runs: pd.DataFrame, include_flagged: bool) -> pd.DataFrame:
-    """The finished runs the comparisons leave out: those whose health is flagged (peftlab.health), unless `include_flagged`."""
+    """The finished runs the comparisons leave out: those whose health is flagged (peftlab.health), unless
+    `include_flagged`."""
     if include_flagged or runs.empty:
         return runs.iloc[0:0]
     return runs[runs["health"].map(health.flagged)]
@@ -400,13 +534,17 @@ def _left_out_section(flagged: pd.DataFrame) -> list[str]:
 
 
 def build(
-    run_dirs: list[Path], out: Path, reference: str = "lora", lr_selections: list[Path] = (), include_flagged: bool = False
+    run_dirs: list[Path],
+    out: Path,
+    reference: str = "lora",
+    lr_selections: list[Path] = (),
+    include_flagged: bool = False,
 ) -> pd.DataFrame:
     everyone, status = collect(run_dirs)
     flagged = left_out(everyone, include_flagged)
     runs = everyone.drop(index=flagged.index)  # what the tables compare: the finished runs not flagged
     out.mkdir(parents=True, exist_ok=True)
-    searched = lr_tables(list(lr_selections), out)
+    searched = lr_tables(list(lr_selections), out, run_dirs)
     (out / "tasks").mkdir(exist_ok=True)
     counts = ", ".join(f"{n} {s}" for s, n in status["status"].value_counts().items())
     blank = lambda df: df.astype(object).where(df.notna(), None)  # noqa: E731  (tabulate prints None as missingval)
@@ -437,12 +575,16 @@ def build(
     comps.to_csv(out / "comparisons.csv", index=False)
     tex = [LATEX_PREAMBLE]
     md += [
-        f"Per task: each setting's main metric over its seeds (n, mean, std, 95% Student-t interval clipped to the metric's range; one seed shows "
+        "Per task: each setting's main metric over its seeds (n, mean, std, 95% Student-t interval clipped to "
+        "the metric's range; one seed shows "
         f"n = 1 and no interval), the best mean per model in bold, and the test against `{reference}` (the "
         f"`tables.reference` method): a paired t-test over shared seeds (n/a below {stats.MIN_SEEDS} seeds or when the "
-        f"differences do not vary), and on the per-example predictions, each example counted once however many seeds saw it, "
-        f"a paired permutation test of the seed-averaged outcome (accuracy, exact match, ROUGE; {stats.RESAMPLES} sign flips, "
-        f"exact when fewer) or a paired bootstrap ({BOOTSTRAP_RESAMPLES} resamples of the examples) of the seed-averaged "
+        "differences do not vary), and on the per-example predictions, each example counted once however many "
+        "seeds saw it, "
+        "a paired permutation test of the seed-averaged outcome (accuracy, exact match, ROUGE; "
+        f"{stats.RESAMPLES} sign flips, "
+        f"exact when fewer) or a paired bootstrap ({BOOTSTRAP_RESAMPLES} resamples of the examples) of the "
+        "seed-averaged "
         f"metric; p-values Holm-corrected within each table.\n",
     ]
     for task in sorted(finished["task"].unique()):
@@ -453,11 +595,17 @@ def build(
             section, body = [f"## {task}: {metric}\n", _markdown(t, metric), ""], latex(t, task, metric)
         else:  # every finished run of the task is flagged
             t = pd.DataFrame(columns=["model", "method", "r", "lr", "train_size", "n", metric])
-            section = [f"## {task}: {metric}\n", f"Every finished run of {task} is flagged by its health: nothing to compare.\n"]
+            section = [
+                f"## {task}: {metric}\n",
+                f"Every finished run of {task} is flagged by its health: nothing to compare.\n",
+            ]
             body = f"% {latex_escape(task)}: every finished run is flagged by its health; nothing to compare\n"
         t.to_csv(out / "tasks" / f"{task}.csv", index=False)
         if len(task_flagged):
-            section += [f"{len(task_flagged)} run(s) of {task} left out, flagged by their health: see Runs left out of the comparisons.\n"]
+            section += [
+                f"{len(task_flagged)} run(s) of {task} left out, flagged by their health: see Runs left out of "
+                "the comparisons.\n"
+            ]
         task_missing = not_done[not_done["run_id"].str.split("/").str[0] == task]
         if len(task_missing):
             section += [f"Runs of {task} not done:\n", blank(task_missing).to_markdown(index=False, missingval=""), ""]
@@ -475,9 +623,10 @@ def build(
     (out / "plots").mkdir(exist_ok=True)
     plots.by_task_model(runs, out / "plots", notes)
     report.matrix([Path(d) for d in everyone["run_dir"]], out, notes)  # what each adapter changed: every finished run
+    md += pareto_fronts(runs)
     if notes:
         md += ["## Plots not drawn, and why\n", *(f"- {n}" for n in notes), ""]
-        (out / "summary.md").write_text("\n".join(md))
+    (out / "summary.md").write_text("\n".join(md))
     return table
 
 
@@ -487,14 +636,22 @@ def main(argv=None):
     p.add_argument("--out", required=True, type=Path, help="folder for the tables and plots")
     p.add_argument("--reference", default="lora", help="the method every other one is compared with (default: lora)")
     p.add_argument(
-        "--include-flagged", action="store_true", help="compare runs whose health is flagged too (peftlab.health; default: leave them out)"
+        "--include-flagged",
+        action="store_true",
+        help="compare runs whose health is flagged too (peftlab.health; default: leave them out)",
     )
     p.add_argument(
-        "--lr-search", nargs="*", type=Path, default=[], help="learning-rate searches' selections (results/<m>/lr_search/<cell>.json)"
+        "--lr-search",
+        nargs="*",
+        type=Path,
+        default=[],
+        help="learning-rate searches' selections (results/<m>/lr_search/<cell>.json)",
     )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    with artifacts.atomic_dir(args.out) as tmp:  # whole: no table or plot of a run or search no longer in the matrix stays behind
+    with artifacts.atomic_dir(
+        args.out
+    ) as tmp:  # whole: no table or plot of a run or search no longer in the matrix stays behind
         runs = build(args.runs, tmp, args.reference, args.lr_search, args.include_flagged)
     log.info("tabulated %d finished run(s) of %d into %s", len(runs), len(args.runs), args.out)
 

@@ -40,7 +40,9 @@ def build_tiny(spec: dict, out: Path) -> dict:
     bpe.train_from_iterator(
         tokenizer_texts,
         trainers.BpeTrainer(
-            vocab_size=b["vocab_size"], special_tokens=["<pad>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+            vocab_size=b["vocab_size"],
+            special_tokens=["<pad>", "<s>", "</s>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         ),
     )
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
@@ -49,7 +51,12 @@ def build_tiny(spec: dict, out: Path) -> dict:
     losses = _pretrain(model, tok, pretrain_texts, b["pretrain_steps"], b["seed"])
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    return {"arch": b["arch"], "parameters": sum(p.numel() for p in model.parameters()), "vocab_size": len(tok), "pretrain_losses": losses}
+    return {
+        "arch": b["arch"],
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "vocab_size": len(tok),
+        "pretrain_losses": losses,
+    }
 
 
 def tiny_t5(tok, b: dict):

@@ -50,7 +50,15 @@ from peftlab.checkpoints import KeepEvery, claimed, last_checkpoint, prune, step
 from peftlab.compute import device_of, logits
 from peftlab.dataset import holdout, split
 from peftlab.methods import targets
-from peftlab.models import RUN_FILE, load_model, load_tokenizer, load_trained, probe_batch, run_marker, trained_label_names
+from peftlab.models import (
+    RUN_FILE,
+    load_model,
+    load_tokenizer,
+    load_trained,
+    probe_batch,
+    run_marker,
+    trained_label_names,
+)
 from peftlab.schema import schema_default
 from peftlab.spec import RunSpec, fingerprint
 from peftlab.tracking import report
@@ -75,7 +83,11 @@ class Guard(TrainerCallback):
         for key in ("loss", "grad_norm"):
             if key in (logs or {}) and not numerics.finite(logs[key]):
                 finite = [e for e in state.log_history if "loss" in e and numerics.finite(e["loss"])]
-                last = f"the last finite loss was {finite[-1]['loss']:.4g} at step {finite[-1]['step']}" if finite else "no loss was finite"
+                last = (
+                    f"the last finite loss was {finite[-1]['loss']:.4g} at step {finite[-1]['step']}"
+                    if finite
+                    else "no loss was finite"
+                )
                 raise Diverged(
                     f"training diverged: {key} is {logs[key]} at step {state.global_step}; {last}. "
                     "Lower training.learning_rate or set training.max_grad_norm"
@@ -143,7 +155,8 @@ def train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path, tr
     rank, world_size = distributed()
     if world_size != spec.world_size:
         raise RuntimeError(
-            f"{spec.run_id}: started as {world_size} process(es), but its resources give a world size of {spec.world_size}; "
+            f"{spec.run_id}: started as {world_size} process(es), but its resources give a world size of "
+            f"{spec.world_size}; "
             "start it with the command peftlab.launch.launcher gives (the workflow does)"
         )
     fp = fingerprint(spec.to_dict(), "train_run")
@@ -157,7 +170,9 @@ def train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path, tr
             return diverged(spec, str(e), adapter, record_path, tracking, checkpoints, fp)
 
 
-def diverged(spec: RunSpec, reason: str, adapter: Path, record_path: Path, tracking: Path, checkpoints: Path, fp: str) -> dict:
+def diverged(
+    spec: RunSpec, reason: str, adapter: Path, record_path: Path, tracking: Path, checkpoints: Path, fp: str
+) -> dict:
     """A search run whose training diverged: a result, not a failure (its candidate rate scores as the
     worst, peftlab.lr_search). Its adapter folder holds the reason instead of weights, which evaluate reads."""
     log.warning("%s: %s; recorded as a diverged candidate of its learning-rate search", spec.run_id, reason)
@@ -166,7 +181,13 @@ def diverged(spec: RunSpec, reason: str, adapter: Path, record_path: Path, track
         artifacts.write_json(tmp / RUN_FILE, run_marker(spec, fp, diverged=reason))
     with artifacts.atomic_dir(tracking) as tmp:
         (tmp / "DIVERGED.txt").write_text(reason + "\n")
-    verdict = {"status": health.DIVERGED, "flags": [health.DIVERGED], "reasons": [reason], "measures": {}, "thresholds": health.THRESHOLDS}
+    verdict = {
+        "status": health.DIVERGED,
+        "flags": [health.DIVERGED],
+        "reasons": [reason],
+        "measures": {},
+        "thresholds": health.THRESHOLDS,
+    }
     record = {
         "run_id": spec.run_id,
         "fingerprint": fp,
@@ -196,7 +217,9 @@ def _train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path, t
     probe_rows = validation if validation is not None else train_ds  # the reload check's batch
     train_ds = train_subset(train_ds, t.train_size, t.data_seed)
     tokenizer = load_tokenizer(spec.model)
-    base = load_model(spec.model, task, tokenizer, quantization=methods.quantization(spec.peft), label_names=trained_label_names(spec))
+    base = load_model(
+        spec.model, task, tokenizer, quantization=methods.quantization(spec.peft), label_names=trained_label_names(spec)
+    )
     total_params = base.num_parameters()  # counts a 4-bit base's packed weights as the parameters they hold
     ctx = methods.Context(
         task_type=tasks.of(task).peft_task_type,
@@ -222,16 +245,24 @@ def _train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path, t
         tracker,
         *([KeepEvery(keep)] if isinstance(keep := spec.outputs.checkpoints, int) else []),
     ]
-    make_optimizer = functools.partial(optimizer, p=spec.peft) if (optimizer := methods.hook(method, "optimizer")) else None
-    trainer = tasks.of(task).trainer(spec, model, tokenizer, train_ds, validation, common, trainer_callbacks, make_optimizer)
-    tracker.attach(trainer)
+    make_optimizer = (
+        functools.partial(optimizer, p=spec.peft) if (optimizer := methods.hook(method, "optimizer")) else None
+    )
+    trainer = tasks.of(task).trainer(
+        spec, model, tokenizer, train_ds, validation, common, trainer_callbacks, make_optimizer
+    )
+    tracker.attach(trainer, fixed_loss=not tasks.of(task).rewarded)
     args = trainer.args
     if torch.distributed.is_initialized():  # the first process has claimed the folder (and dropped stale checkpoints)
         torch.distributed.barrier()
     resume = last_checkpoint(checkpoints)
     tracker.restore(resume)
     tokens_before, runtime = 0, 0.0
-    if resume and (done := TrainerState.load_from_json(str(Path(resume) / "trainer_state.json"))).global_step >= done.max_steps:
+    if (
+        resume
+        and (done := TrainerState.load_from_json(str(Path(resume) / "trainer_state.json"))).global_step
+        >= done.max_steps
+    ):
         # a run that finished training and failed after it (say, in the reload check): resuming
         # would take one more step past the target, so take the finished weights as they are
         keep = done.best_model_checkpoint if t.load_best_model_at_end and done.best_model_checkpoint else resume
@@ -242,7 +273,9 @@ def _train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path, t
         if resume:
             log.info("resuming from %s", resume)
             tokens_before = artifacts.read_json(Path(resume) / "trainer_state.json")["num_input_tokens_seen"]
+        artifacts.reset_peak_memory()  # the CUDA peak from here on is training's (the weights already loaded included)
         runtime = trainer.train(resume_from_checkpoint=resume).metrics["train_runtime"]
+    peak = artifacts.peak_memory_mb()  # before the reload check puts a second copy of the model on the device
     state = trainer.state
     ran_on = hosts()
     if rank != 0:  # the other processes are done; the first saves, checks and records
@@ -255,29 +288,48 @@ def _train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path, t
     probe = probe_batch(probe_rows, tokenizer, task)
     trained_logits = logits(model, probe)
     if not numerics.finite(trained_logits):
-        raise Diverged(f"{spec.run_id}: the trained model gives non-finite logits on the probe batch; the adapter is broken")
+        raise Diverged(
+            f"{spec.run_id}: the trained model gives non-finite logits on the probe batch; the adapter is broken"
+        )
     with artifacts.atomic_dir(adapter) as tmp:
         methods.save(model, tmp, initial if method.init_changes_base else None)
         tokenizer.save_pretrained(tmp)
-        artifacts.write_json(tmp / RUN_FILE, run_marker(spec, fp))  # with the spec: a searched run's, at the rate its search picked
+        artifacts.write_json(
+            tmp / RUN_FILE, run_marker(spec, fp)
+        )  # with the spec: a searched run's, at the rate its search picked
     reload_diff = reload_tol = None
     if t.check_reload:
         reloaded, device = load_trained(spec, adapter, tokenizer), device_of(model)
-        if device.type != "cpu":  # compare on one device: a GPU's kernels differ from the CPU's by more than the tolerance
+        if (
+            device.type != "cpu"
+        ):  # compare on one device: a GPU's kernels differ from the CPU's by more than the tolerance
             reloaded.to(device)
         reload_diff = numerics.max_abs_diff(logits(reloaded, probe), trained_logits)
         reload_tol = numerics.tolerance(trained_logits, numerics.RELOAD_ULPS)
         if not numerics.within(reload_diff, reload_tol):
             shutil.rmtree(adapter)
-            raise RuntimeError(f"{spec.run_id}: adapter reloaded onto the untouched base differs by {reload_diff:.3g} > {reload_tol:.3g}")
+            raise RuntimeError(
+                f"{spec.run_id}: adapter reloaded onto the untouched base differs by {reload_diff:.3g} > "
+                f"{reload_tol:.3g}"
+            )
 
     with artifacts.atomic_dir(tracking) as tmp:
-        tracked = report.write_run(tracker, tmp, spec.run_id, fp, (spec.wandb.log_spectral_images, spec.wandb.log_gradient_images))
+        tracked = report.write_run(
+            tracker, tmp, spec.run_id, fp, (spec.wandb.log_spectral_images, spec.wandb.log_gradient_images)
+        )
 
-    kept = keep_checkpoints(spec, trainer, model, tokenizer, checkpoints, initial if method.init_changes_base else None, fp)
+    kept = keep_checkpoints(
+        spec, trainer, model, tokenizer, checkpoints, initial if method.init_changes_base else None, fp
+    )
 
-    losses = [{"step": e["step"], "loss": e["loss"], "grad_norm": e.get("grad_norm")} for e in state.log_history if "loss" in e]
-    rl_rewards = [{"step": e["step"], "reward": e["reward"]} for e in state.log_history if "reward" in e]  # GRPO's mean reward
+    losses = [
+        {"step": e["step"], "loss": e["loss"], "grad_norm": e.get("grad_norm")}
+        for e in state.log_history
+        if "loss" in e
+    ]
+    rl_rewards = [
+        {"step": e["step"], "reward": e["reward"]} for e in state.log_history if "reward" in e
+    ]  # GRPO's mean reward
     session_tokens = state.num_input_tokens_seen - tokens_before  # real (non-padding) tokens since start or resume
     record = {
         "run_id": spec.run_id,
@@ -292,19 +344,24 @@ def _train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path, t
         "examples": len(train_ds),
         "tokens_seen": state.num_input_tokens_seen,
         "tokens_per_s": session_tokens / runtime if runtime else None,
+        # the Trainer's train_runtime: trainer.train() of this session (0 when it loaded finished weights)
+        "train_runtime_s": runtime,
         "trainable_params": trainable,
         "total_params": total_params,
         "trainable_share": trainable / total_params,
         **({"rewards": rl_rewards} if tasks.of(task).rewarded else {}),
         **trainers.evaluations(state, t),
         # what chose anything chosen during training (the kept checkpoint): never the evaluation split
-        "validation": {"split": "train", "held_out": len(validation), "used_for": "in-training evaluation"} if t.eval_steps else None,
+        "validation": {"split": "train", "held_out": len(validation), "used_for": "in-training evaluation"}
+        if t.eval_steps
+        else None,
         "resumed_from": resume,
         "tracking": {
             "spectral_steps": tracked["spectral"]["steps"],
             "gradient_steps": tracked["gradients"]["steps"],
             "seconds": tracked["seconds"],
         },
+        "sharpness": tracked["sharpness"],  # tracker.sharpness_probe: the top Hessian eigenvalue at initialisation
         "reload_max_abs_diff": reload_diff,
         "reload_tolerance": reload_tol,
         "checkpoints": kept,  # outputs.checkpoints: each kept one's step and the adapter folder that evaluate reads
@@ -314,6 +371,7 @@ def _train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path, t
         "hosts": ran_on,
         "backend": torch.distributed.get_backend() if torch.distributed.is_initialized() else None,
         **prov.record(),
+        "peak_memory": peak,  # as training ended (artifacts.peak_memory_mb), not the end of the job's
     }
     artifacts.write_json(record_path, record)
     observe.log_health(spec, fp, verdict)
@@ -333,14 +391,18 @@ def judge(spec: RunSpec, log_history: list[dict], movement: health.Movement) -> 
     if spec.training.on_degenerate == "fail" and spec.holdout is None:
         raise health.Degenerate(
             f"{line}. training.on_degenerate is fail, so no adapter or train.json was written; "
-            "change the run's settings (training.learning_rate first), or set training.on_degenerate: warn to keep it, flagged"
+            "change the run's settings (training.learning_rate first), or set training.on_degenerate: warn to "
+            "keep it, flagged"
         )
     log.warning("%s (training.on_degenerate: warn: kept, flagged in the tables)", line)
     return verdict
 
 
-def keep_checkpoints(spec: RunSpec, trainer, model, tokenizer, checkpoints: Path, initial: Path | None, fp: str) -> list[dict]:
-    """Prune the checkpoint folder to `outputs.checkpoints`; give each kept checkpoint an adapter `python -m peftlab.evaluate` reads.
+def keep_checkpoints(
+    spec: RunSpec, trainer, model, tokenizer, checkpoints: Path, initial: Path | None, fp: str
+) -> list[dict]:
+    """Prune the checkpoint folder to `outputs.checkpoints`; give each kept checkpoint an adapter `python -m
+    peftlab.evaluate` reads.
 
     The adapter is saved as the run's own is (methods.save: PiSSA's relative to the untouched
     base), with the run's fingerprint; for `full` the checkpoint is the model, and gets the
@@ -366,19 +428,33 @@ def main(argv=None):
     p.add_argument("--record", required=True, type=Path, help="train.json to write")
     p.add_argument("--checkpoints", required=True, type=Path, help="checkpoint folder, outside every declared output")
     p.add_argument("--tracking", type=Path, help="tracking folder to write (default: tracking/ beside the record)")
-    p.add_argument("--lr-from", type=Path, help="a final run of a learning-rate search: its cell's selection (peftlab.lr_search)")
+    p.add_argument(
+        "--lr-from", type=Path, help="a final run of a learning-rate search: its cell's selection (peftlab.lr_search)"
+    )
     args = p.parse_args(argv)
     spec = RunSpec.from_dict(cli.start(args))
     if spec.lr_search is not None:
         if args.lr_from is None:
-            p.error(f"{spec.run_id}: its learning rate comes from the search of {spec.lr_search.cell}; give that selection with --lr-from")
+            p.error(
+                f"{spec.run_id}: its learning rate comes from the search of {spec.lr_search.cell}; give that "
+                "selection with --lr-from"
+            )
         spec = spec.with_learning_rate(search.chosen_rate(args.lr_from, spec.lr_search))
         log.info(
-            "%s: training at %g, the rate its learning-rate search picked (%s)", spec.run_id, spec.training.learning_rate, args.lr_from
+            "%s: training at %g, the rate its learning-rate search picked (%s)",
+            spec.run_id,
+            spec.training.learning_rate,
+            args.lr_from,
         )
     record = train(spec, args.adapter, args.record, args.checkpoints, args.tracking)
     if record and "diverged" not in record:
-        log.info("%s: loss %s -> %s, %s tokens/s", record["run_id"], record["first_loss"], record["final_loss"], record["tokens_per_s"])
+        log.info(
+            "%s: loss %s -> %s, %s tokens/s",
+            record["run_id"],
+            record["first_loss"],
+            record["final_loss"],
+            record["tokens_per_s"],
+        )
 
 
 if __name__ == "__main__":

@@ -49,7 +49,10 @@ FROM_SPEC = {
     "logging_steps": "training.logging_steps",
     "save_strategy": "training.save_steps",
     "save_steps": "training.save_steps",
-    "save_total_limit": "peftlab (the last two checkpoints, and the best one with load_best_model_at_end; outputs.checkpoints: every N keeps more)",
+    "save_total_limit": (
+        "peftlab (the last two checkpoints, and the best one with load_best_model_at_end; "
+        "outputs.checkpoints: every N keeps more)"
+    ),
     "report_to": "the wandb section",
     "run_name": "the run id",
     "include_num_input_tokens_seen": "peftlab (train.json's tokens_seen)",
@@ -69,7 +72,8 @@ FROM_SPEC = {
 
 
 def arguments(spec, output_dir: str, report_to: list[str] | None = None) -> dict:
-    """The TrainingArguments (GRPOConfig's, for rlvr, plus `training.rl`) of a run: FROM_SPEC's keys, then `training.extra`."""
+    """The TrainingArguments (GRPOConfig's, for rlvr, plus `training.rl`) of a run: FROM_SPEC's keys, then
+    `training.extra`."""
     import torch
 
     t = spec.training
@@ -81,7 +85,8 @@ def arguments(spec, output_dir: str, report_to: list[str] | None = None) -> dict
         max_steps=t.max_steps or -1,
         per_device_train_batch_size=t.batch_size,
         gradient_accumulation_steps=t.grad_accum,
-        warmup_steps=t.warmup_ratio,  # a float below 1 is a share of the steps (transformers 5 took warmup_ratio into warmup_steps)
+        # a float below 1 is a share of the steps (transformers 5 took warmup_ratio into warmup_steps)
+        warmup_steps=t.warmup_ratio,
         weight_decay=t.weight_decay,
         lr_scheduler_type=t.lr_scheduler,
         max_grad_norm=t.max_grad_norm,
@@ -181,7 +186,8 @@ def supervised(
     eval_ds=None,
     evaluate_fn=None,
 ):
-    """peftlab's Trainer on the tokenised columns, with the task type's collator (and its evaluation, when `evaluate_fn`).
+    """peftlab's Trainer on the tokenised columns, with the task type's collator (and its evaluation, when
+    `evaluate_fn`).
 
     `loss_kwargs` is the task type's: whether the model divides its loss by the global
     `num_items_in_batch` (see TaskType.loss_kwargs). The Trainer assumes every model whose
@@ -203,7 +209,16 @@ def supervised(
     return trainer
 
 
-def grpo(model, tokenizer, train_ds: datasets.Dataset, args: dict, callbacks, make_optimizer, reward_names: list[str], rl: dict):
+def grpo(
+    model,
+    tokenizer,
+    train_ds: datasets.Dataset,
+    args: dict,
+    callbacks,
+    make_optimizer,
+    reward_names: list[str],
+    rl: dict,
+):
     """TRL's GRPOTrainer on the peft model: the task's rewards, its prompts, the run's `training.rl`.
 
     The rewards read their columns from the dataset. With beta > 0 the reference

@@ -14,7 +14,7 @@ from pathlib import Path
 from peftlab import launch, paths
 from peftlab.matrix import plan
 from peftlab.schema import ConfigError, load_yaml
-from peftlab.validate import data_files
+from peftlab.validate import data_files, reference_files
 from peftlab.spec import fingerprint
 
 try:
@@ -129,6 +129,16 @@ def task_data(task):
     if "generator" in data:
         return [paths.raw(ROOT, task)]
     return list(data_files(CFG["tasks"][task]).values())
+
+
+def reference_data(wc):
+    """What a run's forgetting measure reads besides its adapter (peftlab.forgetting): its task's reference file,
+    or for `reference: {pretraining: true}` the built model's corpus data."""
+    run = run_of(wc)
+    task = CFG["tasks"][run["task"]["name"]]
+    if (task["reference"] or {}).get("pretraining"):
+        return task_data(CFG["models"][run["model"]["name"]]["build"]["corpus_task"])
+    return reference_files(task)
 
 
 def stage_resources(stage):

@@ -1,6 +1,8 @@
 rule evaluate_run:
     input:
         adapter=paths.adapter(ROOT, "{run_id}"),
+        # the task's reference texts for the forgetting measure: editing the file re-evaluates
+        reference=reference_data,
     output:
         record=paths.eval_record(ROOT, "{run_id}"),
         # one row per held-out example: what the tables' paired tests read

@@ -33,7 +33,7 @@ TRACKING_TABLES = (
         in_report(
             f"{TABLES_DIR}/tracking_{plot}.png", "tracking", "Tracking", {"plot": plot}
         )
-        for plot in ("alignment", "effective_rank", "depth")
+        for plot in ("alignment", "effective_rank", "intruders", "depth")
     ]
     if any(RUNS[r]["tracker"]["enable_spectral_tracking"] for r in FINAL)
     else []

@@ -31,7 +31,18 @@ from peftlab.methods.base import Context, Method
 if TYPE_CHECKING:
     from peftlab.spec import PeftSpec
 
-__all__ = ["METHODS", "Context", "Method", "attach", "check_options", "get", "hook", "peft_config", "quantization", "save"]
+__all__ = [
+    "METHODS",
+    "Context",
+    "Method",
+    "attach",
+    "check_options",
+    "get",
+    "hook",
+    "peft_config",
+    "quantization",
+    "save",
+]
 
 
 _PEFT = "peftlab.methods.peft_builtin"
@@ -41,7 +52,13 @@ METHODS: dict[str, Method] = {
     for m in [
         # --- from peft, configured
         Method("lora", "W' = W + (α/r) B A, A ∈ R^{r×k}, B ∈ R^{d×r}, B₀ = 0", "peft", f"{_PEFT}:lora"),
-        Method("dora", "W' = m ⊙ (W + B A) / ‖W + B A‖_col, magnitude m trained", "peft", f"{_PEFT}:lora", {"use_dora": True}),
+        Method(
+            "dora",
+            "W' = m ⊙ (W + B A) / ‖W + B A‖_col, magnitude m trained",
+            "peft",
+            f"{_PEFT}:lora",
+            {"use_dora": True},
+        ),
         Method("rslora", "W' = W + (α/√r) B A: rank-stabilised scaling", "peft", f"{_PEFT}:lora", {"use_rslora": True}),
         Method(
             "pissa",
@@ -67,7 +84,9 @@ METHODS: dict[str, Method] = {
             f"{_PEFT}:adalora",
             callbacks=f"{_PEFT}:adalora_callbacks",
         ),
-        Method("vera", "W' = W + Λ_b B Λ_d A, A, B random, frozen and shared; train vectors b, d", "peft", f"{_PEFT}:vera"),
+        Method(
+            "vera", "W' = W + Λ_b B Λ_d A, A, B random, frozen and shared; train vectors b, d", "peft", f"{_PEFT}:vera"
+        ),
         Method(
             "lora_plus",
             "LoRA with B's learning rate = loraplus_lr_ratio × A's",
@@ -76,16 +95,56 @@ METHODS: dict[str, Method] = {
             optimizer=f"{_PEFT}:loraplus_optimizer",
         ),
         Method(
-            "miss", "W' = W + expand(D): one trainable r×d block per layer, tiled over W (MiSS)", "peft", f"{_PEFT}:miss", linear_only=True
+            "miss",
+            "W' = W + expand(D): one trainable r×d block per layer, tiled over W (MiSS)",
+            "peft",
+            f"{_PEFT}:miss",
+            linear_only=True,
         ),
-        Method("ia3", "h' = l ⊙ h: learned vectors scale keys, values and the FFN input", "peft", f"{_PEFT}:ia3", uses_rank=False),
-        Method("loha", "W' = W + (B₁A₁) ⊙ (B₂A₂): Hadamard product of two low-rank pairs", "peft", f"{_PEFT}:loha", linear_only=True),
-        Method("lokr", "W' = W + C ⊗ (B A): Kronecker product with a low-rank factor", "peft", f"{_PEFT}:lokr", linear_only=True),
-        Method("oft", "W' = R W, R block-diagonal orthogonal (Cayley), R₀ = I", "peft", f"{_PEFT}:oft", uses_rank=False, linear_only=True),
         Method(
-            "boft", "W' = (Π_i B_i) W: butterfly product of orthogonal blocks", "peft", f"{_PEFT}:boft", uses_rank=False, linear_only=True
+            "ia3",
+            "h' = l ⊙ h: learned vectors scale keys, values and the FFN input",
+            "peft",
+            f"{_PEFT}:ia3",
+            uses_rank=False,
         ),
-        Method("fourierft", "ΔW = α · IDFT2(c at n fixed random frequencies); train c", "peft", f"{_PEFT}:fourierft", uses_rank=False),
+        Method(
+            "loha",
+            "W' = W + (B₁A₁) ⊙ (B₂A₂): Hadamard product of two low-rank pairs",
+            "peft",
+            f"{_PEFT}:loha",
+            linear_only=True,
+        ),
+        Method(
+            "lokr",
+            "W' = W + C ⊗ (B A): Kronecker product with a low-rank factor",
+            "peft",
+            f"{_PEFT}:lokr",
+            linear_only=True,
+        ),
+        Method(
+            "oft",
+            "W' = R W, R block-diagonal orthogonal (Cayley), R₀ = I",
+            "peft",
+            f"{_PEFT}:oft",
+            uses_rank=False,
+            linear_only=True,
+        ),
+        Method(
+            "boft",
+            "W' = (Π_i B_i) W: butterfly product of orthogonal blocks",
+            "peft",
+            f"{_PEFT}:boft",
+            uses_rank=False,
+            linear_only=True,
+        ),
+        Method(
+            "fourierft",
+            "ΔW = α · IDFT2(c at n fixed random frequencies); train c",
+            "peft",
+            f"{_PEFT}:fourierft",
+            uses_rank=False,
+        ),
         Method(
             "prefix_tuning",
             "[P_k; K], [P_v; V]: trainable key/value prefixes in every layer",
@@ -95,7 +154,8 @@ METHODS: dict[str, Method] = {
             mergeable=False,
             not_mergeable_reason=_NO_WEIGHTS,
             unsupported_task_types=("classification",),
-            not_supported_reason="peft 0.21 looks for a `past_key_values` argument on sequence classifiers, which transformers 5 renamed `cache`",
+            not_supported_reason="peft 0.21 looks for a `past_key_values` argument on sequence classifiers, "
+            "which transformers 5 renamed `cache`",
         ),
         Method(
             "prompt_tuning",
@@ -226,7 +286,9 @@ def peft_config(spec: PeftSpec, ctx: Context):
 def _check_options(peft_json: str) -> None:
     from peftlab.spec import PeftSpec
 
-    peft_config(PeftSpec.from_dict(json.loads(peft_json)), Context("CAUSAL_LM", total_steps=100, targets=["q_proj", "v_proj"]))
+    peft_config(
+        PeftSpec.from_dict(json.loads(peft_json)), Context("CAUSAL_LM", total_steps=100, targets=["q_proj", "v_proj"])
+    )
 
 
 def check_options(peft: dict) -> None:

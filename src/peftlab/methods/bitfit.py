@@ -45,7 +45,10 @@ def build(p: PeftSpec, ctx: Context, **fixed) -> BitfitConfig:
 
 
 # config flags that give a whole group of a bias-free architecture's linear layers a bias
-BIAS_FLAGS = {"attention_bias": ("q_proj", "k_proj", "v_proj", "o_proj"), "mlp_bias": ("gate_proj", "up_proj", "down_proj")}
+BIAS_FLAGS = {
+    "attention_bias": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "mlp_bias": ("gate_proj", "up_proj", "down_proj"),
+}
 
 
 @torch.no_grad()
@@ -60,5 +63,7 @@ def declare_biases(model) -> None:
         if any(layer.bias is not None for layer in layers):
             for layer in layers:
                 if layer.bias is None:
-                    layer.bias = torch.nn.Parameter(torch.zeros(layer.out_features, dtype=layer.weight.dtype), requires_grad=False)
+                    layer.bias = torch.nn.Parameter(
+                        torch.zeros(layer.out_features, dtype=layer.weight.dtype), requires_grad=False
+                    )
             setattr(model.config, flag, True)

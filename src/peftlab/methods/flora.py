@@ -42,7 +42,9 @@ class FloraLayer(tuner.LinearTunerLayer):
         return y + self.param("flora_scaling", a, x) * low
 
     def delta_factors(self, a):  # ΔW = (s A M) B: its rank-r factors, for peftlab.tracking
-        return self.flora_scaling[a].float() * self.flora_A[a].float() @ self.flora_M[a].float(), self.flora_B[a].float()
+        return self.flora_scaling[a].float() * self.flora_A[a].float() @ self.flora_M[a].float(), self.flora_B[
+            a
+        ].float()
 
     def merged_weight(self, a, weight, bias):
         delta = self.flora_A[a].float() @ self.flora_M[a].float() @ self.flora_B[a].float()
@@ -53,4 +55,13 @@ tuner.register(FloraConfig, FloraLayer)
 
 
 def build(p: PeftSpec, ctx: Context, **fixed) -> FloraConfig:
-    return FloraConfig(**{"r": p.r, "alpha": p.lora_alpha, "target_modules": ctx.targets, "task_type": ctx.task_type, **fixed, **p.options})
+    return FloraConfig(
+        **{
+            "r": p.r,
+            "alpha": p.lora_alpha,
+            "target_modules": ctx.targets,
+            "task_type": ctx.task_type,
+            **fixed,
+            **p.options,
+        }
+    )

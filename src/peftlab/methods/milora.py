@@ -45,7 +45,9 @@ def initialise(model) -> None:
         base = module.get_base_layer()
         transposed = getattr(module, "fan_in_fan_out", False)  # GPT-2's Conv1D stores W as in × out
         for name in module.lora_A:
-            a, b, residual = minor_init(base.weight.T if transposed else base.weight, module.r[name], module.scaling[name])
+            a, b, residual = minor_init(
+                base.weight.T if transposed else base.weight, module.r[name], module.scaling[name]
+            )
             module.lora_A[name].weight.copy_(a)
             module.lora_B[name].weight.copy_(b)
             base.weight.copy_((residual.T if transposed else residual).to(base.weight.dtype))

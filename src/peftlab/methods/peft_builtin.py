@@ -146,7 +146,9 @@ def oft(p: PeftSpec, ctx: Context) -> OFTConfig:
 
 
 def boft(p: PeftSpec, ctx: Context) -> BOFTConfig:
-    return BOFTConfig(**{"boft_block_size": 4, "boft_n_butterfly_factor": 1, "boft_dropout": 0.0, **_targets(ctx), **p.options})
+    return BOFTConfig(
+        **{"boft_block_size": 4, "boft_n_butterfly_factor": 1, "boft_dropout": 0.0, **_targets(ctx), **p.options}
+    )
 
 
 def fourierft(p: PeftSpec, ctx: Context) -> FourierFTConfig:
@@ -162,4 +164,6 @@ def prompt_tuning(p: PeftSpec, ctx: Context) -> PromptTuningConfig:
 
 
 def p_tuning(p: PeftSpec, ctx: Context) -> PromptEncoderConfig:
-    return PromptEncoderConfig(**{"num_virtual_tokens": 8, "encoder_hidden_size": 64, "task_type": ctx.task_type, **p.options})
+    return PromptEncoderConfig(
+        **{"num_virtual_tokens": 8, "encoder_hidden_size": 64, "task_type": ctx.task_type, **p.options}
+    )

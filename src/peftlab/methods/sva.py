@@ -29,9 +29,15 @@ class SvaLayer(tuner.LinearTunerLayer):
 
     def init_adapter(self, weight, config):
         if config.r > min(weight.shape):
-            raise ValueError(f"sva: r={config.r} exceeds min(out, in) = {min(weight.shape)} of a {tuple(weight.shape)} layer")
+            raise ValueError(
+                f"sva: r={config.r} exceeds min(out, in) = {min(weight.shape)} of a {tuple(weight.shape)} layer"
+            )
         u, s, vh = torch.linalg.svd(weight, full_matrices=False)
-        return {"sva_delta": torch.zeros(config.r), "sva_U": u[:, : config.r].contiguous(), "sva_Vh": vh[: config.r].contiguous()}
+        return {
+            "sva_delta": torch.zeros(config.r),
+            "sva_U": u[:, : config.r].contiguous(),
+            "sva_Vh": vh[: config.r].contiguous(),
+        }
 
     def adapt_output(self, a, x, y):
         coords = x @ self.param("sva_Vh", a, x).T  # (..., r): the input in the top right-singular basis

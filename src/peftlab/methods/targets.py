@@ -23,13 +23,40 @@ from importlib.util import find_spec
 from pathlib import Path
 
 LINEAR = {  # every linear layer's last name component in a block, per family
-    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],  # Llama, Qwen2/3, Mistral, DeepSeek-R1-Distill
-    "bert": ["query", "key", "value", "dense"],  # BERT, RoBERTa, MiniLM (dense: attention.output, intermediate, output, pooler)
+    "llama": [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ],  # Llama, Qwen2/3, Mistral, DeepSeek-R1-Distill
+    "bert": [
+        "query",
+        "key",
+        "value",
+        "dense",
+    ],  # BERT, RoBERTa, MiniLM (dense: attention.output, intermediate, output, pooler)
     "gpt2": ["c_attn", "c_proj", "c_fc"],  # GPT-2 (Conv1D layers)
     "t5": ["q", "k", "v", "o", "wi", "wo", "wi_0", "wi_1"],  # T5, Flan-T5, mT5
     "distilbert": ["q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"],  # DistilBERT (lin1/lin2: the feed-forward)
-    "bart": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],  # BART, mBART (encoder and decoder attention, feed-forward)
-    "gpt_neo": ["q_proj", "k_proj", "v_proj", "out_proj", "c_fc", "c_proj"],  # GPT-Neo (plain Linear layers, unlike GPT-2)
+    "bart": [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "out_proj",
+        "fc1",
+        "fc2",
+    ],  # BART, mBART (encoder and decoder attention, feed-forward)
+    "gpt_neo": [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "out_proj",
+        "c_fc",
+        "c_proj",
+    ],  # GPT-Neo (plain Linear layers, unlike GPT-2)
 }
 PRESETS = {
     "llama": LINEAR["llama"],
@@ -46,10 +73,17 @@ PRESETS = {
     "bart": LINEAR["bart"],
     "bart-attn": ["q_proj", "k_proj", "v_proj", "out_proj"],
     "gpt_neo": LINEAR["gpt_neo"],
-    "gpt_neo-attn": ["attn.attention.q_proj", "attn.attention.k_proj", "attn.attention.v_proj", "attn.attention.out_proj"],
+    "gpt_neo-attn": [
+        "attn.attention.q_proj",
+        "attn.attention.k_proj",
+        "attn.attention.v_proj",
+        "attn.attention.out_proj",
+    ],
 }
 FAMILY_OF_MODEL_TYPE = {
-    **dict.fromkeys(["llama", "mistral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "gemma", "gemma2", "phi3"], "llama"),
+    **dict.fromkeys(
+        ["llama", "mistral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "gemma", "gemma2", "phi3"], "llama"
+    ),
     **dict.fromkeys(["bert", "roberta", "xlm-roberta", "electra", "deberta", "deberta-v2"], "bert"),
     "gpt2": "gpt2",
     **dict.fromkeys(["t5", "mt5", "umt5"], "t5"),
@@ -97,7 +131,9 @@ def _local_config(path: str) -> dict | None:
 def family(model: dict) -> str | None:
     """The model family of a config's model entry (`path` or `build`), or None if unknown."""
     if "build" in model:
-        return model["build"].get("arch", "llama")  # the pipeline builds Llama or T5 models (families of the same names)
+        return model["build"].get(
+            "arch", "llama"
+        )  # the pipeline builds Llama or T5 models (families of the same names)
     config = _local_config(model["path"])
     if config is not None:
         return FAMILY_OF_MODEL_TYPE.get(config.get("model_type"))
@@ -114,14 +150,17 @@ def model_config(model: dict) -> dict | None:
 
 def width(config: dict) -> int | None:
     """The model's hidden width under its architecture's name for it."""
-    return next((config[k] for k in ("hidden_size", "d_model", "n_embd", "dim") if isinstance(config.get(k), int)), None)
+    return next(
+        (config[k] for k in ("hidden_size", "d_model", "n_embd", "dim") if isinstance(config.get(k), int)), None
+    )
 
 
 BUILT_MAX_POSITIONS = 512  # position embeddings of the Llama that peftlab.build builds
 
 
 def max_positions(config: dict) -> int | None:
-    """The longest input the model's position embeddings cover (None: no such limit, as with T5's relative positions)."""
+    """The longest input the model's position embeddings cover (None: no such limit, as with T5's relative
+    positions)."""
     if config.get("model_type") in ("t5", "mt5", "umt5"):
         return None
     if "corpus_task" in config:  # a model the pipeline builds
@@ -138,20 +177,24 @@ def check(targets, model: dict, where: str) -> None:
     if isinstance(targets, str):
         if targets not in PRESETS:
             raise TargetError(
-                f"{where}: unknown preset {targets!r}; allowed: default, all-linear, {', '.join(PRESETS)}, or a list of module suffixes"
+                f"{where}: unknown preset {targets!r}; allowed: default, all-linear, {', '.join(PRESETS)}, or a "
+                "list of module suffixes"
             )
         preset_family = targets.split("-")[0]
         if fam is not None and preset_family != fam:
             same = [p for p in PRESETS if p.split("-")[0] == fam]
             raise TargetError(
-                f"{where}: preset {targets!r} is for the {preset_family} family, but the model is {fam}; allowed: {', '.join(same)}"
+                f"{where}: preset {targets!r} is for the {preset_family} family, but the model is {fam}; "
+                f"allowed: {', '.join(same)}"
             )
         return
     known = set(LINEAR[fam]) if fam else {n for names in LINEAR.values() for n in names}
     for t in targets:
         if t.split(".")[-1] not in known:
             what = f"the {fam} family" if fam else "any known model family"
-            raise TargetError(f"{where}: {t!r} names no linear layer of {what}; allowed suffixes: {', '.join(sorted(known))}")
+            raise TargetError(
+                f"{where}: {t!r} names no linear layer of {what}; allowed suffixes: {', '.join(sorted(known))}"
+            )
 
 
 def resolve(model, targets, default: str | None = None) -> list[str] | None:

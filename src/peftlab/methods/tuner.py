@@ -36,13 +36,21 @@ class LinearTunerConfig(PeftConfig):
 
     peft_name: ClassVar[str]  # the method's name in peft (PeftType member name.upper())
 
-    target_modules: Optional[Union[list[str], str]] = field(default=None, metadata={"help": "module names or suffixes to adapt"})
-    exclude_modules: Optional[Union[list[str], str]] = field(default=None, metadata={"help": "module names to leave alone"})
+    target_modules: Optional[Union[list[str], str]] = field(
+        default=None, metadata={"help": "module names or suffixes to adapt"}
+    )
+    exclude_modules: Optional[Union[list[str], str]] = field(
+        default=None, metadata={"help": "module names to leave alone"}
+    )
     modules_to_save: Optional[list[str]] = field(
         default=None, metadata={"help": "extra modules trained in full and saved (a classifier head)"}
     )
-    layers_to_transform: Optional[Union[list[int], int]] = field(default=None, metadata={"help": "layer indices to adapt"})
-    layers_pattern: Optional[Union[list[str], str]] = field(default=None, metadata={"help": "layer pattern for layers_to_transform"})
+    layers_to_transform: Optional[Union[list[int], int]] = field(
+        default=None, metadata={"help": "layer indices to adapt"}
+    )
+    layers_pattern: Optional[Union[list[str], str]] = field(
+        default=None, metadata={"help": "layer pattern for layers_to_transform"}
+    )
     init_weights: bool = field(default=True, metadata={"help": "True: the adapter starts as the identity"})
 
     def __post_init__(self):
@@ -180,7 +188,8 @@ class LinearTuner(BaseTuner):
         base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
         if not isinstance(base, (nn.Linear, Conv1D)):
             raise TypeError(
-                f"{self.prefix.rstrip('_')} adapts torch.nn.Linear and GPT-2's Conv1D layers only; {current_key} is a {type(base).__name__}"
+                f"{self.prefix.rstrip('_')} adapts torch.nn.Linear and GPT-2's Conv1D layers only; "
+                f"{current_key} is a {type(base).__name__}"
             )
         new = self.tuner_layer_cls(target, adapter_name, config)
         if adapter_name not in self.active_adapters:
@@ -188,12 +197,16 @@ class LinearTuner(BaseTuner):
         self._replace_module(parent, target_name, new, target)
 
 
-def register(config_cls: type[LinearTunerConfig], layer_cls: type[LinearTunerLayer], target_module_mapping=None) -> PeftType:
+def register(
+    config_cls: type[LinearTunerConfig], layer_cls: type[LinearTunerLayer], target_module_mapping=None
+) -> PeftType:
     """Make `config_cls.peft_name` a peft method: PeftType.<NAME>, its config class and a tuner around `layer_cls`."""
     name = config_cls.peft_name
     peft_type = add_peft_type(name)
     attrs = {"prefix": f"{name}_", "tuner_layer_cls": layer_cls}
     if target_module_mapping is not None:
         attrs["target_module_mapping"] = target_module_mapping
-    register_peft_method(name=name, config_cls=config_cls, model_cls=type(f"{layer_cls.__name__}Tuner", (LinearTuner,), attrs))
+    register_peft_method(
+        name=name, config_cls=config_cls, model_cls=type(f"{layer_cls.__name__}Tuner", (LinearTuner,), attrs)
+    )
     return peft_type

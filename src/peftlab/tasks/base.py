@@ -27,7 +27,9 @@ class TaskType:
     name: ClassVar[str]  # the config's tasks.<name>.type
     summary: ClassVar[str]  # one line for the config reference: what the type trains and evaluates
     rewarded: ClassVar[bool] = False  # trains on `rewards` (and keeps a run's training.rl); others refuse rewards
-    generates: ClassVar[bool] = False  # evaluates generated text: needs a decoder or an encoder-decoder, not an encoder-only model
+    generates: ClassVar[bool] = (
+        False  # evaluates generated text: needs a decoder or an encoder-decoder, not an encoder-only model
+    )
 
     def columns(self, task: TaskSpec) -> list[str]:
         """The columns it reads from every split of the data."""
@@ -43,7 +45,9 @@ class TaskType:
 
     # model and training
     peft_task_type: ClassVar[str]  # peft's TaskType: SEQ_CLS | CAUSAL_LM | SEQ_2_SEQ_LM
-    encoder_decoder: ClassVar[bool]  # needs an encoder-decoder (a built model's arch t5); its probe batch keeps the labels
+    encoder_decoder: ClassVar[
+        bool
+    ]  # needs an encoder-decoder (a built model's arch t5); its probe batch keeps the labels
     # The model divides its loss by the global `num_items_in_batch` (the Trainer passes it when
     # the forward takes **kwargs, and then skips dividing by the accumulation steps). Causal LMs
     # do; sequence-classification heads and T5 return a per-batch mean, so they must say False,
@@ -66,7 +70,9 @@ class TaskType:
         """The training batches' collator (None when the trainer batches by itself)."""
         raise NotImplementedError
 
-    def trainer(self, spec: RunSpec, model, tokenizer, train_ds, validation, args: dict, callbacks: list, make_optimizer):
+    def trainer(
+        self, spec: RunSpec, model, tokenizer, train_ds, validation, args: dict, callbacks: list, make_optimizer
+    ):
         """The transformers (or TRL) trainer of one run; `args` are the TrainingArguments every type shares.
         `validation`: the rows held out of the training split that in-training evaluation reads (None without it)."""
         raise NotImplementedError
@@ -90,7 +96,9 @@ class TaskType:
         """The column a bare string fills when `peftlab.infer` is given text."""
         raise NotImplementedError
 
-    def answer(self, task: TaskSpec, model, tokenizer, rows: list[dict], label_names, max_new_tokens: int) -> list[dict]:
+    def answer(
+        self, task: TaskSpec, model, tokenizer, rows: list[dict], label_names, max_new_tokens: int
+    ) -> list[dict]:
         """What `peftlab.infer` prints per input row (besides the input)."""
         raise NotImplementedError
 
@@ -141,7 +149,10 @@ class TaskType:
             return
         missing = [n for n in cls.REQUIRED if not hasattr(cls, n) or getattr(cls, n) is getattr(TaskType, n, None)]
         if missing:
-            raise TypeError(f"task type {cls.__name__} ({cls.__module__}) lacks {', '.join(missing)}; see peftlab.tasks.base.TaskType")
+            raise TypeError(
+                f"task type {cls.__name__} ({cls.__module__}) lacks {', '.join(missing)}; see "
+                "peftlab.tasks.base.TaskType"
+            )
 
 
 # --- pieces several types share -------------------------------------------------------------
@@ -156,7 +167,9 @@ def format_prompt(task: TaskSpec, row: dict, tokenizer=None) -> str:
     """The prompt text of one example: the template over its columns, in the chat template if asked."""
     text = task.prompt_template.format(**{**row, "prompt": row[task.prompt_field]})
     if task.chat_template:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+        )
     return text
 
 
@@ -198,12 +211,14 @@ def causal_lm(path: str, kwargs: dict):
 
 
 def prompt_ids(task: TaskSpec, tokenizer, prompts: list[str]) -> list[list[int]]:
-    """Token ids of prompts for generation, cut to the task's last max_length tokens (a chat template has its own special tokens)."""
+    """Token ids of prompts for generation, cut to the task's last max_length tokens (a chat template has its own
+    special tokens)."""
     return [tokenizer(p, add_special_tokens=not task.chat_template)["input_ids"][-task.max_length :] for p in prompts]
 
 
 def packed_or_padded(task, tokenizer):
-    """Causal LM batches: padding-free (`packing`: position ids restart per example, so attention stays within each) or padded."""
+    """Causal LM batches: padding-free (`packing`: position ids restart per example, so attention stays within each) or
+    padded."""
     from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
 
     if task.packing:
@@ -219,7 +234,9 @@ def prompt_response_columns(task: TaskSpec) -> list[str]:
 def prompt_response_corpus(task: TaskSpec, rows) -> tuple[list[str], list[str]]:
     """A prompt -> response type's corpus: the tokenizer learns both sides; the base is pretrained on the
     responses only, so it knows the vocabulary and the answer format and the mapping is left for fine-tuning."""
-    return [f"{r[task.prompt_field]} {r[task.response_field]}" for r in rows], [str(r[task.response_field]) for r in rows]
+    return [f"{r[task.prompt_field]} {r[task.response_field]}" for r in rows], [
+        str(r[task.response_field]) for r in rows
+    ]
 
 
 class Supervised(TaskType, partial=True):
@@ -237,12 +254,22 @@ class Supervised(TaskType, partial=True):
 
         collator = self.collator(spec.task, tokenizer)
         return trainers.supervised(
-            model, tokenizer, train_ds, args, callbacks, make_optimizer, collator, self.loss_kwargs, eval_ds, evaluate_fn
+            model,
+            tokenizer,
+            train_ds,
+            args,
+            callbacks,
+            make_optimizer,
+            collator,
+            self.loss_kwargs,
+            eval_ds,
+            evaluate_fn,
         )
 
 
 class CausalLM(Supervised, partial=True):
-    """Supervised types on a decoder (sft, lm): AutoModelForCausalLM, which divides its loss by the global token count."""
+    """Supervised types on a decoder (sft, lm): AutoModelForCausalLM, which divides its loss by the global token
+    count."""
 
     peft_task_type = "CAUSAL_LM"
     encoder_decoder = False

@@ -12,7 +12,15 @@ import math
 
 from peftlab.tasks.base import Supervised
 
-CLASS_METRICS = ["accuracy", "macro_f1", "f1", "precision", "recall", "mcc", "eval_loss"]  # eval_loss: mean cross-entropy
+CLASS_METRICS = [
+    "accuracy",
+    "macro_f1",
+    "f1",
+    "precision",
+    "recall",
+    "mcc",
+    "eval_loss",
+]  # eval_loss: mean cross-entropy
 REGRESSION_METRICS = ["pearson", "spearman", "mse"]
 
 
@@ -49,16 +57,25 @@ class Classification(Supervised):
             bad = [i for i, v in enumerate(values) if not isinstance(v, (int, float)) or isinstance(v, bool) or v != v]
             return bad, "a number for regression (num_labels 1)"
         if names is not None:
-            bad = [i for i, v in enumerate(values) if str(v) not in names and not (isinstance(v, int) and 0 <= v < len(names))]
+            bad = [
+                i
+                for i, v in enumerate(values)
+                if str(v) not in names and not (isinstance(v, int) and 0 <= v < len(names))
+            ]
             return bad, f"one of {names}"
         bad = [
             i
             for i, v in enumerate(values)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v != int(v) or not 0 <= v < task.num_labels
+            if not isinstance(v, (int, float))
+            or isinstance(v, bool)
+            or not math.isfinite(v)
+            or v != int(v)
+            or not 0 <= v < task.num_labels
         ]
         return (
             bad,
-            f"an integer from 0 to {task.num_labels - 1} (num_labels {task.num_labels}); class names need label_names or string labels",
+            f"an integer from 0 to {task.num_labels - 1} (num_labels {task.num_labels}); class names need "
+            "label_names or string labels",
         )
 
     def encoder(self, task, tokenizer, label_ids):
@@ -75,7 +92,11 @@ class Classification(Supervised):
         from transformers import AutoModelForSequenceClassification
 
         if label_names:
-            kwargs = {**kwargs, "id2label": dict(enumerate(label_names)), "label2id": {n: i for i, n in enumerate(label_names)}}
+            kwargs = {
+                **kwargs,
+                "id2label": dict(enumerate(label_names)),
+                "label2id": {n: i for i, n in enumerate(label_names)},
+            }
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=task.num_labels, **kwargs)
         if model.config.pad_token_id is None and tokenizer is not None:
             model.config.pad_token_id = tokenizer.pad_token_id
@@ -121,7 +142,10 @@ class Classification(Supervised):
         if task.num_labels == 1:
             rows = [{"id": i, "prediction": p, "reference": y} for i, (p, y) in enumerate(zip(predictions, labels))]
             return {**metrics.regression(labels, predictions), "predictions": rows}
-        rows = [{"id": i, "prediction": p, "reference": y, "correct": p == y} for i, (p, y) in enumerate(zip(predictions, labels))]
+        rows = [
+            {"id": i, "prediction": p, "reference": y, "correct": p == y}
+            for i, (p, y) in enumerate(zip(predictions, labels))
+        ]
         return {
             **metrics.classification(labels, predictions, task.num_labels),
             "eval_loss": loss_sum / max(len(labels), 1),

@@ -46,5 +46,7 @@ class Lm(CausalLM):
         from peftlab import compute
 
         prompts = [str(r[task.text_fields[0]]) for r in rows]
-        texts = compute.generate(model, tokenizer, prompt_ids(task, tokenizer, prompts), max_new_tokens, task.eval_batch_size)
+        texts = compute.generate(
+            model, tokenizer, prompt_ids(task, tokenizer, prompts), max_new_tokens, task.eval_batch_size
+        )
         return [{"output": t} for t in texts]

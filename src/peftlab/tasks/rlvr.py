@@ -24,7 +24,9 @@ class Rlvr(TaskType):
     def columns(self, task):
         reward_columns = [c for c in rewards.columns(task.rewards) if c != "answer"]
         answer = [task.response_field] if "math" in task.rewards else []
-        return list(dict.fromkeys([task.prompt_field, *template_fields(task.prompt_template), *reward_columns, *answer]))
+        return list(
+            dict.fromkeys([task.prompt_field, *template_fields(task.prompt_template), *reward_columns, *answer])
+        )
 
     def kept_columns(self, task):
         return [c for c in self.columns(task) if c != task.response_field]
@@ -55,7 +57,9 @@ class Rlvr(TaskType):
     def trainer(self, spec, model, tokenizer, train_ds, validation, args, callbacks, make_optimizer):
         from peftlab import trainers
 
-        return trainers.grpo(model, tokenizer, train_ds, args, callbacks, make_optimizer, spec.task.rewards, spec.training.rl)
+        return trainers.grpo(
+            model, tokenizer, train_ds, args, callbacks, make_optimizer, spec.task.rewards, spec.training.rl
+        )
 
     def metric_names(self, task):
         return ["accuracy", "format"]  # plus mean_reward, each reward's mean
@@ -74,9 +78,18 @@ class Rlvr(TaskType):
             "accuracy": sum(s == 1.0 for s in correct) / max(len(correct), 1),
             "format": sum(map(rewards.format_score, texts)) / max(len(texts), 1),
             "mean_reward": {r: sum(v) / max(len(v), 1) for r, v in scores.items()},
-            "samples": [{"prompt": p[-200:], "generated": g, "score": s} for p, g, s in zip(ds["prompt"][:5], texts[:5], correct[:5])],
+            "samples": [
+                {"prompt": p[-200:], "generated": g, "score": s}
+                for p, g, s in zip(ds["prompt"][:5], texts[:5], correct[:5])
+            ],
             "predictions": [
-                {"id": i, "prediction": g, "reference": {c: v[i] for c, v in columns.items()}, "correct": s == 1.0, "reward": s}
+                {
+                    "id": i,
+                    "prediction": g,
+                    "reference": {c: v[i] for c, v in columns.items()},
+                    "correct": s == 1.0,
+                    "reward": s,
+                }
                 for i, (g, s) in enumerate(zip(texts, correct))
             ],
         }
@@ -88,5 +101,7 @@ class Rlvr(TaskType):
         from peftlab import compute
 
         prompts = [format_prompt(task, r, tokenizer) for r in rows]
-        texts = compute.generate(model, tokenizer, prompt_ids(task, tokenizer, prompts), max_new_tokens, task.eval_batch_size)
+        texts = compute.generate(
+            model, tokenizer, prompt_ids(task, tokenizer, prompts), max_new_tokens, task.eval_batch_size
+        )
         return [{"output": t, "answer": rewards.last_answer_tag(t)} for t in texts]

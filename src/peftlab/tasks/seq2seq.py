@@ -37,7 +37,9 @@ class Seq2Seq(Supervised):
 
     def encoder(self, task, tokenizer, label_ids):
         def encode(batch):
-            enc = tokenizer([format_prompt(task, r) for r in rows_of(batch)], truncation=True, max_length=task.max_length)
+            enc = tokenizer(
+                [format_prompt(task, r) for r in rows_of(batch)], truncation=True, max_length=task.max_length
+            )
             targets = [str(a) for a in batch[task.response_field]]
             labels = tokenizer(text_target=targets, truncation=True, max_length=task.max_length)["input_ids"]
             return {**enc, "labels": labels, "response": targets}
@@ -78,5 +80,7 @@ class Seq2Seq(Supervised):
         from peftlab import compute
 
         prompts = [format_prompt(task, r, tokenizer) for r in rows]
-        texts = compute.generate(model, tokenizer, prompt_ids(task, tokenizer, prompts), max_new_tokens, task.eval_batch_size)
+        texts = compute.generate(
+            model, tokenizer, prompt_ids(task, tokenizer, prompts), max_new_tokens, task.eval_batch_size
+        )
         return [{"output": t} for t in texts]

@@ -38,7 +38,9 @@ class Sft(CausalLM):
             for row in rows_of(batch):
                 a = str(row[task.response_field])
                 prompt = format_prompt(task, row, tokenizer)
-                p_ids = tokenizer(prompt, add_special_tokens=not task.chat_template)["input_ids"]  # a chat template has its own
+                p_ids = tokenizer(prompt, add_special_tokens=not task.chat_template)[
+                    "input_ids"
+                ]  # a chat template has its own
                 r_ids = tokenizer(a, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
                 ids = (p_ids + r_ids)[: task.max_length]
                 out["input_ids"].append(ids)
@@ -61,7 +63,9 @@ class Sft(CausalLM):
     def evaluate(self, task, model, tokenizer, ds):
         from peftlab import compute, metrics
 
-        losses = compute.example_losses(model, tokenizer, ds, task.eval_batch_size)  # right padding: positions match training
+        losses = compute.example_losses(
+            model, tokenizer, ds, task.eval_batch_size
+        )  # right padding: positions match training
         result = with_perplexity(compute.mean_loss(losses))
         texts = compute.generate(model, tokenizer, ds["prompt_ids"], task.max_new_tokens, task.eval_batch_size)
         per_example = {}
@@ -81,7 +85,9 @@ class Sft(CausalLM):
         from peftlab import compute, metrics
 
         prompts = [format_prompt(task, r, tokenizer) for r in rows]
-        texts = compute.generate(model, tokenizer, prompt_ids(task, tokenizer, prompts), max_new_tokens, task.eval_batch_size)
+        texts = compute.generate(
+            model, tokenizer, prompt_ids(task, tokenizer, prompts), max_new_tokens, task.eval_batch_size
+        )
         if task.answer_format in ("none", "text"):
             return [{"output": t} for t in texts]
         return [{"output": t, "answer": metrics.extract_answer(t, task.answer_format)} for t in texts]

@@ -97,6 +97,19 @@ class Layer:
         return w
 
     @torch.no_grad()
+    def pretrained(self) -> torch.Tensor:
+        """The pretrained W the run started from: `weight()`, or W₀ for full fine-tuning, whose weight trains."""
+        if self.how == "full":
+            return self.initial_weight.to(self.module.weight.device)
+        return self.weight()
+
+    @torch.no_grad()
+    def change(self) -> tuple[str, tuple]:
+        """The change from the pretrained W: `update()` where the init moved part of W into the adapter, else
+        `delta()`."""
+        return self.update() or self.delta()
+
+    @torch.no_grad()
     def delta(self) -> tuple[str, tuple]:
         """("factors", (B, A)) with ΔW = B A, or ("dense", (ΔW,)); float32, out × in."""
         m, a = self.module, self.adapter
@@ -120,7 +133,8 @@ class Layer:
 
     @torch.no_grad()
     def update(self) -> tuple[str, tuple] | None:
-        """ΔW − ΔW₀ as factors [B, −B₀] [A; A₀], for methods whose init changed the base (None for the others: it is ΔW)."""
+        """ΔW − ΔW₀ as factors [B, −B₀] [A; A₀], for methods whose init changed the base (None for the others: it is
+        ΔW)."""
         if self.initial_factors is None:
             return None
         b, a = self.delta()[1]
@@ -139,7 +153,12 @@ def _how(module: nn.Module) -> str | None:
     if isinstance(module, LinearTunerLayer):
         return "custom"
     base = module.get_base_layer()
-    if not (isinstance(base, (nn.Linear, Conv1D)) or hasattr(base, "weight") and base.weight.ndim == 2 and hasattr(base, "in_features")):
+    if not (
+        isinstance(base, (nn.Linear, Conv1D))
+        or hasattr(base, "weight")
+        and base.weight.ndim == 2
+        and hasattr(base, "in_features")
+    ):
         return None
     if isinstance(module, AdaLoraLayer):
         return "adalora"
@@ -167,7 +186,9 @@ def adapted(model, full: bool = False, init_changes_base: bool = False) -> list[
     for name, module in model.named_modules():
         if full:
             if isinstance(module, (nn.Linear, Conv1D)) and name.rsplit(".", 1)[-1] not in HEADS:
-                layers.append(Layer(short(name), module, None, "full", initial_weight=frozen_weight(module).to("cpu", copy=True)))
+                layers.append(
+                    Layer(short(name), module, None, "full", initial_weight=frozen_weight(module).to("cpu", copy=True))
+                )
             continue
         if not isinstance(module, BaseTunerLayer) or not module.active_adapters or (how := _how(module)) is None:
             continue

@@ -17,6 +17,17 @@ From U, S, V (`quantities`):
 
 A zero ΔW (LoRA's B₀ = 0) has norms, ranks and singular values 0; its alignments and
 condition number are undefined and are left out, never written as NaN.
+
+Intruder dimensions (`intruder_similarity`, `intruders`), after Shuttleworth et al., "LoRA vs Full
+Fine-tuning: An Illusion of Equivalence" (arXiv 2410.21228): a left singular vector y_j among the
+top k of the fine-tuned weight W' = W + ΔW is an intruder when max_i |cos(y_j, x_i)| < ε over every
+left singular vector x_i of W. The defaults k = 10 and ε = 0.5 are the authors' (their released
+find_intruder_dimensions.py: the top 10 vectors, `--intruder_dimension_threshold=0.5`; peft's
+`reduce_intruder_dimension` takes the same top_k=10 and threshold_epsilon=0.5). Left vectors, as
+theirs: W is out × in here for every layer type (GPT-2's Conv1D turned around), so they span the
+output space, the one a low-rank update B·A writes new directions into (B's columns). W' is full
+rank, so there is no low-rank shortcut to its SVD: a factored ΔW is only added to W without
+forming B·A separately, and W's and W''s thin SVDs are taken in full (torch.linalg.svd).
 """
 
 from __future__ import annotations
@@ -31,7 +42,8 @@ EPS = torch.finfo(torch.float32).eps
 
 @dataclass(frozen=True)
 class Basis:
-    """W's top-k and bottom-k singular subspaces (columns), its spectrum and its Frobenius norm: computed once per layer."""
+    """W's top-k and bottom-k singular subspaces (columns), its spectrum and its Frobenius norm: computed once per
+    layer."""
 
     top_u: torch.Tensor  # m×k
     top_v: torch.Tensor  # n×k
@@ -87,7 +99,9 @@ def _share(basis_cols: torch.Tensor, vecs: torch.Tensor, s2: torch.Tensor, energ
 
 
 @torch.no_grad()
-def quantities(u: torch.Tensor, s: torch.Tensor, v: torch.Tensor, w: Basis, shape: tuple[int, int], top: int) -> dict[str, float]:
+def quantities(
+    u: torch.Tensor, s: torch.Tensor, v: torch.Tensor, w: Basis, shape: tuple[int, int], top: int
+) -> dict[str, float]:
     """The spectral record of one ΔW (thin SVD u, s, v; shape m×n) against its weight's Basis `w`."""
     s = s.float()
     s1 = float(s.max()) if s.numel() else 0.0
@@ -113,3 +127,27 @@ def quantities(u: torch.Tensor, s: torch.Tensor, v: torch.Tensor, w: Basis, shap
     values = torch.sort(s, descending=True).values[:top].tolist()
     out.update({f"sv_{i + 1}": x for i, x in enumerate(values)})
     return out
+
+
+def _tuned(weight: torch.Tensor, delta) -> torch.Tensor:
+    """W' = W + ΔW in float32, ΔW dense or factors (B, A)."""
+    w = weight.float()
+    if isinstance(delta, (tuple, list)):
+        b, a = delta
+        return torch.addmm(w, b.float(), a.float())
+    return w + delta.float()
+
+
+@torch.no_grad()
+def intruder_similarity(weight: torch.Tensor, delta, k: int) -> torch.Tensor:
+    """max_i |cos(y_j, x_i)| for each of the top-k left singular vectors y_j of W' = W + ΔW (most significant
+    first) over every left singular vector x_i of W (m × n). `delta`: ΔW (m × n) or its factors (B, A)."""
+    x = torch.linalg.svd(weight.float(), full_matrices=False).U
+    y = torch.linalg.svd(_tuned(weight, delta), full_matrices=False).U[:, :k]
+    return (y.T @ x).abs().amax(dim=1)
+
+
+def intruders(weight: torch.Tensor, delta, k: int, threshold: float) -> int:
+    """How many of the top-k left singular vectors of W + ΔW are intruder dimensions: below `threshold` in
+    `intruder_similarity` (see the module docstring)."""
+    return int((intruder_similarity(weight, delta, k) < threshold).sum())

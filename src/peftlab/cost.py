@@ -1,8 +1,9 @@
 """What a matrix will cost before it is submitted: device-hours and disk per run and in total, from the config alone.
 
-    python -m peftlab.plan config/experiments/core_1.5B.yaml --cost                 # peak and MFU of an H100 in bf16
-    python -m peftlab.plan config/test.yaml --cost --peak-tflops 2 --mfu 1 --json
-    python -m peftlab.plan config/test.yaml --cost --validate                       # predicted against measured, on finished runs
+    python -m peftlab.cost config/experiments/core_1.5B.yaml                 # peak and MFU of an H100 in bf16
+    python -m peftlab.cost config/test.yaml --peak-tflops 2 --mfu 1 --json
+    python -m peftlab.cost config/test.yaml --validate                       # predicted against measured, on finished
+                                                                             # runs
 
 Nothing trains and no weight is loaded: each model is built from its config on the meta
 device (a model the pipeline builds, from its `build` section), and each run's method is
@@ -106,7 +107,9 @@ def parameters(run: dict) -> tuple[int, int]:
         base = meta_model(spec)
     total = base.num_parameters()
     method = methods.get(spec.peft.type)
-    peft = replace(spec.peft, type="lora") if method.init_changes_base else spec.peft  # PiSSA's SVD init needs real weights; LoRA's shapes
+    peft = (
+        replace(spec.peft, type="lora") if method.init_changes_base else spec.peft
+    )  # PiSSA's SVD init needs real weights; LoRA's shapes
     ctx = methods.Context(
         task_type=tasks.of(spec.task).peft_task_type,
         total_steps=1,
@@ -134,7 +137,8 @@ def meta_model(spec):
 
 
 class _Vocab:
-    """Stands in for a tokenizer the pipeline has not trained yet: its size and special ids are all a model's config needs."""
+    """Stands in for a tokenizer the pipeline has not trained yet: its size and special ids are all a model's config
+    needs."""
 
     bos_token_id, eos_token_id, pad_token_id = 1, 2, 0
 
@@ -201,7 +205,9 @@ def fit(points: list[tuple[float, float]]) -> tuple[float, float]:
 def work(run: dict, total: int) -> dict[str, float]:
     """Each stage's work in FLOPs (merging: N), the x of `fit`: comparable across methods and models."""
     train_tokens, eval_tokens, _, _ = tokens(run)
-    per_token = (6 if run["peft"]["type"] == "full" else 4) * total + (2 * total if run["training"]["gradient_checkpointing"] else 0)
+    per_token = (6 if run["peft"]["type"] == "full" else 4) * total + (
+        2 * total if run["training"]["gradient_checkpointing"] else 0
+    )
     return {"train_run": train_tokens * per_token, "evaluate_run": eval_tokens * 2 * total, "merge_run": float(total)}
 
 
@@ -231,9 +237,16 @@ def from_measured(run_id: str, runs: dict, works: dict, known: dict, kinds: dict
 
 
 def predict(
-    which: list[str], runs: dict[str, dict], counts: dict, peak_tflops: float, mfu: float, known: dict[str, dict], kinds: dict
+    which: list[str],
+    runs: dict[str, dict],
+    counts: dict,
+    peak_tflops: float,
+    mfu: float,
+    known: dict[str, dict],
+    kinds: dict,
 ) -> dict[str, Cost]:
-    """The Cost of each run in `which`; `known` holds the finished runs' measurements to predict from, `kinds` each run's machine."""
+    """The Cost of each run in `which`; `known` holds the finished runs' measurements to predict from, `kinds` each
+    run's machine."""
     works = {run_id: work(runs[run_id], counts[run_id][0]) for run_id in {*which, *known}}
     out = {}
     for run_id in which:
@@ -255,18 +268,24 @@ def predict(
         saves = not full and OutputsSpec.from_dict(run["outputs"]).keeps_merged(total)
         out[run_id] = Cost(
             run_id, total, trainable, train_tokens, estimated, devices, seconds, source,
-            adapter, kept * (adapter + 2 * trainable * 4), total * dtype_bytes if saves else 0, run.get("holdout") is not None,
+            adapter, kept * (adapter + 2 * trainable * 4), total * dtype_bytes if saves else 0,
+            run.get("holdout") is not None,
         )  # fmt: skip
     return out
 
 
-def cost(configfile: str | Path, peak_tflops: float = H100_BF16_TFLOPS, mfu: float = DEFAULT_MFU, leave_one_out: bool = False) -> dict:
-    """{"runs": {run_id: Cost}, "measured": {run_id: seconds} of finished runs} for a config; leave_one_out predicts each finished run without it."""
+def cost(
+    configfile: str | Path, peak_tflops: float = H100_BF16_TFLOPS, mfu: float = DEFAULT_MFU, leave_one_out: bool = False
+) -> dict:
+    """{"runs": {run_id: Cost}, "measured": {run_id: seconds} of finished runs} for a config; leave_one_out predicts
+    each finished run without it."""
     p = plan(load_yaml(configfile), configfile)
     kinds = {run_id: machine(r) for run_id, r in p.resources.items()}
     counts, cache = {}, {}
     for run_id, run in p.runs.items():
-        key = json.dumps([run["model"], run["task"]["type"], run["task"].get("num_labels"), run["peft"]], sort_keys=True)
+        key = json.dumps(
+            [run["model"], run["task"]["type"], run["task"].get("num_labels"), run["peft"]], sort_keys=True
+        )
         counts[run_id] = cache[key] if key in cache else cache.setdefault(key, parameters(run))
     known = {run_id: m for run_id in p.runs if (m := measured(p.root, run_id))}
     if not leave_one_out:
@@ -289,20 +308,26 @@ def report(result: dict, validate: bool) -> str:
     for c in costs.values():
         est = "~" if c.tokens_estimated else ""
         lines.append(
-            f"{c.run_id:<44} {c.total_params / 1e6:>8.1f}M {c.trainable_params / 1e6:>8.3f}M {est}{c.train_tokens:>8.3g} {c.source:>8}"
+            f"{c.run_id:<44} {c.total_params / 1e6:>8.1f}M {c.trainable_params / 1e6:>8.3f}M "
+            f"{est}{c.train_tokens:>8.3g} {c.source:>8}"
             f" {human_hours(c.device_hours):>9} {artifacts.human_bytes(c.disk_bytes):>9}"
         )
     hours = sum(c.device_hours for c in costs.values())
-    disk = {k: sum(getattr(c, k) for c in costs.values()) for k in ("adapter_bytes", "checkpoint_bytes", "merged_bytes")}
+    disk = {
+        k: sum(getattr(c, k) for c in costs.values()) for k in ("adapter_bytes", "checkpoint_bytes", "merged_bytes")
+    }
     lines.append(
         f"\n{len(costs)} runs: {human_hours(hours)} device time; disk {artifacts.human_bytes(sum(disk.values()))} "
-        f"(adapters {artifacts.human_bytes(disk['adapter_bytes'])}, checkpoints {artifacts.human_bytes(disk['checkpoint_bytes'])}, merged {artifacts.human_bytes(disk['merged_bytes'])})"
+        f"(adapters {artifacts.human_bytes(disk['adapter_bytes'])}, checkpoints "
+        f"{artifacts.human_bytes(disk['checkpoint_bytes'])}, merged "
+        f"{artifacts.human_bytes(disk['merged_bytes'])})"
     )
     search = [c for c in costs.values() if c.search]
     if search:
         share = sum(c.device_hours for c in search) / hours if hours else 0.0
         lines.append(
-            f"of which the learning-rate search: {len(search)} search runs, {human_hours(sum(c.device_hours for c in search))} device time "
+            f"of which the learning-rate search: {len(search)} search runs, "
+            f"{human_hours(sum(c.device_hours for c in search))} device time "
             f"({share:.0%} of the matrix), disk {artifacts.human_bytes(sum(c.disk_bytes for c in search))}"
         )
     if any(c.tokens_estimated for c in costs.values()):
@@ -313,7 +338,8 @@ def report(result: dict, validate: bool) -> str:
 
 
 def validation(costs: dict[str, Cost], known: dict[str, dict]) -> dict:
-    """Predicted against measured seconds, run by run: each run's factor off (≥ 1), the share within GOAL_FACTOR, those past FAIL_FACTOR."""
+    """Predicted against measured seconds, run by run: each run's factor off (≥ 1), the share within GOAL_FACTOR, those
+    past FAIL_FACTOR."""
     rows = {}
     for run_id, m in known.items():
         predicted, measured_s = sum(costs[run_id].seconds.values()), sum(m["seconds"].values())
@@ -341,7 +367,8 @@ def validation_lines(v: dict) -> list[str]:
         lines.append(f"{run_id:<44} {r['predicted']:>9.1f} {r['measured']:>9.1f} {r['off']:>5.2f}x{mark}")
     worst = rows[v["worst"]]
     lines.append(
-        f"{v['within']:.0%} of runs within {GOAL_FACTOR:g}x of their prediction; worst {v['worst']}, off {worst['off']:.2f}x "
+        f"{v['within']:.0%} of runs within {GOAL_FACTOR:g}x of their prediction; worst {v['worst']}, off "
+        f"{worst['off']:.2f}x "
         f"(predicted {worst['predicted']:.0f} s, measured {worst['measured']:.0f} s)"
     )
     lines.append(f"matrix: predicted {v['predicted']:.0f} s against measured {v['measured']:.0f} s (a sum, not judged)")
@@ -353,13 +380,19 @@ def validation_lines(v: dict) -> list[str]:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="the matrix's config file")
-    p.add_argument("--cost", action="store_true", help="print the cost plan (the default and only plan today)")
     p.add_argument(
-        "--peak-tflops", type=float, default=H100_BF16_TFLOPS, help=f"each device's peak (default {H100_BF16_TFLOPS}: H100 bf16 dense)"
+        "--peak-tflops",
+        type=float,
+        default=H100_BF16_TFLOPS,
+        help=f"each device's peak (default {H100_BF16_TFLOPS}: H100 bf16 dense)",
     )
-    p.add_argument("--mfu", type=float, default=DEFAULT_MFU, help=f"the share of the peak training reaches (default {DEFAULT_MFU})")
     p.add_argument(
-        "--validate", action="store_true", help=f"predict finished runs from the others; exit 1 if one is off by > {FAIL_FACTOR:g}x"
+        "--mfu", type=float, default=DEFAULT_MFU, help=f"the share of the peak training reaches (default {DEFAULT_MFU})"
+    )
+    p.add_argument(
+        "--validate",
+        action="store_true",
+        help=f"predict finished runs from the others; exit 1 if one is off by > {FAIL_FACTOR:g}x",
     )
     p.add_argument("--json", action="store_true", help="one JSON object: every run's cost and the totals")
     args = p.parse_args(argv)
@@ -369,7 +402,10 @@ def main(argv=None):
     except ConfigError as e:
         sys.exit(f"{args.config}: {e}")
     if args.json:
-        runs = {k: {**asdict(c), "device_hours": c.device_hours, "disk_bytes": c.disk_bytes} for k, c in result["runs"].items()}
+        runs = {
+            k: {**asdict(c), "device_hours": c.device_hours, "disk_bytes": c.disk_bytes}
+            for k, c in result["runs"].items()
+        }
         extra = {"validation": validation(result["runs"], result["measured"])} if args.validate else {}
         print(json.dumps({"runs": runs, "measured": result["measured"], **extra}, indent=1))
     else:
