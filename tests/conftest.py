@@ -21,6 +21,38 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+# Files whose tests share something a second worker would disturb run in one worker, as one file: the Slurm tests'
+# test cluster, and test_distributed's torchrun process groups (two started at once on one machine can collide).
+SAME_WORKER = {"tests/test_distributed.py": "tests/test_slurm.py"}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile`, with SAME_WORKER's files together and the files handed out in the collection's order (the
+    longest first, below) rather than pytest-xdist's (the most tests first)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class Scheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid):
+            scope = super()._split_scope(nodeid)
+            return SAME_WORKER.get(scope, scope)
+
+    config.option.loadscopereorder = False
+    return Scheduling(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The files with Slurm tests first, then those with slow tests (whole pipelines), then the rest, each file's tests
+    in their own order: with two workers the longest files start first, so neither worker is left with one at the
+    end."""
+    rank = {}
+    for item in items:
+        r = 0 if item.get_closest_marker("slurm") else 1 if item.get_closest_marker("slow") else 2
+        rank[item.path] = min(rank.get(item.path, 2), r)
+    items.sort(key=lambda item: rank[item.path])
+
+
 def pytest_configure(config):
     """The README's test command runs the suite in two pytest-xdist workers, one test file each at a time (`-n 2 --dist
     loadfile`), so a file's finished pipeline matrix (a module-scoped fixture) is built once, and the Slurm tests share
