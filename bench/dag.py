@@ -31,8 +31,6 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}  # this checkout's peftlab, whichever is installed
-# the default profile that a run from the checkout reads (named: this runs in a temporary folder)
-PROFILE = ["--workflow-profile", str(ROOT / "profiles/default")]
 METHODS = ["lora", "dora", "pissa", "milora", "olora", "rslora", "lora_plus", "vera", "adalora", "miss"]
 RANKS = [4, 8, 16, 32, 64]
 
@@ -214,7 +212,6 @@ def main() -> None:
                     [
                         "-s",
                         str(ROOT / "workflow/Snakefile"),
-                        *PROFILE,
                         "--configfile",
                         "config.yaml",
                         "-n",
@@ -225,6 +222,8 @@ def main() -> None:
                 )
                 for _ in range(args.repeats)
             )
+            # both with the same flags and no profile: profiles/default's printshellcmds would print every job's
+            # shell command on one side only
             t_bare = min(snakemake(["-s", "Snakefile", "-n", "--cores", "1"], bare) for _ in range(args.repeats))
             t_job, specs = job_startup(ours, ids[0])
             print(
