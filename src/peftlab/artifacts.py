@@ -126,6 +126,20 @@ def reset_peak_memory() -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
+# train.json's peak_memory keys (peak_memory_mb writes them), in the order a reader prefers them, and the kind each
+# measured; gpu_mb is the CUDA count under its name before cuda_max_allocated_mb, read at the end of the training job
+PEAK_MEMORY_KEYS = {
+    "cuda_max_allocated_mb": "cuda_max_allocated",
+    "gpu_mb": "cuda_max_allocated",
+    "cpu_rss_mb": "cpu_rss",
+}
+
+
+def recorded_peak(peak: dict, kind: str) -> float | None:
+    """A recorded peak_memory's value of `kind` (cuda_max_allocated or cpu_rss) under any of its names; None without."""
+    return next((peak[k] for k, of in PEAK_MEMORY_KEYS.items() if of == kind and peak.get(k) is not None), None)
+
+
 def peak_memory_mb() -> dict[str, float]:
     """The process's peak memory in MiB, each kind named: `cpu_rss_mb`, the peak resident set size since the
     process started (getrusage's ru_maxrss; kibibytes on Linux); and, when the process used a CUDA device,

@@ -251,9 +251,7 @@ def run_state(
     if train.exists():
         record = artifacts.read_json(train)
         peak = record.get("peak_memory", {})
-        gpu = peak.get(
-            "cuda_max_allocated_mb", peak.get("gpu_mb")
-        )  # gpu_mb: the same count, recorded before it was named
+        gpu = artifacts.recorded_peak(peak, "cuda_max_allocated")
         rss = rss or peak.get("cpu_rss_mb")
         verdict = (record.get("health") or {}).get("status")
     return Run(run_id, "done", wall_time_s=seconds, peak_rss_mb=rss, peak_gpu_mb=gpu, health=verdict)

@@ -53,17 +53,11 @@ def _number(x) -> float:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else float("nan")
 
 
-# train.json's peak_memory keys (artifacts.peak_memory_mb), in the order the tables prefer them, and the kind each
-# measured;
-# gpu_mb: the CUDA count under its older name, read at the end of the training job
-MEMORY = {"cuda_max_allocated_mb": "cuda_max_allocated", "gpu_mb": "cuda_max_allocated", "cpu_rss_mb": "cpu_rss"}
-
-
 def peak_memory(train: dict) -> dict:
     """`peak_memory_mb` (MiB) and `peak_memory_kind`: the CUDA device's max allocated when the run recorded it,
     else the process's peak RSS; both empty when train.json has neither."""
     recorded = train.get("peak_memory") or {}
-    for key, kind in MEMORY.items():
+    for key, kind in artifacts.PEAK_MEMORY_KEYS.items():
         if np.isfinite(value := _number(recorded.get(key))):
             return {"peak_memory_mb": value, "peak_memory_kind": kind}
     return {"peak_memory_mb": float("nan"), "peak_memory_kind": None}
