@@ -138,6 +138,7 @@ def test_an_override_gets_no_defaults_filled_in():
         "validation_share": 0.1,
         "validation_seed": 0,
         "metric": "main",
+        "halving": None,  # the full grid
     }
 
 

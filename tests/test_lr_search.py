@@ -18,7 +18,7 @@ from peftlab import search as lr_search
 from peftlab.config import ConfigError, plan
 from peftlab.evaluate import evaluate
 from peftlab.models import StaleAdapter
-from peftlab.spec import HoldoutSpec, fingerprint
+from peftlab.spec import HoldoutSpec, RungSpec, fingerprint
 from peftlab.train import Diverged, train
 
 TEST_LR = ROOT / "config/test_lr.yaml"
@@ -197,6 +197,133 @@ def test_a_final_run_refuses_the_selection_of_another_search(tmp_path):
             lr_search.chosen_rate(tmp_path / "sel.json", other)
 
 
+# --- successive halving -------------------------------------------------------------------
+
+
+def test_the_halving_ladder_keeps_the_best_1_over_eta_and_multiplies_the_budget_by_eta():
+    # 4 rates, eta 2: 4 train 1/4 of the steps, the best 2 go on to 1/2, and the last rung keeps 1
+    assert lr_search.ladder(4, {"eta": 2}) == [
+        {"rung": 0, "share": 0.25, "candidates": 4, "keep": 2},
+        {"rung": 1, "share": 0.5, "candidates": 2, "keep": 1},
+    ]
+    # 9 rates, eta 3: 9 at 1/9, 3 at 1/3; 10 rates keep 10 // 3 = 3 too
+    assert [(r["share"], r["candidates"]) for r in lr_search.ladder(9, {"eta": 3})] == [(1 / 9, 9), (1 / 3, 3)]
+    assert [r["candidates"] for r in lr_search.ladder(10, {"eta": 3})] == [10, 3]
+    # 4 rates, eta 3: one rung at 1/3 keeps 1 (4 // 3)
+    assert lr_search.ladder(4, {"eta": 3}) == [{"rung": 0, "share": 1 / 3, "candidates": 4, "keep": 1}]
+    # a first budget of 1/2 reaches the whole run at rung 1, which keeps 1 of its 2
+    assert lr_search.ladder(8, {"eta": 2, "min_share": 0.5}) == [
+        {"rung": 0, "share": 0.5, "candidates": 8, "keep": 4},
+        {"rung": 1, "share": 1.0, "candidates": 4, "keep": 1},
+    ]
+    assert lr_search.ladder(4, None) == [{"rung": 0, "share": 1.0, "candidates": 4, "keep": 1}]  # the grid
+    # the steps each rung's jobs are expected to train, of a 60-step run: 4 x 15, then 2 x 15 more
+    search = {"rates": [1, 2, 3, 4], "halving": {"eta": 2}}
+    steps = [4 * lr_search.expected_steps({"index": k, "search": search}, 60) for k in (0, 1)]
+    assert steps == [60, 30] and sum(steps) / (4 * 60) == 0.375
+    assert lr_search.expected_steps(None, 60) == 60
+
+
+def _halving_spec(rates=(1e-3, 1e-2, 1e-1, 1.0), eta=2, rung=None) -> dict:
+    search = {
+        "cell": "t/m/lora/search-r8",
+        "rates": list(rates),
+        "seeds": [0, 1],
+        "validation_share": 0.1,
+        "validation_seed": 0,
+        "metric": "eval_loss",
+        "halving": {"eta": eta},
+    }
+    return lr_search.select_spec(search, rung)
+
+
+def _rung_records(spec: dict, scores: dict[tuple[float, int], float | str | None]) -> dict:
+    """eval.json per search run from {(rate, rung): loss} (the same for both seeds); 'pruned' or None (diverged)."""
+    out = {}
+    for run_id, r in spec["runs"].items():
+        value = scores.get((r["rate"], r["rung"]), "pruned")
+        if value == "pruned":
+            out[run_id] = {"run_id": run_id, "pruned": "dropped", "metrics": {}}
+        elif value is None:
+            out[run_id] = {"diverged": "nan loss", "metrics": {}}
+        else:
+            out[run_id] = {"metrics": {"eval_loss": value + 0.01 * r["seed"]}}
+    return out
+
+
+def test_a_promotion_keeps_the_best_rates_and_the_selection_takes_the_best_of_the_last_rung():
+    # rung 0 (1/4 of the steps): 1e-1 is best, then 1.0; 1e-2 is third. Rung 1: 1.0 overtakes 1e-1.
+    rung0 = {(1e-3, 0): 2.0, (1e-2, 0): 1.5, (1e-1, 0): 1.0, (1.0, 0): 1.2}
+    promotion = _halving_spec(rung=0)
+    assert set(promotion["runs"]) == {f"t/m/lora/search-r8-s{s}-lr{r:g}-h0" for s in (0, 1) for r in promotion["rates"]}
+    sel = lr_search.select(promotion, _rung_records(promotion, rung0))
+    assert sel["rung"] == 0 and sel["promoted"] == [0.1, 1.0]  # best first
+    assert "best_rate" not in sel
+    final = _halving_spec()
+    assert len(final["runs"]) == 16  # every rate at both rungs: the pruned ones' records are read, not scored
+    sel = lr_search.select(final, _rung_records(final, {**rung0, (1e-1, 1): 0.9, (1.0, 1): 0.8}))
+    assert sel["best_rate"] == 1.0 and sel["best_score"] == pytest.approx(0.805) and sel["at_edge"]
+    by_rate = {c["rate"]: c for c in sel["candidates"]}
+    assert (by_rate[1e-3]["rung"], by_rate[1e-1]["rung"]) == (0, 1)
+    assert [h["mean"] for h in by_rate[1e-1]["rungs"]] == pytest.approx([1.005, 0.905])
+    assert [h["share"] for h in by_rate[1e-1]["rungs"]] == [0.25, 0.5]
+    rows = lr_search.table([sel])
+    assert [(r["rate"], r["rung"], r["budget"], r["chosen"]) for r in rows] == [
+        (1e-3, 0, 0.25, False),
+        (1e-2, 0, 0.25, False),
+        (1e-1, 0, 0.25, False),
+        (1e-1, 1, 0.5, False),
+        (1.0, 0, 0.25, False),
+        (1.0, 1, 0.5, True),
+    ]
+    md = lr_search.markdown([sel])
+    assert "successive halving, eta 2: rungs at 1/4, 1/2 of the steps, 4 → 2 → 1 rates" in md
+    assert "**1: 1.205 → 0.805**" in md and "0.001: 2.005," in md
+
+
+def test_a_diverged_rate_is_pruned_and_a_pruned_record_of_a_kept_rate_is_refused():
+    spec = _halving_spec(rung=0)
+    sel = lr_search.select(spec, _rung_records(spec, {(1e-3, 0): 2.0, (1e-2, 0): 1.5, (1e-1, 0): None, (1.0, 0): 0.5}))
+    assert sel["promoted"] == [1.0, 0.01]  # 1e-1 diverged: ranked out
+    final = _halving_spec()
+    # 1e-2 was promoted, but its rung-1 record says pruned: the promotion it read disagrees with these records
+    stale = {(1e-3, 0): 2.0, (1e-2, 0): 1.5, (1e-1, 0): None, (1.0, 0): 0.5, (1.0, 1): 0.4}
+    with pytest.raises(RuntimeError, match="was pruned .* the promotion file it read is stale"):
+        lr_search.select(final, _rung_records(final, stale))
+
+
+def test_a_halving_search_plans_every_rate_at_every_rung_and_refuses_rungs_without_steps():
+    raw = lr_config()
+    raw["lr_search"]["halving"] = {"eta": 2}
+    p = plan(raw, "config/test_lr.yaml")
+    search = {r: s for r, s in p.runs.items() if s["holdout"] is not None}
+    assert len(search) == 2 * 4 * 2  # methods x rates x rungs
+    low = search["arith/tiny-llama/lora/search-r8-s0-lr0.0003-h1"]
+    assert low["rung"]["index"] == 1 and low["rung"]["share"] == 0.5 and low["rung"]["search"]["halving"] == {"eta": 2}
+    assert low["outputs"]["checkpoints"] == "none"  # the last rung keeps none; rung 0 keeps its last for rung 1
+    assert search["arith/tiny-llama/lora/search-r8-s0-lr0.0003-h0"]["outputs"]["checkpoints"] == "last"
+    assert set(p.specs["lr_select"]) == {
+        "arith/tiny-llama/lora/search-r8",
+        "arith/tiny-llama/lora/search-r8-h0",
+        "arith/tiny-llama/ia3/search",
+        "arith/tiny-llama/ia3/search-h0",
+    }
+    # a grid search's specs and fingerprints are what they were before halving existed: no `halving` or `rung` key
+    grid = plan(lr_config(), "config/test_lr.yaml")
+    assert "halving" not in grid.specs["lr_select"]["arith/tiny-llama/ia3/search"]
+    final = grid.runs["arith/tiny-llama/ia3/s1"]
+    assert final["lr_search"]["halving"] is None and "halving" not in fingerprint_input(final)
+    raw["lr_search"]["halving"] = {"eta": 2, "min_share": 0.01}
+    with pytest.raises(ConfigError, match=r"lr_search.halving: its rungs would end at steps \[1, 1\]"):
+        plan(raw, "config/test_lr.yaml")
+
+
+def fingerprint_input(spec: dict) -> str:
+    from peftlab.spec import read_by
+
+    return json.dumps(read_by(spec, "train_run"))
+
+
 # --- a search run's data ----------------------------------------------------------------
 
 
@@ -311,6 +438,92 @@ def test_after_the_search_new_final_seeds_rerun_no_search_job(lr_matrix, tmp_pat
     jobs = planned_jobs(proc)
     assert jobs["train_run"] == jobs["evaluate_run"] == jobs["merge_run"] == 2  # the two new final runs
     assert "lr_select" not in jobs  # nor any search run: the two train_run jobs are the new finals
+
+
+@pytest.fixture(scope="module")
+def halving_matrix(lr_matrix):
+    """config/test_lr.yaml searched by successive halving (eta 2), one final seed, beside the grid search's matrix."""
+    work, _ = lr_matrix
+    raw = lr_config(name="test_lr_halving")
+    raw["lr_search"]["halving"] = {"eta": 2}
+    raw["sweep"][0]["seed"] = [1]
+    config = work / "test_lr_halving.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    proc = snakemake(work, "--cores", "2", config=config)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    return work, work / paths.root("test_lr_halving"), config, plan(raw, config)
+
+
+def _trained_steps(root, run_ids) -> int:
+    """The optimizer steps the runs took themselves (a resumed run's steps less the checkpoint's it resumed)."""
+    total = 0
+    for run_id in run_ids:
+        tr = json.loads((root / "runs" / run_id / "train.json").read_text())
+        if "pruned" not in tr:
+            before = int(tr["resumed_from"].rsplit("-", 1)[1]) if tr["resumed_from"] else 0
+            total += tr["steps"] - before
+    return total
+
+
+@pytest.mark.slow
+def test_successive_halving_picks_the_grid_s_rate_or_its_neighbour_at_under_half_the_grid_s_steps(
+    halving_matrix, lr_matrix
+):
+    work, root, config, p = halving_matrix
+    _, grid_root = lr_matrix
+    grid = plan(lr_config(), "config/test_lr.yaml")
+    grid_steps = _trained_steps(grid_root, [r for r, s in grid.runs.items() if s["holdout"]])
+    steps = _trained_steps(root, [r for r, s in p.runs.items() if s["holdout"]])
+    assert grid_steps == 2 * 4 * 60 and steps == 2 * (4 * 15 + 2 * 15)  # 37.5% of the grid's
+    for cell in ("arith/tiny-llama/lora/search-r8", "arith/tiny-llama/ia3/search"):
+        chosen = json.loads((root / "lr_search" / f"{cell}.json").read_text())
+        full = json.loads((grid_root / "lr_search" / f"{cell}.json").read_text())
+        rates = full["rates"]
+        assert abs(rates.index(chosen["best_rate"]) - rates.index(full["best_rate"])) <= 1, (chosen, full)
+        promotion = json.loads((root / "lr_search" / f"{cell}-h0.json").read_text())
+        rung0 = {c["rate"]: c["mean"] for c in promotion["candidates"]}
+        assert promotion["promoted"] == sorted(rung0, key=rung0.get)[:2]  # the two lowest losses at 15 steps
+        for rate in rates:
+            run_id = lr_search.search_run_id(cell, 0, rate, 1)
+            tr = json.loads((root / "runs" / run_id / "train.json").read_text())
+            ev = json.loads((root / "runs" / run_id / "eval.json").read_text())
+            if rate not in promotion["promoted"]:
+                assert "pruned" in tr and "pruned" in ev and ev["metrics"] == {}
+                continue
+            # rung 1 resumed rung 0's checkpoint: the same first 15 steps, then 15 more of the same schedule
+            below = json.loads((root / "runs" / lr_search.search_run_id(cell, 0, rate, 0) / "train.json").read_text())
+            assert tr["steps"] == 30 and below["steps"] == 15 and tr["resumed_from"].endswith("checkpoint-15")
+            assert [e for e in tr["losses"] if e["step"] <= 15] == below["losses"]
+            assert ev["examples"] == 120 and math.isfinite(ev["metrics"]["eval_loss"])
+        final_run = {"lora": "arith/tiny-llama/lora/r8-s1", "ia3": "arith/tiny-llama/ia3/s1"}[cell.split("/")[2]]
+        final = json.loads((root / "runs" / final_run / "train.json").read_text())
+        assert final["spec"]["training"]["learning_rate"] == chosen["best_rate"] and final["steps"] == 60
+    best = (root / "tables" / "best_lr.csv").read_text().splitlines()
+    assert best[0].split(",")[6:8] == ["rung", "budget"] and len(best) == 1 + 2 * (4 + 2)
+    assert "4 → 2 → 1 rates" in (root / "tables" / "best_lr.md").read_text()
+    again = snakemake(work, "-n", config=config)
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_a_pruned_rate_records_so_at_once_and_a_kept_one_needs_the_rung_below(in_tiny, tmp_path):
+    spec = in_tiny("lora", max_steps=8)
+    search = {"cell": "arith/tiny-llama/lora/search-r8", "rates": [1e-3, spec.training.learning_rate], "seeds": [0],
+              "validation_share": 0.1, "validation_seed": 0, "metric": "eval_loss", "halving": {"eta": 2}}  # fmt: skip
+    rung = RungSpec(index=1, share=1.0, search=search)
+    run = dataclasses.replace(spec, holdout=HoldoutSpec(share=0.1, seed=0), rung=rung)
+    promotion = tmp_path / "promotion.json"
+    promotion.write_text(json.dumps({**search, "rung": 0, "promoted": [1e-3]}))
+    record = train(run, tmp_path / "adapter", tmp_path / "train.json", tmp_path / "ckpt", None, promotion, tmp_path)
+    assert record["pruned"].startswith("rung 0's promotion") and "not " in record["pruned"]
+    result, predictions = evaluate(run, str(tmp_path / "adapter"))
+    assert result["pruned"] == record["pruned"] and result["metrics"] == {} and predictions == []
+    promotion.write_text(json.dumps({**search, "rung": 0, "promoted": [spec.training.learning_rate]}))
+    with pytest.raises(RuntimeError, match="not the rung below's last checkpoint"):
+        train(run, tmp_path / "a2", tmp_path / "t2.json", tmp_path / "ckpt2", None, promotion, tmp_path / "none")
+    other = {**search, "rates": [1e-4, spec.training.learning_rate]}
+    promotion.write_text(json.dumps({**other, "rung": 0, "promoted": [spec.training.learning_rate]}))
+    with pytest.raises(RuntimeError, match="is the promotion of another search or rung"):
+        train(run, tmp_path / "a3", tmp_path / "t3.json", tmp_path / "ckpt3", None, promotion, tmp_path)
 
 
 def test_a_dry_run_shows_the_search_the_selection_and_the_final_runs(tmp_path):

@@ -56,6 +56,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from peftlab import artifacts, cli, launch, paths
+from peftlab import search as lr_search
 from peftlab.checkpoints import kept_steps
 from peftlab.matrix import plan
 from peftlab.schema import ConfigError, load_yaml
@@ -84,6 +85,8 @@ class Cost:
     checkpoint_bytes: int
     merged_bytes: int
     search: bool = False  # a search run of a learning-rate search (peftlab.lr_search)
+    steps: float = 0.0  # optimizer steps it is expected to train (a halving rung: the share of rates it promotes)
+    grid_steps: int = 0  # a search run's steps in a full grid search (rung 0's runs stand for their rate and seed)
 
     @property
     def device_hours(self) -> float:
@@ -165,7 +168,9 @@ def tokens(run: dict) -> tuple[float, float, bool, int]:
     batch = t["batch_size"] * t["grad_accum"] * run["world_size"]
     seen = t["max_steps"] * batch if t["max_steps"] else math.ceil(t["epochs"] * examples)
     eval_tokens = eval_examples * (length + task.get("max_new_tokens", 0))
-    return seen * length, eval_tokens, meta is None, t["max_steps"] or math.ceil(seen / batch)
+    steps = t["max_steps"] or math.ceil(seen / batch)
+    share = lr_search.expected_steps(run.get("rung"), steps) / steps  # a halving rung trains part of the schedule
+    return seen * length * share, eval_tokens, meta is None, steps
 
 
 def measured(root: str, run_id: str) -> dict | None:
@@ -269,7 +274,8 @@ def predict(
         out[run_id] = Cost(
             run_id, total, trainable, train_tokens, estimated, devices, seconds, source,
             adapter, kept * (adapter + 2 * trainable * 4), total * dtype_bytes if saves else 0,
-            run.get("holdout") is not None,
+            run.get("holdout") is not None, lr_search.expected_steps(run.get("rung"), steps),
+            steps if run.get("holdout") is not None and not (run.get("rung") or {}).get("index") else 0,
         )  # fmt: skip
     return out
 
@@ -327,6 +333,7 @@ def report(result: dict, validate: bool) -> str:
         share = sum(c.device_hours for c in search) / hours if hours else 0.0
         lines.append(
             f"of which the learning-rate search: {len(search)} search runs, "
+            f"{sum(c.steps for c in search):,.0f} training steps (a full grid: {sum(c.grid_steps for c in search):,}), "
             f"{human_hours(sum(c.device_hours for c in search))} device time "
             f"({share:.0%} of the matrix), disk {artifacts.human_bytes(sum(c.disk_bytes for c in search))}"
         )

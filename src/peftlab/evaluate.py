@@ -44,7 +44,7 @@ def evaluate(spec: RunSpec, adapter: str) -> tuple[dict, list[dict]]:
 
     A search run of a learning-rate search (`spec.holdout`) is evaluated on its validation
     share of the training split instead, and never opens the evaluation split; one whose
-    training diverged is recorded as such, unevaluated.
+    training diverged, or that a halving search pruned, is recorded as such, unevaluated.
 
     The training settings are the adapter's own (models.trained_spec): the record's spec is
     the one the adapter was trained from, with this stage's evaluation keys.
@@ -52,16 +52,17 @@ def evaluate(spec: RunSpec, adapter: str) -> tuple[dict, list[dict]]:
     spec = trained_spec(spec, adapter, "evaluate_run")
     prov = artifacts.Provenance(spec.to_dict())
     run = artifacts.read_json(Path(adapter) / RUN_FILE)
-    if run.get("diverged"):
-        return {
-            "run_id": spec.run_id,
-            "trained_fingerprint": run["fingerprint"],
-            "task_type": spec.task.type,
-            "examples": 0,
-            "metrics": {},
-            "diverged": run["diverged"],
-            **prov.record(),
-        }, []
+    for why in ("diverged", "pruned"):
+        if run.get(why):
+            return {
+                "run_id": spec.run_id,
+                "trained_fingerprint": run["fingerprint"],
+                "task_type": spec.task.type,
+                "examples": 0,
+                "metrics": {},
+                why: run[why],
+                **prov.record(),
+            }, []
     if spec.holdout is not None:
         data = {"eval": holdout(split(spec.data_dir, "train"), spec.holdout.share, spec.holdout.seed)[1]}
         names = {"eval": None}
@@ -117,8 +118,8 @@ def main(argv=None):
         args.predictions or Path(args.out).with_name(PREDICTIONS), predictions
     )  # before eval.json, which says done
     artifacts.write_json(args.out, record)
-    if "diverged" in record:
-        log.info("%s: training diverged, nothing to evaluate", record["run_id"])
+    if "diverged" in record or "pruned" in record:
+        log.info("%s: %s, nothing to evaluate", record["run_id"], "diverged" if "diverged" in record else "pruned")
         return
     observe.log_eval(RunSpec.from_dict(record["spec"]), record["trained_fingerprint"], record)
     log.info("%s: %s", record["run_id"], {k: v for k, v in record["metrics"].items() if k != "samples"})

@@ -4,7 +4,8 @@
         --out results/<m>/lr_search/<cell>.json results/<m>/runs/<search run>/eval.json ...
 
 Reads every search run's eval.json, writes the selection (every candidate's scores and the
-winner, peftlab.search.select), and warns when the winner is at the grid's edge.
+winner, peftlab.search.select), and warns when the winner is at the grid's edge. For a halving search's
+promotion (the spec's `rung`), writes the rates that train on to the next rung instead.
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ def main(argv=None):
     if missing:
         raise SystemExit(f"{spec['cell']}: no eval.json given for search run(s) {', '.join(missing)}")
     result = select(spec, records)
+    if "promoted" in result:
+        artifacts.write_json(args.out, result)
+        log.info(
+            "%s: rung %d promotes %s", spec["cell"], result["rung"], ", ".join(f"{r:g}" for r in result["promoted"])
+        )
+        return
     if result["at_edge"]:
         end = "lowest" if result["best_rate"] == result["rates"][0] else "highest"
         log.warning(

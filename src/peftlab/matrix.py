@@ -149,20 +149,41 @@ def _searched(
         "validation_share": search["validation_share"],
         "validation_seed": search["validation_seed"],
         "metric": _search_metric(where, search, cell["task"], cfg),
+        "halving": search["halving"],
     }
+    rungs = lr_search.ladder(len(search["rates"]), search["halving"])
+    if search["halving"] is not None:
+        _check_ladder(where, rungs, cell["training"]["max_steps"])
     runs = []
-    for seed in search["seeds"]:
-        for rate in search["rates"]:
-            c = json_copy(cell)
-            c["training"].update(seed=seed, learning_rate=rate, eval_steps=None, load_best_model_at_end=False)
-            c["outputs"] = {
-                "merge": "none",
-                "checkpoints": "none",
-            }  # a search run's adapter is scored, never merged or kept
-            c["tracker"].update(enable_spectral_tracking=False, enable_gradient_tracking=False)
-            c["holdout"] = {"share": search["validation_share"], "seed": search["validation_seed"]}
-            runs.append((lr_search.search_run_id(cell_name, seed, rate), c))
+    for step in rungs:
+        for seed in search["seeds"]:
+            for rate in search["rates"]:
+                c = json_copy(cell)
+                c["training"].update(seed=seed, learning_rate=rate, eval_steps=None, load_best_model_at_end=False)
+                # a search run's adapter is scored, never merged or kept; a rung below the last keeps its last
+                # checkpoint, which the next rung resumes
+                last = step["rung"] == len(rungs) - 1
+                c["outputs"] = {"merge": "none", "checkpoints": "none" if last else "last"}
+                c["tracker"].update(enable_spectral_tracking=False, enable_gradient_tracking=False)
+                c["holdout"] = {"share": search["validation_share"], "seed": search["validation_seed"]}
+                rung = None
+                if search["halving"] is not None:
+                    rung = step["rung"]
+                    c["rung"] = {"index": rung, "share": step["share"], "search": lr_search.search_keys(final)}
+                runs.append((lr_search.search_run_id(cell_name, seed, rate, rung), c))
     return final, runs
+
+
+def _check_ladder(where: str, rungs: list[dict], max_steps: int | None) -> None:
+    """A halving ladder whose rungs end at distinct steps (checked where the run's steps are known: max_steps)."""
+    if not max_steps:
+        return
+    steps = [lr_search.stop_step(r["share"], max_steps) for r in rungs]
+    if len(set(steps)) < len(steps) or steps[-1] > max_steps:
+        raise ConfigError(
+            f"{where}.lr_search.halving: its rungs would end at steps {steps} of training.max_steps={max_steps}; "
+            "each rung must train longer than the one before: raise max_steps or min_share, or lower eta"
+        )
 
 
 def site_presets(cfg: dict) -> dict[str, launch.Resources]:
@@ -251,6 +272,7 @@ def expand(cfg: dict, root: str = paths.RESULTS) -> tuple[dict[str, dict], dict[
                 "outputs": c["outputs"],
                 "holdout": c.get("holdout"),
                 "lr_search": c.get("lr_search"),
+                "rung": c.get("rung"),
             }
             spec = RunSpec.from_dict(spec).to_dict()  # canonical form: exactly what the stages read and record
             if rid in runs and (runs[rid], resources[rid]) != (spec, res):
@@ -353,7 +375,10 @@ def step_specs(cfg: dict, runs: dict[str, dict], root: str = paths.RESULTS) -> d
         for stage in ("train_run", "evaluate_run", "merge_run"):
             specs[stage][run["run_id"]] = run
         if run["lr_search"]:
-            specs["lr_select"][run["lr_search"]["cell"]] = lr_search.select_spec(run["lr_search"])
+            search = run["lr_search"]
+            specs["lr_select"][search["cell"]] = lr_search.select_spec(search)
+            for k in range(len(lr_search.ladder(len(search["rates"]), search["halving"])) - 1):
+                specs["lr_select"][lr_search.rung_key(search["cell"], k)] = lr_search.select_spec(search, k)
     return specs
 
 

@@ -450,17 +450,28 @@ def overview(runs: pd.DataFrame, out: Path, notes: list[str], flagged: pd.DataFr
 
 def lr_search_plot(rows: pd.DataFrame, path: Path) -> Path:
     """Score against learning rate, one panel per task, model and metric, one curve per method and setting;
-    the chosen rate a star, a diverged candidate an x on the axis (peftlab.search.table's rows)."""
+    the chosen rate a star, a diverged candidate an x on the axis (peftlab.search.table's rows). A successive-halving
+    search draws a curve per rung, over the rates that trained to it."""
+    rows = rows.assign(rung=rows["rung"] if "rung" in rows else None)
+    halving = rows["rung"].notna().any()
     panels = list(rows.groupby(["task", "model", "metric"], sort=False))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     for ax, ((task, model, metric), part) in zip(axes[0], panels):
         styles = {}
-        for (method, setting), g in part.groupby(["method", "setting"], sort=False):
-            style = (
-                STYLES[styles.setdefault(method, len(styles)) % len(STYLES)] if part["setting"].nunique() > 1 else "-"
-            )
+        curves = part.groupby(["method", "setting", part["rung"].fillna(-1)], sort=False)
+        for (method, setting, rung), g in curves:
+            if halving:  # the last rung a solid line, the rungs below it dotted
+                style = "-" if rung == part["rung"].max() else ":"
+            else:
+                style = (
+                    STYLES[styles.setdefault(method, len(styles)) % len(STYLES)]
+                    if part["setting"].nunique() > 1
+                    else "-"
+                )
             ok = g[g["score"].notna()]
             label = method + (f" {setting}" if setting != "-" else "")
+            if rung >= 0:  # a halving rung: its budget, as a share of the run's steps
+                label += f" rung {int(rung)} ({g['budget'].iloc[0]:.2g} of the steps)"
             best = g[g["chosen"]]
             if "sharpness" in best and best["sharpness"].notna().any():  # tracker.sharpness_probe's λ_max at init
                 label += f" (λ_max {best['sharpness'].dropna().iloc[0]:.3g})"
@@ -485,6 +496,11 @@ def lr_search_plot(rows: pd.DataFrame, path: Path) -> Path:
         ax.set_xlabel("learning rate")
         direction = "higher is better" if metrics.metric(metric).higher_is_better else "lower is better"
         ax.set_ylabel(f"validation {metric} ({direction})")
-        ax.set_title(f"{task} / {model}: {metric} against learning rate\n(star: chosen; x: diverged)", fontsize=9)
+        ax.set_title(
+            f"{task} / {model}: {metric} against learning rate\n(star: chosen; x: diverged"
+            + ("; each rung's survivors only" if halving else "")
+            + ")",
+            fontsize=9,
+        )
         ax.legend(fontsize=7)
     return _save(fig, path)

@@ -155,7 +155,18 @@ class HoldoutSpec(_Strict):
         return round(self.share * n) if self.share < 1 else int(self.share)
 
 
-@config_keys("lr_search", first="cell", skip=("range",))
+@dataclass(frozen=True)
+class RungSpec(_Strict):
+    """A search run's rung under successive halving (peftlab.search.ladder): it trains to `share` of the run's
+    steps, resuming rung index-1's checkpoint if its promotion kept the rate; `search`: the cell's search
+    (peftlab.search.search_keys), which the promotion it reads must be of."""
+
+    index: int
+    share: float
+    search: dict[str, Any]
+
+
+@config_keys("lr_search", first="cell", skip=("range",), optional_from="halving")
 class LrSearchSpec(_Strict):
     """A final run's learning-rate search (peftlab.lr_search): the cell whose selection sets
     training.learning_rate (None in the spec until the train step reads the selection), and the
@@ -178,6 +189,7 @@ class RunSpec(_Strict):
     outputs: OutputsSpec = field(default_factory=OutputsSpec)
     holdout: HoldoutSpec | None = None  # a search run's validation share
     lr_search: LrSearchSpec | None = None  # a final run whose rate a search picks
+    rung: RungSpec | None = None  # a search run's rung under successive halving
 
     @classmethod
     def from_dict(cls, d: dict) -> RunSpec:
@@ -191,6 +203,7 @@ class RunSpec(_Strict):
             "outputs": OutputsSpec,
             "holdout": HoldoutSpec,
             "lr_search": LrSearchSpec,
+            "rung": RungSpec,
         }
         return super().from_dict(
             {k: parts[k].from_dict(v) if k in parts and v is not None else v for k, v in d.items()}
@@ -261,7 +274,7 @@ def rerun_table() -> str:
 # when it differs from the default it was added with, the value that reproduces what peftlab did before
 # the key existed: upgrading reruns no finished run, and setting the key reruns its stages. Add a new
 # spec key here when its default keeps the old behaviour; empty it when a release moves every fingerprint.
-ADDED_KEYS: tuple[str, ...] = ()
+ADDED_KEYS: tuple[str, ...] = ("lr_search.halving",)
 
 
 def reads(stage: str, path: str) -> bool:
@@ -311,7 +324,7 @@ def read_by(spec: dict, *stages: str) -> dict:
     ):  # the validation share is drawn for in-training evaluation only
         for key in ("validation_share", "validation_seed"):
             _pop(kept, f"training.{key}")
-    for section in ("holdout", "lr_search"):  # set on the runs of a learning-rate search only
+    for section in ("holdout", "lr_search", "rung"):  # set on the runs of a learning-rate search only
         if section in kept and kept[section] is None:
             del kept[section]
     return kept

@@ -24,6 +24,12 @@ at the logging step that sees it.
 The tracker (peftlab.tracking, the spec's `tracker` section) records ΔW's spectrum and the
 gradients of every adapted layer while the run trains, into tracking/ beside train.json.
 
+A search run at a rung of a successive-halving search (`spec.rung`, peftlab.search.ladder) is a run of
+its rung's share of the steps, its schedule (warm-up, decay) scaled to that budget; above rung 0 it first
+reads its rung's promotion: a rate the promotion dropped is recorded as pruned at once, and a kept one
+resumes the rung below's last checkpoint (its weights, optimiser state and step) and goes on to its own
+budget, the schedule restarting at its own horizon (peftlab.search explains why).
+
 With `training.eval_steps` the task type's own evaluation runs during training
 (train.json's `evaluations`); with `load_best_model_at_end` the adapter saved and
 checked is the best evaluation's checkpoint, not the last step's.
@@ -32,6 +38,7 @@ checked is the best evaluation's checkpoint, not the last step's.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import math
@@ -144,13 +151,24 @@ def total_steps(t, examples: int, world_size: int = 1) -> int:
     return math.ceil(t.epochs * max(math.ceil(batches / t.grad_accum), 1))
 
 
-def train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path, tracking: Path | None = None) -> dict:
+def train(
+    spec: RunSpec,
+    adapter: Path,
+    record_path: Path,
+    checkpoints: Path,
+    tracking: Path | None = None,
+    promotion: Path | None = None,
+    resume_rung: Path | None = None,
+) -> dict:
     """Train the run described by `spec`; write the adapter folder, the tracking folder
     (by default beside the record), then the record JSON.
 
     Under torchrun every process trains (the Trainer picks nccl on GPUs, gloo on CPU);
     the first one holds the checkpoint folder, saves, checks and records, and returns
     the record; the others return {}.
+
+    A halving search's run above rung 0 (`spec.rung`) reads `promotion`, its rung's promotion file, and
+    resumes the checkpoint folder `resume_rung` of the rung below.
     """
     rank, world_size = distributed()
     if world_size != spec.world_size:
@@ -161,37 +179,54 @@ def train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path, tr
         )
     fp = fingerprint(spec.to_dict(), "train_run")
     tracking = tracking or record_path.parent / report.TRACKING
+    if spec.rung is not None and spec.rung.index > 0:
+        if promotion is None or resume_rung is None:
+            raise ValueError(f"{spec.run_id}: a run at rung {spec.rung.index} needs its promotion and the rung below")
+        kept = search.promoted(promotion, spec.rung)
+        if spec.training.learning_rate not in kept:
+            reason = (
+                f"rung {spec.rung.index - 1}'s promotion ({promotion}) kept {', '.join(f'{r:g}' for r in kept)}, "
+                f"not {spec.training.learning_rate:g}"
+            )
+            return (
+                unscored(spec, "pruned", reason, adapter, record_path, tracking, checkpoints, fp) if rank == 0 else {}
+            )
     with claimed(checkpoints, fp) if rank == 0 else contextlib.nullcontext():
         try:
-            return _train(spec, adapter, record_path, checkpoints, tracking, fp)
+            return _train(spec, adapter, record_path, checkpoints, tracking, fp, resume_rung)
         except Diverged as e:
             if spec.holdout is None or rank != 0:
                 raise
-            return diverged(spec, str(e), adapter, record_path, tracking, checkpoints, fp)
+            log.warning("%s: %s; recorded as a diverged candidate of its learning-rate search", spec.run_id, e)
+            return unscored(spec, "diverged", str(e), adapter, record_path, tracking, checkpoints, fp)
 
 
-def diverged(
-    spec: RunSpec, reason: str, adapter: Path, record_path: Path, tracking: Path, checkpoints: Path, fp: str
+def unscored(
+    spec: RunSpec, why: str, reason: str, adapter: Path, record_path: Path, tracking: Path, checkpoints: Path, fp: str
 ) -> dict:
-    """A search run whose training diverged: a result, not a failure (its candidate rate scores as the
-    worst, peftlab.lr_search). Its adapter folder holds the reason instead of weights, which evaluate reads."""
-    log.warning("%s: %s; recorded as a diverged candidate of its learning-rate search", spec.run_id, reason)
+    """A search run that ends without an adapter to score, as a result, not a failure: `diverged` (its candidate rate
+    scores as the worst, peftlab.search) or `pruned` (a halving search's promotion dropped its rate). Its adapter
+    folder holds the reason instead of weights, which evaluate reads."""
+    if why == "pruned":
+        log.info("%s: pruned: %s", spec.run_id, reason)
     shutil.rmtree(checkpoints, ignore_errors=True)
     with artifacts.atomic_dir(adapter) as tmp:
-        artifacts.write_json(tmp / RUN_FILE, run_marker(spec, fp, diverged=reason))
+        artifacts.write_json(tmp / RUN_FILE, run_marker(spec, fp, **{why: reason}))
     with artifacts.atomic_dir(tracking) as tmp:
-        (tmp / "DIVERGED.txt").write_text(reason + "\n")
-    verdict = {
-        "status": health.DIVERGED,
-        "flags": [health.DIVERGED],
-        "reasons": [reason],
-        "measures": {},
-        "thresholds": health.THRESHOLDS,
-    }
+        (tmp / f"{why.upper()}.txt").write_text(reason + "\n")
+    verdict = None
+    if why == "diverged":
+        verdict = {
+            "status": health.DIVERGED,
+            "flags": [health.DIVERGED],
+            "reasons": [reason],
+            "measures": {},
+            "thresholds": health.THRESHOLDS,
+        }
     record = {
         "run_id": spec.run_id,
         "fingerprint": fp,
-        "diverged": reason,
+        why: reason,
         "health": verdict,
         **artifacts.Provenance(spec.to_dict()).record(),
     }
@@ -199,7 +234,35 @@ def diverged(
     return record
 
 
-def _train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path, tracking: Path, fp: str) -> dict:
+def resume_rung_below(checkpoints: Path, below: Path, steps: int) -> str:
+    """Copy the last checkpoint of the rung below (its checkpoint folder `below`) into this run's folder, checked to
+    be that rung's last step (`steps`, the end of its budget); the copy's path."""
+    found = last_checkpoint(below)
+    state = TrainerState.load_from_json(str(Path(found) / "trainer_state.json")) if found else None
+    if state is None or (state.global_step, state.max_steps) != (steps, steps):
+        got = f"step {state.global_step} of {state.max_steps}" if state else "no checkpoint"
+        raise RuntimeError(
+            f"{below} holds {got}, not the rung below's last checkpoint (step {steps} of {steps}); rerun that rung "
+            "(snakemake --forcerun on its train.json)"
+        )
+    target = checkpoints / Path(found).name
+    partial = target.with_name(target.name + ".tmp")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(found, partial)
+    partial.rename(target)
+    log.info("resuming the rung below's checkpoint %s", found)
+    return str(target)
+
+
+def _train(
+    spec: RunSpec,
+    adapter: Path,
+    record_path: Path,
+    checkpoints: Path,
+    tracking: Path,
+    fp: str,
+    resume_rung: Path | None,
+) -> dict:
     prov = artifacts.Provenance(spec.to_dict())
     task, t = spec.task, spec.training
     method = methods.get(spec.peft.type)
@@ -221,9 +284,16 @@ def _train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path, t
         spec.model, task, tokenizer, quantization=methods.quantization(spec.peft), label_names=trained_label_names(spec)
     )
     total_params = base.num_parameters()  # counts a 4-bit base's packed weights as the parameters they hold
+    steps = total_steps(t, len(train_ds), world_size)
+    trainer_spec, below = spec, None
+    if spec.rung is not None:  # a halving rung: a run of the rung's budget, its schedule's warm-up and decay included
+        rungs = search.ladder(len(spec.rung.search["rates"]), spec.rung.search["halving"])
+        below = search.stop_step(rungs[spec.rung.index - 1]["share"], steps) if spec.rung.index else None
+        steps = search.stop_step(spec.rung.share, steps)
+        trainer_spec = dataclasses.replace(spec, training=dataclasses.replace(t, max_steps=steps))
     ctx = methods.Context(
         task_type=tasks.of(task).peft_task_type,
-        total_steps=total_steps(t, len(train_ds), world_size),
+        total_steps=steps,
         targets=targets.resolve(base, spec.peft.target_modules, method.default_targets),
     )
     model = methods.attach(base, spec.peft, ctx)
@@ -237,7 +307,7 @@ def _train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path, t
             model.save_pretrained(tmp)
 
     # --- train
-    common = trainers.arguments(spec, str(checkpoints), report_to=observe.wandb_setup(spec, fp, total_params))
+    common = trainers.arguments(trainer_spec, str(checkpoints), report_to=observe.wandb_setup(spec, fp, total_params))
     trainer_callbacks = [
         Guard(),
         observe.Progress(spec.run_id),
@@ -249,19 +319,24 @@ def _train(spec: RunSpec, adapter: Path, record_path: Path, checkpoints: Path, t
         functools.partial(optimizer, p=spec.peft) if (optimizer := methods.hook(method, "optimizer")) else None
     )
     trainer = tasks.of(task).trainer(
-        spec, model, tokenizer, train_ds, validation, common, trainer_callbacks, make_optimizer
+        trainer_spec, model, tokenizer, train_ds, validation, common, trainer_callbacks, make_optimizer
     )
     tracker.attach(trainer, fixed_loss=not tasks.of(task).rewarded)
     args = trainer.args
     if torch.distributed.is_initialized():  # the first process has claimed the folder (and dropped stale checkpoints)
         torch.distributed.barrier()
     resume = last_checkpoint(checkpoints)
+    if resume is None and below is not None and rank == 0:
+        resume = resume_rung_below(checkpoints, resume_rung, below)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        resume = last_checkpoint(checkpoints)
     tracker.restore(resume)
     tokens_before, runtime = 0, 0.0
     if (
         resume
         and (done := TrainerState.load_from_json(str(Path(resume) / "trainer_state.json"))).global_step
-        >= done.max_steps
+        >= ctx.total_steps  # this run's steps (the checkpoint of the rung below has fewer)
     ):
         # a run that finished training and failed after it (say, in the reload check): resuming
         # would take one more step past the target, so take the finished weights as they are
@@ -431,6 +506,8 @@ def main(argv=None):
     p.add_argument(
         "--lr-from", type=Path, help="a final run of a learning-rate search: its cell's selection (peftlab.lr_search)"
     )
+    p.add_argument("--promotion", type=Path, help="a halving search's run above rung 0: its rung's promotion file")
+    p.add_argument("--resume-rung", type=Path, help="... and the checkpoint folder of its rate's run at the rung below")
     args = p.parse_args(argv)
     spec = RunSpec.from_dict(cli.start(args))
     if spec.lr_search is not None:
@@ -446,8 +523,8 @@ def main(argv=None):
             spec.training.learning_rate,
             args.lr_from,
         )
-    record = train(spec, args.adapter, args.record, args.checkpoints, args.tracking)
-    if record and "diverged" not in record:
+    record = train(spec, args.adapter, args.record, args.checkpoints, args.tracking, args.promotion, args.resume_rung)
+    if record and "diverged" not in record and "pruned" not in record:
         log.info(
             "%s: loss %s -> %s, %s tokens/s",
             record["run_id"],

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from peftlab import launch, paths
+from peftlab import search as lr_search
 from peftlab.matrix import plan
 from peftlab.schema import ConfigError, load_yaml
 from peftlab.validate import data_files, reference_files
@@ -82,6 +83,22 @@ def lr_choice(wc):
     """The selection a final run of a learning-rate search trains at (none for other runs)."""
     search = run_of(wc)["lr_search"]
     return [paths.lr_choice(ROOT, search["cell"])] if search else []
+
+
+def promotion(wc):
+    """The promotion a halving search's run above rung 0 reads (peftlab.search; none for other runs)."""
+    rung = run_of(wc)["rung"]
+    if not rung or rung["index"] == 0:
+        return []
+    return [paths.lr_choice(ROOT, lr_search.rung_key(rung["search"]["cell"], rung["index"] - 1))]
+
+
+def rung_args(wc, input):
+    """train's flags for a halving search's run above rung 0: its promotion, and the checkpoint folder it resumes."""
+    if not input.promotion:
+        return ""
+    below = lr_search.below(wc.run_id, RUNS[wc.run_id]["rung"]["index"])
+    return f"--promotion {input.promotion} --resume-rung {paths.checkpoints(ROOT, below)}"
 
 
 def search_records(wc):

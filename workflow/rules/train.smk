@@ -4,6 +4,8 @@ rule train_run:
         model=lambda wc: built_model(run_of(wc)["model"]["name"]),
         # a final run of a learning-rate search: its cell's selection (peftlab.lr_search)
         lr=lr_choice,
+        # a halving search's run above rung 0: the promotion that keeps or prunes its rate
+        promotion=promotion,
     output:
         adapter=directory(paths.adapter(ROOT, "{run_id}")),
         # peftlab.tracking: what the adapter changed, layer by layer (the reason, when nothing to track)
@@ -34,7 +36,8 @@ rule train_run:
         # outside every declared output: Snakemake deletes those before a rerun
         checkpoints=paths.checkpoints(ROOT, "{run_id}"),
         lr_from=lambda wc, input: f"--lr-from {input.lr}" if input.lr else "",
+        rung=rung_args,
     shell:
         WRITE_SPEC
         + "{params.launcher} --spec {params.spec_file} --adapter {output.adapter} --tracking {output.tracking} --record {output.record}"
-        " --checkpoints {params.checkpoints} {params.lr_from} --threads {threads} > {log} 2>&1"
+        " --checkpoints {params.checkpoints} {params.lr_from} {params.rung} --threads {threads} > {log} 2>&1"
