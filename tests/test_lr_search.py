@@ -219,7 +219,8 @@ def test_the_halving_ladder_keeps_the_best_1_over_eta_and_multiplies_the_budget_
     assert lr_search.ladder(4, None) == [{"rung": 0, "share": 1.0, "candidates": 4, "keep": 1}]  # the grid
     # the steps each rung's jobs are expected to train, of a 60-step run: 4 x 15, then 2 x 15 more
     search = {"rates": [1, 2, 3, 4], "halving": {"eta": 2}}
-    steps = [4 * lr_search.expected_steps({"index": k, "search": search}, 60) for k in (0, 1)]
+    rungs = [{"index": 0, "share": 0.25, "below": None}, {"index": 1, "share": 0.5, "below": 0.25}]
+    steps = [4 * lr_search.expected_steps({**r, "search": search}, 60) for r in rungs]
     assert steps == [60, 30] and sum(steps) / (4 * 60) == 0.375
     assert lr_search.expected_steps(None, 60) == 60
 
@@ -299,7 +300,8 @@ def test_a_halving_search_plans_every_rate_at_every_rung_and_refuses_rungs_witho
     search = {r: s for r, s in p.runs.items() if s["holdout"] is not None}
     assert len(search) == 2 * 4 * 2  # methods x rates x rungs
     low = search["arith/tiny-llama/lora/search-r8-s0-lr0.0003-h1"]
-    assert low["rung"]["index"] == 1 and low["rung"]["share"] == 0.5 and low["rung"]["search"]["halving"] == {"eta": 2}
+    assert (low["rung"]["index"], low["rung"]["share"], low["rung"]["below"]) == (1, 0.5, 0.25)
+    assert low["rung"]["search"]["halving"] == {"eta": 2}
     assert low["outputs"]["checkpoints"] == "none"  # the last rung keeps none; rung 0 keeps its last for rung 1
     assert search["arith/tiny-llama/lora/search-r8-s0-lr0.0003-h0"]["outputs"]["checkpoints"] == "last"
     assert set(p.specs["lr_select"]) == {
@@ -313,9 +315,56 @@ def test_a_halving_search_plans_every_rate_at_every_rung_and_refuses_rungs_witho
     assert "halving" not in grid.specs["lr_select"]["arith/tiny-llama/ia3/search"]
     final = grid.runs["arith/tiny-llama/ia3/s1"]
     assert final["lr_search"]["halving"] is None and "halving" not in fingerprint_input(final)
+    # a new selection metric reruns the promotions and selections, not the training of any search run
+    other = json.loads(json.dumps(raw))
+    other["lr_search"]["metric"] = "exact_match"
+    moved = plan(other, "config/test_lr.yaml")
+    for run_id, spec in search.items():
+        assert fingerprint(moved.runs[run_id], "train_run") == fingerprint(spec, "train_run"), run_id
     raw["lr_search"]["halving"] = {"eta": 2, "min_share": 0.01}
     with pytest.raises(ConfigError, match=r"lr_search.halving: its rungs would end at steps \[1, 1\]"):
         plan(raw, "config/test_lr.yaml")
+
+
+def test_the_cost_plan_counts_the_steps_a_halving_search_takes_against_the_full_grid(tmp_path):
+    from peftlab import cost
+
+    lines = {}
+    for name, halving in (("grid", None), ("halving", {"eta": 2})):
+        raw = lr_config(name=f"test_lr_{name}")
+        raw["lr_search"]["halving"] = halving
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(raw))
+        report = cost.report(cost.cost(tmp_path / f"{name}.yaml"), validate=False)
+        lines[name] = next(line for line in report.splitlines() if line.startswith("of which the learning-rate"))
+    # two cells of 4 rates, 60 steps: the grid trains 480 steps; halving 4 x 15 + 2 x 15 per cell
+    assert "8 search runs, 480 training steps (a full grid: 480)" in lines["grid"]
+    assert "16 search runs, 180 training steps (a full grid: 480)" in lines["halving"]
+
+
+def test_a_rung_resumes_the_rung_below_and_drops_its_own_checkpoints_once_that_rung_trained_again(tmp_path):
+    from transformers import TrainerState
+
+    from peftlab.train import resume_rung_below
+
+    def checkpoint(folder, step, max_steps, loss):
+        (folder / f"checkpoint-{step}").mkdir(parents=True)
+        state = TrainerState(global_step=step, max_steps=max_steps, log_history=[{"loss": loss}])
+        state.save_to_json(str(folder / f"checkpoint-{step}" / "trainer_state.json"))
+
+    below, own = tmp_path / "below", tmp_path / "own"
+    checkpoint(below, 4, 4, 1.5)
+    own.mkdir()
+    (own / ".copying-checkpoint-4").mkdir()  # a copy a kill interrupted: not a checkpoint, and replaced
+    assert resume_rung_below(own, below, 4) == str(own / "checkpoint-4")
+    assert not (own / ".copying-checkpoint-4").exists()
+    checkpoint(own, 6, 8, 1.2)  # this rung's own progress from that start: resumed, not copied over
+    assert resume_rung_below(own, below, 4) == str(own / "checkpoint-6")
+    shutil.rmtree(below / "checkpoint-4")
+    checkpoint(below, 4, 4, 1.4)  # the rung below trained again (another loss): this rung starts over from it
+    assert resume_rung_below(own, below, 4) == str(own / "checkpoint-4")
+    assert not (own / "checkpoint-6").exists()
+    with pytest.raises(RuntimeError, match=r"holds step 4 of 4, not the rung below's last checkpoint \(step 5 of 5\)"):
+        resume_rung_below(own, below, 5)
 
 
 def fingerprint_input(spec: dict) -> str:
@@ -440,18 +489,23 @@ def test_after_the_search_new_final_seeds_rerun_no_search_job(lr_matrix, tmp_pat
     assert "lr_select" not in jobs  # nor any search run: the two train_run jobs are the new finals
 
 
+LORA_CELL = "arith/tiny-llama/lora/search-r8"
+
+
 @pytest.fixture(scope="module")
-def halving_matrix(lr_matrix):
-    """config/test_lr.yaml searched by successive halving (eta 2), one final seed, beside the grid search's matrix."""
+def halving_search(lr_matrix):
+    """config/test_lr.yaml's LoRA cell searched by successive halving (eta 2), beside the grid search's matrix: its
+    selection file alone is asked for, so only that search runs (the final runs train as under the grid)."""
     work, _ = lr_matrix
     raw = lr_config(name="test_lr_halving")
     raw["lr_search"]["halving"] = {"eta": 2}
-    raw["sweep"][0]["seed"] = [1]
     config = work / "test_lr_halving.yaml"
     config.write_text(yaml.safe_dump(raw))
-    proc = snakemake(work, "--cores", "2", config=config)
+    root = work / paths.root("test_lr_halving")
+    target = paths.lr_choice(paths.root("test_lr_halving"), LORA_CELL)
+    proc = snakemake(work, "--cores", "2", target, config=config)
     assert proc.returncode == 0, proc.stderr[-5000:]
-    return work, work / paths.root("test_lr_halving"), config, plan(raw, config)
+    return work, root, config, target, plan(raw, config)
 
 
 def _trained_steps(root, run_ids) -> int:
@@ -466,42 +520,38 @@ def _trained_steps(root, run_ids) -> int:
 
 
 @pytest.mark.slow
-def test_successive_halving_picks_the_grid_s_rate_or_its_neighbour_at_under_half_the_grid_s_steps(
-    halving_matrix, lr_matrix
-):
-    work, root, config, p = halving_matrix
+def test_successive_halving_picks_the_grid_s_rate_at_under_half_the_grid_s_steps(halving_search, lr_matrix):
+    work, root, config, target, p = halving_search
     _, grid_root = lr_matrix
-    grid = plan(lr_config(), "config/test_lr.yaml")
-    grid_steps = _trained_steps(grid_root, [r for r, s in grid.runs.items() if s["holdout"]])
-    steps = _trained_steps(root, [r for r, s in p.runs.items() if s["holdout"]])
-    assert grid_steps == 2 * 4 * 60 and steps == 2 * (4 * 15 + 2 * 15)  # 37.5% of the grid's
-    for cell in ("arith/tiny-llama/lora/search-r8", "arith/tiny-llama/ia3/search"):
-        chosen = json.loads((root / "lr_search" / f"{cell}.json").read_text())
-        full = json.loads((grid_root / "lr_search" / f"{cell}.json").read_text())
-        rates = full["rates"]
-        assert abs(rates.index(chosen["best_rate"]) - rates.index(full["best_rate"])) <= 1, (chosen, full)
-        promotion = json.loads((root / "lr_search" / f"{cell}-h0.json").read_text())
-        rung0 = {c["rate"]: c["mean"] for c in promotion["candidates"]}
-        assert promotion["promoted"] == sorted(rung0, key=rung0.get)[:2]  # the two lowest losses at 15 steps
-        for rate in rates:
-            run_id = lr_search.search_run_id(cell, 0, rate, 1)
-            tr = json.loads((root / "runs" / run_id / "train.json").read_text())
-            ev = json.loads((root / "runs" / run_id / "eval.json").read_text())
-            if rate not in promotion["promoted"]:
-                assert "pruned" in tr and "pruned" in ev and ev["metrics"] == {}
-                continue
-            # rung 1 resumed rung 0's checkpoint: the same first 15 steps, then 15 more of the same schedule
-            below = json.loads((root / "runs" / lr_search.search_run_id(cell, 0, rate, 0) / "train.json").read_text())
-            assert tr["steps"] == 30 and below["steps"] == 15 and tr["resumed_from"].endswith("checkpoint-15")
-            assert [e for e in tr["losses"] if e["step"] <= 15] == below["losses"]
-            assert ev["examples"] == 120 and math.isfinite(ev["metrics"]["eval_loss"])
-        final_run = {"lora": "arith/tiny-llama/lora/r8-s1", "ia3": "arith/tiny-llama/ia3/s1"}[cell.split("/")[2]]
-        final = json.loads((root / "runs" / final_run / "train.json").read_text())
-        assert final["spec"]["training"]["learning_rate"] == chosen["best_rate"] and final["steps"] == 60
-    best = (root / "tables" / "best_lr.csv").read_text().splitlines()
-    assert best[0].split(",")[6:8] == ["rung", "budget"] and len(best) == 1 + 2 * (4 + 2)
-    assert "4 → 2 → 1 rates" in (root / "tables" / "best_lr.md").read_text()
-    again = snakemake(work, "-n", config=config)
+    searched = [r for r, s in p.runs.items() if s["holdout"] and r.startswith(LORA_CELL)]
+    grid = [r for r, s in plan(lr_config(), "config/test_lr.yaml").runs.items() if s["holdout"]]
+    grid_steps = _trained_steps(grid_root, [r for r in grid if r.startswith(LORA_CELL)])
+    assert grid_steps == 4 * 60 and _trained_steps(root, searched) == 4 * 15 + 2 * 15  # 37.5% of the grid's
+    chosen = json.loads((root / "lr_search" / f"{LORA_CELL}.json").read_text())
+    full = json.loads((grid_root / "lr_search" / f"{LORA_CELL}.json").read_text())
+    # the issue allows the grid's neighbour within noise; on this cell the margin is wide (rung 1: 0.98 against
+    # 1.12 in validation loss), so halving must pick the grid's very rate
+    assert chosen["best_rate"] == full["best_rate"], (chosen, full)
+    promotion = json.loads((root / "lr_search" / f"{LORA_CELL}-h0.json").read_text())
+    rung0 = {c["rate"]: c["mean"] for c in promotion["candidates"]}
+    assert promotion["promoted"] == sorted(rung0, key=rung0.get)[:2]  # the two lowest losses at 15 steps
+    for rate in full["rates"]:
+        run_id = lr_search.search_run_id(LORA_CELL, 0, rate, 1)
+        tr = json.loads((root / "runs" / run_id / "train.json").read_text())
+        ev = json.loads((root / "runs" / run_id / "eval.json").read_text())
+        if rate not in promotion["promoted"]:
+            assert "pruned" in tr and "pruned" in ev and ev["metrics"] == {}
+            continue
+        # rung 1 resumed rung 0's checkpoint: the same first 15 steps, then 15 more over its own schedule
+        below = json.loads((root / "runs" / lr_search.search_run_id(LORA_CELL, 0, rate, 0) / "train.json").read_text())
+        assert tr["steps"] == 30 and below["steps"] == 15 and tr["resumed_from"].endswith("checkpoint-15")
+        assert [e for e in tr["losses"] if e["step"] <= 15] == below["losses"]
+        assert ev["examples"] == 120 and math.isfinite(ev["metrics"]["eval_loss"])
+    assert [c["rung"] for c in chosen["candidates"]] == [
+        0 if r not in promotion["promoted"] else 1 for r in full["rates"]
+    ]
+    assert not (root / "runs" / "arith/tiny-llama/ia3").exists()  # only the asked-for search ran
+    again = snakemake(work, "-n", target, config=config)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 
 
@@ -509,7 +559,7 @@ def test_a_pruned_rate_records_so_at_once_and_a_kept_one_needs_the_rung_below(in
     spec = in_tiny("lora", max_steps=8)
     search = {"cell": "arith/tiny-llama/lora/search-r8", "rates": [1e-3, spec.training.learning_rate], "seeds": [0],
               "validation_share": 0.1, "validation_seed": 0, "metric": "eval_loss", "halving": {"eta": 2}}  # fmt: skip
-    rung = RungSpec(index=1, share=1.0, search=search)
+    rung = RungSpec(index=1, share=1.0, below=0.5, search=search)
     run = dataclasses.replace(spec, holdout=HoldoutSpec(share=0.1, seed=0), rung=rung)
     promotion = tmp_path / "promotion.json"
     promotion.write_text(json.dumps({**search, "rung": 0, "promoted": [1e-3]}))

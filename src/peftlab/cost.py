@@ -169,7 +169,7 @@ def tokens(run: dict) -> tuple[float, float, bool, int]:
     seen = t["max_steps"] * batch if t["max_steps"] else math.ceil(t["epochs"] * examples)
     eval_tokens = eval_examples * (length + task.get("max_new_tokens", 0))
     steps = t["max_steps"] or math.ceil(seen / batch)
-    share = lr_search.expected_steps(run.get("rung"), steps) / steps  # a halving rung trains part of the schedule
+    share = lr_search.rung_steps(run.get("rung"), steps) / steps  # a halving rung trains its part of the steps
     return seen * length * share, eval_tokens, meta is None, steps
 
 
@@ -184,7 +184,10 @@ def measured(root: str, run_id: str) -> dict | None:
             seconds[stage] = float(rows[-1]["s"])
     if not record.exists() or "train_run" not in seconds:
         return None
-    return {"seconds": seconds, "tokens": artifacts.read_json(record)["tokens_seen"]}
+    trained = artifacts.read_json(record)
+    if "tokens_seen" not in trained:  # a search run that diverged, or a halving search pruned: it trained no budget
+        return None
+    return {"seconds": seconds, "tokens": trained["tokens_seen"]}
 
 
 def fit(points: list[tuple[float, float]]) -> tuple[float, float]:
@@ -266,6 +269,8 @@ def predict(
             {"train_run": w["train_run"] / rate, "evaluate_run": w["evaluate_run"] / rate, "merge_run": 0.0},
             "compute",
         )
+        if (share := lr_search.trained_share(run.get("rung"))) < 1:  # a halving rung: only the rates it promotes train
+            seconds = {stage: v * share for stage, v in seconds.items()}
         dtype_bytes = BYTES[run["model"]["dtype"]]
         adapter = total * dtype_bytes if full else trainable * 4
         every = run["training"]["save_steps"]  # the Trainer saves every save_steps and at the last step

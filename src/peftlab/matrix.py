@@ -169,7 +169,13 @@ def _searched(
                 rung = None
                 if search["halving"] is not None:
                     rung = step["rung"]
-                    c["rung"] = {"index": rung, "share": step["share"], "search": lr_search.search_keys(final)}
+                    below = rungs[rung - 1]["share"] if rung else None
+                    c["rung"] = {
+                        "index": rung,
+                        "share": step["share"],
+                        "below": below,
+                        "search": lr_search.search_keys(final),
+                    }
                 runs.append((lr_search.search_run_id(cell_name, seed, rate, rung), c))
     return final, runs
 

@@ -460,8 +460,9 @@ def lr_search_plot(rows: pd.DataFrame, path: Path) -> Path:
         styles = {}
         curves = part.groupby(["method", "setting", part["rung"].fillna(-1)], sort=False)
         for (method, setting, rung), g in curves:
-            if halving:  # the last rung a solid line, the rungs below it dotted
-                style = "-" if rung == part["rung"].max() else ":"
+            if rung >= 0:  # a halving cell: its last rung a solid line, the rungs below it dotted
+                cell = part[(part["method"] == method) & (part["setting"] == setting)]
+                style = "-" if rung == cell["rung"].max() else ":"
             else:
                 style = (
                     STYLES[styles.setdefault(method, len(styles)) % len(STYLES)]

@@ -84,16 +84,26 @@ def stop_step(share: float, total: int) -> int:
     return max(1, round(share * total))
 
 
-def expected_steps(rung: dict | None, total: int) -> float:
-    """The training steps a search run at `rung` (its spec's, or None for a grid search's run) is expected to take of
-    a run of `total` steps: a halving rung trains from the rung below's budget to its own, and only for the share of
-    the rates it promotes (which ones is known once the rung below is scored; how many, now)."""
+def rung_steps(rung: dict | None, total: int) -> int:
+    """The steps a search run at `rung` (its spec's; None for a grid search's run) trains itself, of a run of `total`
+    steps: a halving rung from the rung below's budget to its own."""
     if rung is None:
-        return float(total)
+        return total
+    return stop_step(rung["share"], total) - (stop_step(rung["below"], total) if rung["below"] is not None else 0)
+
+
+def trained_share(rung: dict | None) -> float:
+    """The share of a cell's rates that train at `rung` (which ones is known once the rung below is scored; how many,
+    now): its runs' expected share of their work. 1 for a grid search's run and at rung 0."""
+    if rung is None:
+        return 1.0
     rungs = ladder(len(rung["search"]["rates"]), rung["search"]["halving"])
-    k = rung["index"]
-    start = stop_step(rungs[k - 1]["share"], total) if k else 0
-    return (stop_step(rungs[k]["share"], total) - start) * rungs[k]["candidates"] / rungs[0]["candidates"]
+    return rungs[rung["index"]]["candidates"] / rungs[0]["candidates"]
+
+
+def expected_steps(rung: dict | None, total: int) -> float:
+    """The training steps a search run at `rung` is expected to take: rung_steps × trained_share."""
+    return rung_steps(rung, total) * trained_share(rung)
 
 
 def rung_key(cell: str, rung: int) -> str:

@@ -157,12 +157,14 @@ class HoldoutSpec(_Strict):
 
 @dataclass(frozen=True)
 class RungSpec(_Strict):
-    """A search run's rung under successive halving (peftlab.search.ladder): it trains to `share` of the run's
-    steps, resuming rung index-1's checkpoint if its promotion kept the rate; `search`: the cell's search
-    (peftlab.search.search_keys), which the promotion it reads must be of."""
+    """A search run's rung under successive halving (peftlab.search.ladder): a run of `share` of the run's steps,
+    resuming the last checkpoint of the rung below (which ended at `below`, None at rung 0) if its promotion kept
+    the rate; `search`: the cell's search (peftlab.search.search_keys), which that promotion must be of. Training
+    hashes the budgets, not `search`: a new metric or search seed reruns the promotions, not rung 0's runs."""
 
     index: int
     share: float
+    below: float | None
     search: dict[str, Any]
 
 
@@ -244,12 +246,13 @@ NOT_READ: dict[str, tuple[str, ...]] = {
         "training.on_degenerate",
         "wandb",
         "outputs.merge",
+        "rung.search",
     ),
     # a retrained adapter reruns both through the adapter itself
-    "evaluate_run": ("training", "world_size", "wandb", "tracker", "outputs", "lr_search"),
+    "evaluate_run": ("training", "world_size", "wandb", "tracker", "outputs", "lr_search", "rung"),
     # outputs.merge is hashed even at its default: before it existed every merge was saved in
     # float32, so a finished matrix's merges rerun once (no training) to follow the new rule
-    "merge_run": EVAL_ONLY + ("training", "world_size", "wandb", "tracker", "outputs.checkpoints", "lr_search"),
+    "merge_run": EVAL_ONLY + ("training", "world_size", "wandb", "tracker", "outputs.checkpoints", "lr_search", "rung"),
     "lr_select": (),  # its spec is the cell's search alone (peftlab.search.select_spec)
 }
 
@@ -257,7 +260,8 @@ NOT_READ: dict[str, tuple[str, ...]] = {
 # what a stage with nothing in NOT_READ reads: its spec is a part of the run's (docs/config.md's table)
 SPEC_OF = {
     "data_generate": "its spec is the task's `data` section alone",
-    "lr_select": "its spec is the cell's search alone: rates, seeds, validation share and seed, metric",
+    "lr_select": "its spec is the cell's search alone: rates, seeds, validation share and seed, metric, halving "
+    "(a halving search's promotion: and its rung)",
 }
 
 

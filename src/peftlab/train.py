@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import logging
 import math
 import os
@@ -72,6 +73,9 @@ from peftlab.tracking import report
 from peftlab.tracking.tracker import Tracker, subspace_k
 
 log = logging.getLogger(__name__)
+
+
+RUNG_BELOW = "rung_below"  # in a halving rung's checkpoint folder: the origin of the checkpoint it resumed
 
 
 class Diverged(RuntimeError):
@@ -235,8 +239,12 @@ def unscored(
 
 
 def resume_rung_below(checkpoints: Path, below: Path, steps: int) -> str:
-    """Copy the last checkpoint of the rung below (its checkpoint folder `below`) into this run's folder, checked to
-    be that rung's last step (`steps`, the end of its budget); the copy's path."""
+    """This run's start from the rung below: the last checkpoint of its checkpoint folder `below`, checked to be that
+    rung's last step (`steps`, the end of its budget), copied into this run's folder; the copy's path.
+
+    The copy's origin is kept beside it (RUNG_BELOW: the origin's trainer state, which holds its losses): when the
+    rung below has trained again since, this run's own checkpoints descend from weights that are gone, and are
+    dropped, so a rerun never resumes them."""
     found = last_checkpoint(below)
     state = TrainerState.load_from_json(str(Path(found) / "trainer_state.json")) if found else None
     if state is None or (state.global_step, state.max_steps) != (steps, steps):
@@ -245,13 +253,34 @@ def resume_rung_below(checkpoints: Path, below: Path, steps: int) -> str:
             f"{below} holds {got}, not the rung below's last checkpoint (step {steps} of {steps}); rerun that rung "
             "(snakemake --forcerun on its train.json)"
         )
-    target = checkpoints / Path(found).name
-    partial = target.with_name(target.name + ".tmp")
+    origin = hashlib.sha256((Path(found) / "trainer_state.json").read_bytes()).hexdigest()
+    marker = checkpoints / RUNG_BELOW
+    if marker.exists() and marker.read_text().strip() != origin:
+        for own in checkpoints.glob("checkpoint-*"):
+            log.warning("dropping %s: it resumed a checkpoint of the rung below that has been trained again", own)
+            shutil.rmtree(own)
+    if last_checkpoint(checkpoints):  # this run's own, resumed from this very origin: go on from it
+        return last_checkpoint(checkpoints)
+    partial = checkpoints / f".copying-{Path(found).name}"  # outside checkpoint-*: a kill mid-copy leaves no checkpoint
     shutil.rmtree(partial, ignore_errors=True)
     shutil.copytree(found, partial)
+    marker.write_text(origin + "\n")
+    target = checkpoints / Path(found).name
     partial.rename(target)
     log.info("resuming the rung below's checkpoint %s", found)
     return str(target)
+
+
+class RestartSchedule(TrainerCallback):
+    """A resumed halving rung's schedule, restarted: the optimiser state of the rung below holds the rate its decay
+    ended at (about 0), which the Trainer's first step would use; set it to this rung's schedule at the resumed step."""
+
+    def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+        lambdas = getattr(lr_scheduler, "lr_lambdas", None)
+        if optimizer is None or lambdas is None:
+            return
+        for group, base, rate in zip(optimizer.param_groups, lr_scheduler.base_lrs, lambdas):
+            group["lr"] = base * rate(lr_scheduler.last_epoch)
 
 
 def _train(
@@ -287,9 +316,13 @@ def _train(
     steps = total_steps(t, len(train_ds), world_size)
     trainer_spec, below = spec, None
     if spec.rung is not None:  # a halving rung: a run of the rung's budget, its schedule's warm-up and decay included
-        rungs = search.ladder(len(spec.rung.search["rates"]), spec.rung.search["halving"])
-        below = search.stop_step(rungs[spec.rung.index - 1]["share"], steps) if spec.rung.index else None
+        below = search.stop_step(spec.rung.below, steps) if spec.rung.below is not None else None
         steps = search.stop_step(spec.rung.share, steps)
+        if below is not None and below >= steps:
+            raise ValueError(
+                f"{spec.run_id}: rung {spec.rung.index} would end at step {steps}, where the rung below ended "
+                f"({below}); raise the run's steps or lr_search.halving.min_share, or lower eta"
+            )
         trainer_spec = dataclasses.replace(spec, training=dataclasses.replace(t, max_steps=steps))
     ctx = methods.Context(
         task_type=tasks.of(task).peft_task_type,
@@ -314,6 +347,7 @@ def _train(
         *(callbacks(model) if (callbacks := methods.hook(method, "callbacks")) else []),
         tracker,
         *([KeepEvery(keep)] if isinstance(keep := spec.outputs.checkpoints, int) else []),
+        *([RestartSchedule()] if below is not None else []),
     ]
     make_optimizer = (
         functools.partial(optimizer, p=spec.peft) if (optimizer := methods.hook(method, "optimizer")) else None
@@ -326,7 +360,7 @@ def _train(
     if torch.distributed.is_initialized():  # the first process has claimed the folder (and dropped stale checkpoints)
         torch.distributed.barrier()
     resume = last_checkpoint(checkpoints)
-    if resume is None and below is not None and rank == 0:
+    if below is not None and rank == 0:
         resume = resume_rung_below(checkpoints, resume_rung, below)
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
@@ -336,7 +370,8 @@ def _train(
     if (
         resume
         and (done := TrainerState.load_from_json(str(Path(resume) / "trainer_state.json"))).global_step
-        >= ctx.total_steps  # this run's steps (the checkpoint of the rung below has fewer)
+        >= done.max_steps
+        and done.max_steps == ctx.total_steps  # a halving rung's copy of the rung below's last checkpoint has fewer
     ):
         # a run that finished training and failed after it (say, in the reload check): resuming
         # would take one more step past the target, so take the finished weights as they are

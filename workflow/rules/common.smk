@@ -90,15 +90,25 @@ def promotion(wc):
     rung = run_of(wc)["rung"]
     if not rung or rung["index"] == 0:
         return []
-    return [paths.lr_choice(ROOT, lr_search.rung_key(rung["search"]["cell"], rung["index"] - 1))]
+    return [
+        paths.lr_choice(
+            ROOT, lr_search.rung_key(rung["search"]["cell"], rung["index"] - 1)
+        )
+    ]
 
 
-def rung_args(wc, input):
-    """train's flags for a halving search's run above rung 0: its promotion, and the checkpoint folder it resumes."""
+def search_args(wc, input):
+    """train's flags from a learning-rate search: a final run's selection (--lr-from); a halving search's run above
+    rung 0: its promotion and the checkpoint folder it resumes. (One param, so the rule's shell text is as it was
+    before halving: Snakemake reruns a job whose shell text changed.)"""
+    if input.lr:
+        return f"--lr-from {input.lr}"
     if not input.promotion:
         return ""
     below = lr_search.below(wc.run_id, RUNS[wc.run_id]["rung"]["index"])
-    return f"--promotion {input.promotion} --resume-rung {paths.checkpoints(ROOT, below)}"
+    return (
+        f"--promotion {input.promotion} --resume-rung {paths.checkpoints(ROOT, below)}"
+    )
 
 
 def search_records(wc):

@@ -15,7 +15,9 @@ RUN_DIRS = [paths.run(ROOT, run_id) for run_id in FINAL]
 TASKS = sorted({RUNS[r]["task"]["name"] for r in FINAL})
 # learning-rate searches: every cell's selection, tabulated as best_lr.csv/.md and plotted
 LR_CHOICES = [  # each cell's selection (a halving search's promotions feed its runs only)
-    paths.lr_choice(ROOT, cell) for cell, s in SPECS["lr_select"].items() if "rung" not in s
+    paths.lr_choice(ROOT, cell)
+    for cell, s in SPECS["lr_select"].items()
+    if "rung" not in s
 ]
 LR_TABLES = (
     [

@@ -35,9 +35,9 @@ rule train_run:
         launcher=lambda wc: launch.launcher(RESOURCES[wc.run_id], "train"),
         # outside every declared output: Snakemake deletes those before a rerun
         checkpoints=paths.checkpoints(ROOT, "{run_id}"),
-        lr_from=lambda wc, input: f"--lr-from {input.lr}" if input.lr else "",
-        rung=rung_args,
+        # --lr-from for a final run of a search, --promotion and --resume-rung for a halving search's run above rung 0
+        lr_from=search_args,
     shell:
         WRITE_SPEC
         + "{params.launcher} --spec {params.spec_file} --adapter {output.adapter} --tracking {output.tracking} --record {output.record}"
-        " --checkpoints {params.checkpoints} {params.lr_from} {params.rung} --threads {threads} > {log} 2>&1"
+        " --checkpoints {params.checkpoints} {params.lr_from} --threads {threads} > {log} 2>&1"
